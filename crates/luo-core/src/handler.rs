@@ -1,0 +1,181 @@
+//! The file handler: the code that knows one kind of file.
+//!
+//! [`FileHandler`] mirrors the kernel's `struct liveupdate_file_ops`. The engine calls its
+//! methods at fixed points of a file's life; each method's doc says when, whether a handler must
+//! implement it, and what undoing it means.
+//!
+//! ```text
+//!  outgoing:  can_preserve -> identity -> preserve ----------------> unpreserve   (session closed)
+//!                                            \-> freeze (handoff, reboot) -> unfreeze (rolled back)
+//!  incoming:  retrieve (any order, once; later retrieves reuse the open file)
+//!             can_finish (every file, first) -> finish (every file, newest first)
+//! ```
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use luo_abi::Errno;
+
+/// The key of the double-preserve check: one underlying object may be preserved once.
+///
+/// For most files it is the inode (`st_dev`, `st_ino`), so two descriptors or two open file
+/// descriptions of one memfd collide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    /// Device of the inode.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl Identity {
+    /// The inode identity of `fd`.
+    pub fn of(fd: BorrowedFd<'_>) -> Result<Identity, HandlerError> {
+        let st = rustix::fs::fstat(fd).map_err(|e| HandlerError::from_io("fstat", e))?;
+        Ok(Identity { dev: st.st_dev, ino: st.st_ino })
+    }
+}
+
+/// A handler's failure: the errno the client sees and what went wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    /// What the client's ioctl returns.
+    pub errno: Errno,
+    /// A short description of the failed step.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A failure with `errno` and a message.
+    pub fn new(errno: Errno, message: impl Into<String>) -> Self {
+        HandlerError { errno, message: message.into() }
+    }
+
+    /// A failed system call `what`, carrying its errno.
+    pub fn from_io(what: &str, err: rustix::io::Errno) -> Self {
+        HandlerError { errno: Errno(err.raw_os_error()), message: format!("{what}: {err}") }
+    }
+}
+
+/// The outcome of a retrieve, as `can_finish` and `finish` see it (the kernel's
+/// `retrieve_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetrieveStatus {
+    /// Nobody asked for the file: `finish` discards it.
+    NotRetrieved,
+    /// The file was handed back to the client.
+    Retrieved,
+    /// Retrieving failed with this errno; the failure is sticky.
+    Failed(Errno),
+}
+
+impl RetrieveStatus {
+    /// The kernel's encoding: 0, 1 or a negative errno (this is what the image stores).
+    pub fn to_raw(self) -> i32 {
+        match self {
+            RetrieveStatus::NotRetrieved => 0,
+            RetrieveStatus::Retrieved => 1,
+            RetrieveStatus::Failed(e) => -e.raw(),
+        }
+    }
+
+    /// Decodes [`to_raw`](Self::to_raw); any positive value means retrieved.
+    pub fn from_raw(raw: i32) -> RetrieveStatus {
+        match raw {
+            0 => RetrieveStatus::NotRetrieved,
+            r if r > 0 => RetrieveStatus::Retrieved,
+            r => RetrieveStatus::Failed(Errno(r.saturating_neg())),
+        }
+    }
+}
+
+/// What `preserve` hands the engine.
+#[derive(Debug)]
+pub struct Preserved {
+    /// The descriptor the engine keeps for the file's whole preserved life. It is what crosses
+    /// an exec in the fd table.
+    pub fd: OwnedFd,
+    /// The handler's record: whatever it needs to hand the file back. Stored in the image.
+    pub record: Vec<u8>,
+    /// Memory the file keeps alive, for quotas and status (0 when it does not apply).
+    pub bytes: u64,
+}
+
+/// A preserved file as a handler sees it: the descriptor the engine holds and the handler's
+/// record (which `freeze` may rewrite).
+#[derive(Debug)]
+pub struct FileData {
+    /// The client's token.
+    pub token: u64,
+    /// The held descriptor (from [`Preserved::fd`], or inherited across an exec).
+    pub fd: OwnedFd,
+    /// The handler's record.
+    pub record: Vec<u8>,
+}
+
+impl AsFd for FileData {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// One kind of preservable file. Mirrors the kernel's `liveupdate_file_ops`.
+///
+/// Handlers are tried in registration order; the first whose [`can_preserve`] says yes owns the
+/// file. A handler's [`compatible`] is stored with each file and must match exactly on restore.
+///
+/// [`can_preserve`]: FileHandler::can_preserve
+/// [`compatible`]: FileHandler::compatible
+pub trait FileHandler: Send + Sync + std::fmt::Debug {
+    /// The versioned compatible string, 1..=47 bytes, unique in a registry (e.g. `memfd-v1`).
+    /// Changing what the handler records means changing this string.
+    fn compatible(&self) -> &str;
+
+    /// Required. Runs on PRESERVE_FD to pick the handler: a cheap type check, no side effects.
+    fn can_preserve(&self, fd: BorrowedFd<'_>) -> bool;
+
+    /// Optional. The key of the double-preserve check. Runs on PRESERVE_FD after
+    /// `can_preserve`, and on a retrieved file. The default is the inode.
+    fn identity(&self, fd: BorrowedFd<'_>) -> Result<Identity, HandlerError> {
+        Identity::of(fd)
+    }
+
+    /// Required. Runs on PRESERVE_FD after the identity and FLB steps: takes hold of the file
+    /// and writes its record. Undone by [`unpreserve`](Self::unpreserve); on failure it must
+    /// leave nothing behind.
+    fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Preserved, HandlerError>;
+
+    /// Required, cannot fail. Runs when an outgoing session is closed (newest file first), and
+    /// when a preserve is rolled back after `preserve` succeeded. Undoes `preserve`.
+    fn unpreserve(&self, file: &mut FileData);
+
+    /// Optional. Runs when the file's session is handed off or the engine freezes for a
+    /// reboot, sessions in creation order and files in preservation order: the last chance to
+    /// update the record. Undone by [`unfreeze`](Self::unfreeze) if a later file fails.
+    fn freeze(&self, file: &mut FileData) -> Result<(), HandlerError> {
+        let _ = file;
+        Ok(())
+    }
+
+    /// Optional, cannot fail. Runs when a freeze is rolled back, for every file whose `freeze`
+    /// succeeded.
+    fn unfreeze(&self, file: &mut FileData) {
+        let _ = file;
+    }
+
+    /// Required. Runs on the first RETRIEVE_FD of the file: returns the open file the client
+    /// gets. A failure is sticky: the engine never calls it again for this file.
+    fn retrieve(&self, file: &FileData) -> Result<OwnedFd, HandlerError>;
+
+    /// Optional. Runs in phase one of FINISH (and of the implicit finish of a close), for every
+    /// file of the session in preservation order. Any `false` vetoes the finish (EBUSY) and
+    /// nothing changes.
+    fn can_finish(&self, file: &FileData, status: RetrieveStatus) -> bool {
+        let _ = (file, status);
+        true
+    }
+
+    /// Required, cannot fail. Runs in phase two of FINISH, newest file first, after every
+    /// `can_finish` agreed. Must handle every status: a file never retrieved is discarded.
+    fn finish(&self, file: &mut FileData, status: RetrieveStatus);
+}

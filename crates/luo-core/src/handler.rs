@@ -31,7 +31,10 @@ impl Identity {
     /// The inode identity of `fd`.
     pub fn of(fd: BorrowedFd<'_>) -> Result<Identity, HandlerError> {
         let st = rustix::fs::fstat(fd).map_err(|e| HandlerError::from_io("fstat", e))?;
-        Ok(Identity { dev: st.st_dev, ino: st.st_ino })
+        Ok(Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
     }
 }
 
@@ -48,12 +51,18 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure with `errno` and a message.
     pub fn new(errno: Errno, message: impl Into<String>) -> Self {
-        HandlerError { errno, message: message.into() }
+        HandlerError {
+            errno,
+            message: message.into(),
+        }
     }
 
     /// A failed system call `what`, carrying its errno.
     pub fn from_io(what: &str, err: rustix::io::Errno) -> Self {
-        HandlerError { errno: Errno(err.raw_os_error()), message: format!("{what}: {err}") }
+        HandlerError {
+            errno: Errno(err.raw_os_error()),
+            message: format!("{what}: {err}"),
+        }
     }
 }
 

@@ -1,0 +1,562 @@
+//! The engine: sessions by name, files by token, the double-preserve set, FLB refcounts, and
+//! every operation with the kernel's ordering and rollback rules.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use luo_abi::Errno;
+use luo_abi::uapi::SESSION_NAME_MAX;
+
+use crate::error::Error;
+use crate::handler::{FileData, HandlerError, Identity, RetrieveStatus};
+use crate::registry::Registry;
+use crate::session::{Direction, File, Session, SessionId, SessionInfo};
+
+/// The sessions of one uid.
+#[derive(Debug, Default)]
+pub(crate) struct Namespace {
+    pub outgoing: HashMap<Box<[u8]>, SessionId>,
+    pub incoming: HashMap<Box<[u8]>, SessionId>,
+}
+
+/// The two halves of one FLB's state.
+#[derive(Debug, Default)]
+pub(crate) struct FlbState {
+    /// Outgoing files of the linked handlers.
+    pub out_count: u64,
+    /// Incoming files of the linked handlers not yet finished.
+    pub in_count: u64,
+    /// Data to retrieve the incoming half from, until it is retrieved.
+    pub in_data: Option<Vec<u8>>,
+    /// The incoming half is live in this process.
+    pub in_retrieved: bool,
+}
+
+/// The orchestrator engine. See the [crate documentation](crate) for an overview.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) generation: u64,
+    pub(crate) sessions: HashMap<SessionId, Session>,
+    pub(crate) namespaces: HashMap<u32, Namespace>,
+    pub(crate) identities: HashSet<Identity>,
+    pub(crate) flbs: Vec<FlbState>,
+    pub(crate) next_id: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) frozen: bool,
+}
+
+fn handler_err(compatible: &str, step: &'static str, source: HandlerError) -> Error {
+    Error::Handler {
+        compatible: compatible.to_owned(),
+        step,
+        source,
+    }
+}
+
+fn flb_err(compatible: &str, step: &'static str, source: HandlerError) -> Error {
+    Error::Flb {
+        compatible: compatible.to_owned(),
+        step,
+        source,
+    }
+}
+
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= SESSION_NAME_MAX && !name.contains(&0)
+}
+
+impl Engine {
+    /// A fresh engine (generation 0, no sessions) over `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        let flbs = registry.flbs.iter().map(|_| FlbState::default()).collect();
+        Engine {
+            registry,
+            generation: 0,
+            sessions: HashMap::new(),
+            namespaces: HashMap::new(),
+            identities: HashSet::new(),
+            flbs,
+            next_id: 1,
+            next_seq: 0,
+            frozen: false,
+        }
+    }
+
+    /// The registry the engine was built with.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// How many reboots (emulated or restored) led to this engine.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True between a successful [`freeze_all`](Self::freeze_all) and [`thaw`](Self::thaw).
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    fn check_thawed(&self) -> Result<(), Error> {
+        if self.frozen {
+            Err(Error::Frozen)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn alloc_id(&mut self) -> SessionId {
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// CREATE_SESSION: a new outgoing session `name` in `owner`'s namespace.
+    ///
+    /// `EINVAL` unless the name is 1..=63 bytes without NUL; `EEXIST` if an outgoing session of
+    /// the namespace has it (an incoming one may).
+    pub fn create_session(&mut self, owner: u32, name: &[u8]) -> Result<SessionId, Error> {
+        self.check_thawed()?;
+        if !valid_name(name) {
+            return Err(Error::InvalidName);
+        }
+        let ns = self.namespaces.entry(owner).or_default();
+        if ns.outgoing.contains_key(name) {
+            return Err(Error::NameTaken);
+        }
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        ns.outgoing.insert(name.into(), id);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.sessions.insert(
+            id,
+            Session::new(owner, name.into(), Direction::Outgoing, seq),
+        );
+        Ok(id)
+    }
+
+    /// RETRIEVE_SESSION: take the incoming session `name` of `owner`'s namespace.
+    ///
+    /// `ENOENT` if there is none; `EINVAL` if it was retrieved already.
+    pub fn retrieve_session(&mut self, owner: u32, name: &[u8]) -> Result<SessionId, Error> {
+        self.check_thawed()?;
+        let id = *self
+            .namespaces
+            .get(&owner)
+            .and_then(|ns| ns.incoming.get(name))
+            .ok_or(Error::NoSession)?;
+        let session = self.sessions.get_mut(&id).ok_or(Error::NoSession)?;
+        match &mut session.direction {
+            Direction::Incoming {
+                retrieved: true, ..
+            } => Err(Error::AlreadyRetrieved),
+            Direction::Incoming { retrieved, .. } => {
+                *retrieved = true;
+                Ok(id)
+            }
+            Direction::Outgoing => Err(Error::NoSession),
+        }
+    }
+
+    /// PRESERVE_FD: preserve `fd` under `token` in the outgoing session `id`.
+    ///
+    /// The checks come in the kernel's order: `EINVAL` on an incoming session, `EEXIST` for a
+    /// token already in the session, `EBADF` without a descriptor, `ENOENT` when no handler
+    /// accepts it, `EBUSY` when the same object is preserved (or retrieved and unfinished)
+    /// anywhere, then the FLBs' and the handler's own errors. A failure undoes every step.
+    pub fn preserve_fd(
+        &mut self,
+        id: SessionId,
+        fd: Option<BorrowedFd<'_>>,
+        token: u64,
+    ) -> Result<(), Error> {
+        self.check_thawed()?;
+        let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
+        if !session.is_outgoing() {
+            return Err(Error::NotOutgoing);
+        }
+        if session.files.contains_key(&token) {
+            return Err(Error::TokenTaken);
+        }
+        let fd = fd.ok_or(Error::BadFd)?;
+        let registry = Arc::clone(&self.registry);
+        let h = registry
+            .handlers
+            .iter()
+            .position(|h| h.can_preserve(fd))
+            .ok_or(Error::NoHandler)?;
+        let handler = &registry.handlers[h];
+        let identity = handler
+            .identity(fd)
+            .map_err(|e| handler_err(handler.compatible(), "identify", e))?;
+        if self.identities.contains(&identity) {
+            return Err(Error::AlreadyPreserved);
+        }
+        self.flb_preserve(h)?;
+        let preserved = match handler.preserve(fd) {
+            Ok(p) => p,
+            Err(e) => {
+                self.flb_unpreserve(h);
+                return Err(handler_err(handler.compatible(), "preserve", e));
+            }
+        };
+        self.identities.insert(identity);
+        let file = File {
+            handler: h,
+            data: FileData {
+                token,
+                fd: preserved.fd,
+                record: preserved.record,
+            },
+            bytes: preserved.bytes,
+            identity: Some(identity),
+            frozen: false,
+            status: RetrieveStatus::NotRetrieved,
+            retrieved: None,
+        };
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.insert_file(file);
+        }
+        Ok(())
+    }
+
+    /// RETRIEVE_FD: the open file preserved under `token` in the incoming session `id`.
+    ///
+    /// `EINVAL` on an outgoing session, `ENOENT` for an unknown token (or after FINISH). The
+    /// first retrieve asks the handler; later ones return another descriptor of the same open
+    /// file; a failed retrieve fails again with the same errno, without asking the handler.
+    pub fn retrieve_fd(&mut self, id: SessionId, token: u64) -> Result<OwnedFd, Error> {
+        self.check_thawed()?;
+        let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
+        if session.is_outgoing() {
+            return Err(Error::NotIncoming);
+        }
+        let file = session.files.get(&token).ok_or(Error::NoToken)?;
+        match file.status {
+            RetrieveStatus::Failed(e) => return Err(Error::RetrieveFailed(e)),
+            RetrieveStatus::Retrieved => {
+                let open = file.retrieved.as_ref().ok_or(Error::NoToken)?;
+                return dup(open).map_err(|e| handler_err("engine", "duplicate", e));
+            }
+            RetrieveStatus::NotRetrieved => {}
+        }
+        let h = file.handler;
+        let registry = Arc::clone(&self.registry);
+        let handler = &registry.handlers[h];
+        let outcome = self.flb_access(h).and_then(|()| {
+            let file = self.file(id, token)?;
+            let open = handler
+                .retrieve(&file.data)
+                .map_err(|e| handler_err(handler.compatible(), "retrieve", e))?;
+            let identity = handler
+                .identity(open.as_fd())
+                .map_err(|e| handler_err(handler.compatible(), "identify", e))?;
+            if file.identity.is_none() && self.identities.contains(&identity) {
+                return Err(Error::AlreadyPreserved);
+            }
+            let copy = dup(&open).map_err(|e| handler_err("engine", "duplicate", e))?;
+            Ok((open, copy, identity))
+        });
+        let file = self.file_mut(id, token)?;
+        match outcome {
+            Ok((open, copy, identity)) => {
+                file.status = RetrieveStatus::Retrieved;
+                file.retrieved = Some(open);
+                if file.identity.is_none() {
+                    file.identity = Some(identity);
+                    self.identities.insert(identity);
+                }
+                Ok(copy)
+            }
+            Err(e) => {
+                file.status = RetrieveStatus::Failed(e.errno());
+                Err(e)
+            }
+        }
+    }
+
+    fn file(&self, id: SessionId, token: u64) -> Result<&File, Error> {
+        self.sessions
+            .get(&id)
+            .and_then(|s| s.files.get(&token))
+            .ok_or(Error::NoToken)
+    }
+
+    fn file_mut(&mut self, id: SessionId, token: u64) -> Result<&mut File, Error> {
+        self.sessions
+            .get_mut(&id)
+            .and_then(|s| s.files.get_mut(&token))
+            .ok_or(Error::NoToken)
+    }
+
+    /// FINISH: end the incoming session `id`.
+    ///
+    /// Every file's `can_finish` is asked first, in preservation order; any veto is `EBUSY` and
+    /// nothing changes. Then every file is finished, newest first, whether it was retrieved or
+    /// not. The session stays, empty; FINISH may be repeated.
+    pub fn finish(&mut self, id: SessionId) -> Result<(), Error> {
+        self.check_thawed()?;
+        let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
+        if session.is_outgoing() {
+            return Err(Error::NotIncoming);
+        }
+        self.finish_files(id)?;
+        if let Some(Session {
+            direction: Direction::Incoming { finished, .. },
+            ..
+        }) = self.sessions.get_mut(&id)
+        {
+            *finished = true;
+        }
+        Ok(())
+    }
+
+    fn finish_files(&mut self, id: SessionId) -> Result<(), Error> {
+        let registry = Arc::clone(&self.registry);
+        let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
+        let tokens = session.tokens_fifo();
+        for token in &tokens {
+            if let Some(file) = session.files.get(token) {
+                let handler = &registry.handlers[file.handler];
+                if !handler.can_finish(&file.data, file.status) {
+                    return Err(Error::FinishVetoed(handler.compatible().to_owned()));
+                }
+            }
+        }
+        for token in tokens.iter().rev() {
+            let Some(session) = self.sessions.get_mut(&id) else {
+                break;
+            };
+            let Some(mut file) = session.files.remove(token) else {
+                continue;
+            };
+            let handler = &registry.handlers[file.handler];
+            handler.finish(&mut file.data, file.status);
+            self.flb_file_finish(file.handler);
+            if let Some(identity) = file.identity {
+                self.identities.remove(&identity);
+            }
+        }
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.order.clear();
+        }
+        Ok(())
+    }
+
+    /// Closing the last descriptor of session `id`.
+    ///
+    /// An outgoing session unpreserves its files, newest first, and is gone. An incoming
+    /// session is finished implicitly; if a handler vetoes, the session stays, retrieved and
+    /// unreachable (as in the kernel), and the veto is returned for the log.
+    pub fn close_session(&mut self, id: SessionId) -> Result<(), Error> {
+        self.check_thawed()?;
+        let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
+        if session.is_outgoing() {
+            let registry = Arc::clone(&self.registry);
+            let tokens = session.tokens_fifo();
+            for token in tokens.iter().rev() {
+                let Some(session) = self.sessions.get_mut(&id) else {
+                    break;
+                };
+                let Some(mut file) = session.files.remove(token) else {
+                    continue;
+                };
+                registry.handlers[file.handler].unpreserve(&mut file.data);
+                self.flb_unpreserve(file.handler);
+                if let Some(identity) = file.identity {
+                    self.identities.remove(&identity);
+                }
+            }
+        } else {
+            self.finish_files(id)?;
+        }
+        self.remove_session(id);
+        Ok(())
+    }
+
+    pub(crate) fn remove_session(&mut self, id: SessionId) -> Option<Session> {
+        let session = self.sessions.remove(&id)?;
+        if let Some(ns) = self.namespaces.get_mut(&session.owner) {
+            let map = if session.is_outgoing() {
+                &mut ns.outgoing
+            } else {
+                &mut ns.incoming
+            };
+            if map.get(&session.name) == Some(&id) {
+                map.remove(&session.name);
+            }
+            if ns.outgoing.is_empty() && ns.incoming.is_empty() {
+                self.namespaces.remove(&session.owner);
+            }
+        }
+        Some(session)
+    }
+
+    /// GET_NAME: the name of session `id`.
+    pub fn session_name(&self, id: SessionId) -> Result<&[u8], Error> {
+        self.sessions
+            .get(&id)
+            .map(|s| &*s.name)
+            .ok_or(Error::StaleSession)
+    }
+
+    /// What one session looks like now.
+    pub fn session_info(&self, id: SessionId) -> Option<SessionInfo> {
+        self.sessions.get(&id).map(|s| SessionInfo {
+            id,
+            owner: s.owner,
+            name: s.name.to_vec(),
+            direction: s.direction,
+            seq: s.seq,
+            files: s.files.len(),
+            bytes: s.bytes(),
+        })
+    }
+
+    /// Every session, in creation order.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let mut ids: Vec<(u64, SessionId)> =
+            self.sessions.iter().map(|(id, s)| (s.seq, *id)).collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|(_, id)| self.session_info(id))
+            .collect()
+    }
+
+    /// The tokens of session `id`, in preservation order.
+    pub fn tokens(&self, id: SessionId) -> Result<Vec<u64>, Error> {
+        self.sessions
+            .get(&id)
+            .map(Session::tokens_fifo)
+            .ok_or(Error::StaleSession)
+    }
+
+    /// How many objects are preserved (or retrieved and not finished).
+    pub fn preserved_objects(&self) -> usize {
+        self.identities.len()
+    }
+
+    /// The (outgoing, incoming) dependent-file counts of the FLB `compatible`.
+    pub fn flb_counts(&self, compatible: &str) -> Option<(u64, u64)> {
+        let f = self.registry.flb_by_compatible(compatible)?;
+        self.flbs.get(f).map(|s| (s.out_count, s.in_count))
+    }
+
+    /// First access to the incoming half of FLB `compatible`: retrieves it from the data that
+    /// crossed the update if nobody did yet. `ENODATA` when it has no incoming half.
+    pub fn flb_incoming(&mut self, compatible: &str) -> Result<(), Error> {
+        let f = self
+            .registry
+            .flb_by_compatible(compatible)
+            .ok_or_else(|| Error::UnknownCompatible(compatible.to_owned()))?;
+        let state = &self.flbs[f];
+        if state.in_count == 0 || (!state.in_retrieved && state.in_data.is_none()) {
+            return Err(Error::Flb {
+                compatible: compatible.to_owned(),
+                step: "find incoming data",
+                source: HandlerError::new(Errno::ENODATA, "no incoming data"),
+            });
+        }
+        self.flb_retrieve(f)
+    }
+
+    // ---- FLB refcounting -------------------------------------------------------------------
+
+    fn flb_preserve(&mut self, h: usize) -> Result<(), Error> {
+        let registry = Arc::clone(&self.registry);
+        let linked = &registry.handler_flbs[h];
+        for (i, &f) in linked.iter().enumerate() {
+            if self.flbs[f].out_count == 0 {
+                if let Err(e) = registry.flbs[f].preserve() {
+                    for &g in linked[..i].iter().rev() {
+                        self.flb_drop_out(g);
+                    }
+                    return Err(flb_err(registry.flbs[f].compatible(), "preserve", e));
+                }
+            }
+            self.flbs[f].out_count += 1;
+        }
+        Ok(())
+    }
+
+    fn flb_drop_out(&mut self, f: usize) {
+        let state = &mut self.flbs[f];
+        state.out_count = state.out_count.saturating_sub(1);
+        if state.out_count == 0 {
+            self.registry.flbs[f].unpreserve();
+        }
+    }
+
+    fn flb_unpreserve(&mut self, h: usize) {
+        let registry = Arc::clone(&self.registry);
+        for &f in registry.handler_flbs[h].iter().rev() {
+            self.flb_drop_out(f);
+        }
+    }
+
+    fn flb_retrieve(&mut self, f: usize) -> Result<(), Error> {
+        let state = &mut self.flbs[f];
+        if state.in_retrieved {
+            return Ok(());
+        }
+        let data = state.in_data.as_deref().unwrap_or_default();
+        self.registry.flbs[f]
+            .retrieve(data)
+            .map_err(|e| flb_err(self.registry.flbs[f].compatible(), "retrieve", e))?;
+        state.in_retrieved = true;
+        state.in_data = None;
+        Ok(())
+    }
+
+    /// First access to every incoming FLB linked to handler `h`.
+    fn flb_access(&mut self, h: usize) -> Result<(), Error> {
+        let registry = Arc::clone(&self.registry);
+        for &f in &registry.handler_flbs[h] {
+            if self.flbs[f].in_count > 0 {
+                self.flb_retrieve(f)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flb_file_finish(&mut self, h: usize) {
+        let registry = Arc::clone(&self.registry);
+        for &f in registry.handler_flbs[h].iter().rev() {
+            if self.flbs[f].in_count == 0 {
+                continue;
+            }
+            self.flbs[f].in_count -= 1;
+            if self.flbs[f].in_count == 0 {
+                // Retrieve first if nobody did, so finish always sees a live object; a failed
+                // retrieve is logged by the FLB itself and finish still runs.
+                let _ = self.flb_retrieve(f);
+                registry.flbs[f].finish();
+                let state = &mut self.flbs[f];
+                state.in_retrieved = false;
+                state.in_data = None;
+            }
+        }
+    }
+
+    /// Moves the FLB counts of handler `h`'s file from the outgoing to the incoming half, for a
+    /// handoff inside this process.
+    pub(crate) fn flb_hand_over(&mut self, h: usize) {
+        let registry = Arc::clone(&self.registry);
+        for &f in &registry.handler_flbs[h] {
+            if self.flbs[f].in_count == 0 && !self.flbs[f].in_retrieved {
+                self.flbs[f].in_data = Some(registry.flbs[f].serialize());
+            }
+            self.flbs[f].in_count += 1;
+        }
+        for &f in registry.handler_flbs[h].iter().rev() {
+            self.flb_drop_out(f);
+        }
+    }
+}
+
+pub(crate) fn dup(fd: &OwnedFd) -> Result<OwnedFd, HandlerError> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| HandlerError::from_io("dup", e))
+}

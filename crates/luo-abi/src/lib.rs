@@ -27,5 +27,6 @@ extern crate alloc;
 pub mod errno;
 pub mod image;
 pub mod uapi;
+pub mod wire;
 
 pub use errno::Errno;

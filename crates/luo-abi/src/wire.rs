@@ -1,0 +1,280 @@
+//! The client <-> luod message framing.
+//!
+//! This module is a contract between luod and its clients (luo-client, luo-preload, luoctl),
+//! which may be built from different versions: it only grows, and any change to an existing
+//! layout bumps [`WIRE_VERSION`].
+//!
+//! # Transport
+//!
+//! An `AF_UNIX` `SOCK_SEQPACKET` socket: one datagram is one message, at most [`MAX_MESSAGE`]
+//! bytes, with at most [`MAX_FDS`] descriptors attached as `SCM_RIGHTS`. A client connects to
+//! luod's socket and gets a *control* connection; [`Op::OpenDevice`] turns it into the
+//! *device* connection of its uid (the part of an open `/dev/liveupdate`). CREATE_SESSION and
+//! RETRIEVE_SESSION answer with a new *session* connection: one end of a socket pair, attached
+//! to the reply. Closing the last copy of that descriptor, in any process, closes the session.
+//!
+//! # Messages
+//!
+//! ```text
+//!  request                                   reply
+//!  0       4       8              16         0       4       8              16
+//!  +-------+-------+--------------+----      +-------+-------+--------------+----
+//!  |  op   |  len  |      id      | arg      | errno |  len  |      id      | arg
+//!  +-------+-------+--------------+----      +-------+-------+--------------+----
+//! ```
+//!
+//! - `op`: for the kernel's operations, the ioctl command word itself (`0xBA00`...), so luod
+//!   decodes it exactly as the kernel does ([`crate::uapi::lookup`]); luod's own operations are
+//!   in the [`NATIVE_BASE`] range.
+//! - `len`: bytes of `arg` that follow. For a kernel operation, `arg` is the caller's struct and
+//!   `len` equals its `size` field: luod applies the kernel's size rules to it.
+//! - `id`: chosen by the client, echoed in the reply.
+//! - `errno`: 0 on success, else a positive errno; `arg` of a failed native operation may hold
+//!   a UTF-8 message saying why.
+//! - A reply's `arg` for a kernel operation is the struct as the kernel copies it back:
+//!   `min(size, known size)` bytes. A returned descriptor travels as `SCM_RIGHTS`, and the
+//!   struct's `fd` field is rewritten by the client with the number it received.
+//!
+//! All integers are little-endian.
+
+use zerocopy::byteorder::little_endian::{I32, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::Errno;
+
+/// Version of this framing. Changing any layout here bumps it.
+pub const WIRE_VERSION: u32 = 1;
+/// Largest message, header included.
+pub const MAX_MESSAGE: usize = 4096;
+/// Most descriptors attached to one message (the kernel's `SCM_MAX_FD`).
+pub const MAX_FDS: usize = 253;
+/// First opcode of luod's own operations.
+pub const NATIVE_BASE: u32 = 0x4C55_0000;
+
+/// Header of every request.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct RequestHeader {
+    /// The operation: an ioctl command word or an [`Op`].
+    pub op: U32,
+    /// Bytes of argument that follow the header.
+    pub len: U32,
+    /// Chosen by the client, echoed in the reply.
+    pub id: U64,
+}
+const _: () = assert!(core::mem::size_of::<RequestHeader>() == 16);
+
+/// Header of every reply.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ReplyHeader {
+    /// 0 on success, else a positive errno.
+    pub errno: I32,
+    /// Bytes of argument that follow the header.
+    pub len: U32,
+    /// The request's id.
+    pub id: U64,
+}
+const _: () = assert!(core::mem::size_of::<ReplyHeader>() == 16);
+
+/// Largest argument of one message.
+pub const MAX_ARG: usize = MAX_MESSAGE - core::mem::size_of::<RequestHeader>();
+
+/// luod's own operations (the kernel's travel as their ioctl command word).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Op {
+    /// Control connection -> device connection of the caller's uid. `EBUSY` while another is
+    /// open. No argument.
+    OpenDevice = NATIVE_BASE + 1,
+    /// On a session connection: hand the outgoing session off (freeze it and move it to the
+    /// incoming set). No argument.
+    Handoff = NATIVE_BASE + 2,
+    /// List sessions: argument [`ListRequest`], reply [`ListReply`] then entries.
+    List = NATIVE_BASE + 3,
+    /// Status: no argument, reply [`StatusReply`].
+    Status = NATIVE_BASE + 4,
+    /// Upgrade luod: argument the new binary's path (UTF-8, may be empty for the current one).
+    Upgrade = NATIVE_BASE + 5,
+    /// Emulate a reboot. No argument.
+    Reboot = NATIVE_BASE + 6,
+    /// Liveness: no argument, empty reply.
+    Ping = NATIVE_BASE + 7,
+}
+
+impl Op {
+    /// The native operation with this opcode.
+    pub fn from_raw(op: u32) -> Option<Op> {
+        Some(match op.checked_sub(NATIVE_BASE)? {
+            1 => Op::OpenDevice,
+            2 => Op::Handoff,
+            3 => Op::List,
+            4 => Op::Status,
+            5 => Op::Upgrade,
+            6 => Op::Reboot,
+            7 => Op::Ping,
+            _ => return None,
+        })
+    }
+}
+
+/// Argument of [`Op::List`]: the first session to list (0 for the start).
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ListRequest {
+    /// Index of the first session wanted.
+    pub start: U64,
+}
+const _: () = assert!(core::mem::size_of::<ListRequest>() == 8);
+
+/// Head of the reply to [`Op::List`], followed by `count` [`ListEntry`].
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ListReply {
+    /// Entries in this reply.
+    pub count: U32,
+    /// Zero.
+    pub reserved: U32,
+    /// Sessions visible to the caller in all.
+    pub total: U64,
+}
+const _: () = assert!(core::mem::size_of::<ListReply>() == 16);
+
+/// `ListEntry::flags`: the session is incoming.
+pub const LIST_INCOMING: u32 = 1 << 0;
+/// `ListEntry::flags`: an incoming session a client retrieved.
+pub const LIST_RETRIEVED: u32 = 1 << 1;
+/// `ListEntry::flags`: an incoming session that was finished.
+pub const LIST_FINISHED: u32 = 1 << 2;
+
+/// One session in a [`ListReply`].
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ListEntry {
+    /// Namespace (uid).
+    pub owner: U32,
+    /// `LIST_*` bits.
+    pub flags: U32,
+    /// Files held.
+    pub files: U64,
+    /// Bytes of memory the files keep alive.
+    pub bytes: U64,
+    /// NUL-terminated name.
+    pub name: [u8; 64],
+}
+const _: () = assert!(core::mem::size_of::<ListEntry>() == 88);
+
+/// Most entries in one list reply.
+pub const LIST_MAX: usize =
+    (MAX_MESSAGE - core::mem::size_of::<ReplyHeader>() - core::mem::size_of::<ListReply>())
+        / core::mem::size_of::<ListEntry>();
+
+/// Reply to [`Op::Status`].
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct StatusReply {
+    /// `WIRE_VERSION` of the daemon.
+    pub wire_version: U32,
+    /// Daemon pid.
+    pub pid: U32,
+    /// Generation (reboots since the first start).
+    pub generation: U64,
+    /// Outgoing sessions.
+    pub sessions_outgoing: U64,
+    /// Incoming sessions.
+    pub sessions_incoming: U64,
+    /// Preserved files.
+    pub files: U64,
+    /// Bytes of memory preserved files keep alive.
+    pub bytes: U64,
+    /// Connected clients (device, control and session connections).
+    pub clients: U64,
+    /// Milliseconds since this generation started.
+    pub uptime_ms: U64,
+    /// The daemon's descriptor limit.
+    pub fd_limit: U64,
+    /// Descriptors the daemon holds.
+    pub fd_used: U64,
+    /// Orchestrator upgrades since this generation started.
+    pub upgrades: U64,
+    /// The daemon's version, NUL-padded.
+    pub version: [u8; 32],
+}
+const _: () = assert!(core::mem::size_of::<StatusReply>() == 120);
+
+/// Splits a message into its request header and argument; `EPROTO` for a message too short,
+/// longer than [`MAX_MESSAGE`], or whose `len` disagrees with its length.
+pub fn parse_request(msg: &[u8]) -> Result<(RequestHeader, &[u8]), Errno> {
+    if msg.len() > MAX_MESSAGE {
+        return Err(Errno::EPROTO);
+    }
+    let (hdr, arg) = RequestHeader::read_from_prefix(msg).map_err(|_| Errno::EPROTO)?;
+    if hdr.len.get() as usize != arg.len() {
+        return Err(Errno::EPROTO);
+    }
+    Ok((hdr, arg))
+}
+
+/// Splits a reply into its header and argument, with the same checks as [`parse_request`].
+pub fn parse_reply(msg: &[u8]) -> Result<(ReplyHeader, &[u8]), Errno> {
+    if msg.len() > MAX_MESSAGE {
+        return Err(Errno::EPROTO);
+    }
+    let (hdr, arg) = ReplyHeader::read_from_prefix(msg).map_err(|_| Errno::EPROTO)?;
+    if hdr.len.get() as usize != arg.len() {
+        return Err(Errno::EPROTO);
+    }
+    Ok((hdr, arg))
+}
+
+/// Appends a request for `op` with `arg` to `out`; `E2BIG` if it would not fit in a message.
+pub fn write_request(out: &mut alloc::vec::Vec<u8>, op: u32, id: u64, arg: &[u8]) -> Result<(), Errno> {
+    if arg.len() > MAX_ARG {
+        return Err(Errno::E2BIG);
+    }
+    let hdr = RequestHeader { op: U32::new(op), len: U32::new(arg.len() as u32), id: U64::new(id) };
+    out.extend_from_slice(hdr.as_bytes());
+    out.extend_from_slice(arg);
+    Ok(())
+}
+
+/// Appends a reply to `out`; an argument too long for a message is cut to fit.
+pub fn write_reply(out: &mut alloc::vec::Vec<u8>, errno: i32, id: u64, arg: &[u8]) {
+    let arg = &arg[..arg.len().min(MAX_ARG)];
+    let hdr = ReplyHeader { errno: I32::new(errno), len: U32::new(arg.len() as u32), id: U64::new(id) };
+    out.extend_from_slice(hdr.as_bytes());
+    out.extend_from_slice(arg);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec::Vec;
+
+    #[test]
+    fn round_trip_and_bounds() {
+        let mut m = Vec::new();
+        write_request(&mut m, 0xBA00, 9, &[1, 2, 3]).unwrap();
+        let (h, a) = parse_request(&m).unwrap();
+        assert_eq!((h.op.get(), h.id.get(), a), (0xBA00, 9, &[1u8, 2, 3][..]));
+        assert_eq!(parse_request(&m[..15]).unwrap_err(), Errno::EPROTO);
+        assert_eq!(parse_request(&m[..18]).unwrap_err(), Errno::EPROTO);
+        assert_eq!(write_request(&mut m, 1, 1, &[0; MAX_ARG + 1]), Err(Errno::E2BIG));
+        assert_eq!(Op::from_raw(NATIVE_BASE + 4), Some(Op::Status));
+        assert_eq!(Op::from_raw(NATIVE_BASE + 99), None);
+        assert_eq!(Op::from_raw(0xBA00), None);
+        assert!(LIST_MAX >= 40);
+    }
+}

@@ -1,0 +1,139 @@
+//! What the memfd and hugetlb memfd handlers share: capturing a memory file's state and handing
+//! the same memory back as a new open file description.
+//!
+//! Nothing is copied. The engine holds a duplicate of the client's descriptor, which keeps the
+//! inode (and so every page) alive; retrieve opens the held file again through
+//! `/proc/self/fd/N`, which gives a new open file description of the same inode, exactly as the
+//! kernel's retrieve gives a new `struct file`.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{Mode, OFlags, SealFlags, SeekFrom};
+
+use crate::error::Error;
+use crate::fd;
+
+/// Every seal luod records and restores (the kernel's `MEMFD_LUO_ALL_SEALS`): `F_SEAL_SEAL`,
+/// `F_SEAL_SHRINK`, `F_SEAL_GROW`, `F_SEAL_WRITE`, `F_SEAL_FUTURE_WRITE` and `F_SEAL_EXEC`.
+pub const ALL_SEALS: u32 = 0x3f;
+
+/// Record flag: the file answered `EINVAL` to `F_GET_SEALS`, so `seals` is 0 and retrieve does
+/// not check seals.
+pub const FLAG_NO_SEALS: u32 = 1 << 0;
+
+/// Every record flag defined for `memfd-v1` and `memfd-hugetlb-v1`.
+pub(crate) const ALL_FLAGS: u32 = FLAG_NO_SEALS;
+
+/// The state of a memory file that both records carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct State {
+    pub(crate) size: u64,
+    pub(crate) pos: u64,
+    pub(crate) seals: u32,
+    pub(crate) flags: u32,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+impl State {
+    /// Reads size, position, seals and inode from `fd` (the position is the open file
+    /// description's, so through a duplicate it is the client's).
+    pub(crate) fn capture(fd: BorrowedFd<'_>) -> Result<State, Error> {
+        let st = rustix::fs::fstat(fd).map_err(Error::sys("fstat"))?;
+        let pos = rustix::fs::seek(fd, SeekFrom::Current(0)).map_err(Error::sys("lseek"))?;
+        let (seals, flags) = match rustix::fs::fcntl_get_seals(fd) {
+            Ok(s) => (s.bits(), 0),
+            Err(rustix::io::Errno::INVAL) => (0, FLAG_NO_SEALS),
+            Err(e) => return Err(Error::sys("F_GET_SEALS")(e)),
+        };
+        if seals & !ALL_SEALS != 0 {
+            return Err(Error::UnsupportedSeals(seals & !ALL_SEALS));
+        }
+        Ok(State {
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            pos,
+            seals,
+            flags,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// Checks the fields every memory record shares.
+    pub(crate) fn validate(&self, record: &'static str) -> Result<(), Error> {
+        let field = |field| Error::RecordField { record, field };
+        if self.flags & !ALL_FLAGS != 0 {
+            return Err(field("flags"));
+        }
+        if self.seals & !ALL_SEALS != 0 || (self.flags & FLAG_NO_SEALS != 0 && self.seals != 0) {
+            return Err(field("seals"));
+        }
+        if i64::try_from(self.size).is_err() {
+            return Err(field("size"));
+        }
+        if i64::try_from(self.pos).is_err() {
+            return Err(field("pos"));
+        }
+        Ok(())
+    }
+
+    /// Hands the memory back: a new open file description of the held inode with the recorded
+    /// size, seals and position.
+    ///
+    /// The size is set back to the recorded one if someone still holding the file changed it
+    /// after freeze, unless the file is sealed against that change (then the current size
+    /// stays). Seals can only be added, never removed, so the file normally already has every
+    /// recorded seal; any that are missing are added, and if that is refused the retrieve fails.
+    pub(crate) fn reopen(&self, held: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+        let st = rustix::fs::fstat(held).map_err(Error::sys("fstat"))?;
+        if (st.st_dev, st.st_ino) != (self.dev, self.ino) {
+            return Err(Error::HeldMismatch("memory file"));
+        }
+        let open = rustix::fs::open(
+            fd::proc_path(held),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(Error::sys("reopen"))?;
+        let now = rustix::fs::fstat(&open).map_err(Error::sys("fstat"))?;
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(Error::ReopenMismatch);
+        }
+
+        let seals_now = match rustix::fs::fcntl_get_seals(&open) {
+            Ok(s) => s.bits(),
+            Err(rustix::io::Errno::INVAL) => 0,
+            Err(e) => return Err(Error::sys("F_GET_SEALS")(e)),
+        };
+        let size_now = u64::try_from(now.st_size).unwrap_or(0);
+        let blocked = (self.size < size_now && seals_now & SealFlags::SHRINK.bits() != 0)
+            || (self.size > size_now && seals_now & SealFlags::GROW.bits() != 0);
+        if size_now != self.size && !blocked {
+            rustix::fs::ftruncate(&open, self.size).map_err(Error::sys("ftruncate"))?;
+        }
+
+        if self.flags & FLAG_NO_SEALS == 0 {
+            let missing = self.seals & !seals_now;
+            if missing != 0 {
+                rustix::fs::fcntl_add_seals(&open, SealFlags::from_bits_retain(missing))
+                    .map_err(Error::sys("F_ADD_SEALS"))?;
+            }
+        }
+
+        rustix::fs::seek(&open, SeekFrom::Start(self.pos)).map_err(Error::sys("lseek"))?;
+        Ok(open)
+    }
+}
+
+/// Checks `fd` is an unlinked regular file on a filesystem with magic `magic`, open for I/O.
+pub(crate) fn is_unlinked_file_on(fd: BorrowedFd<'_>, magic: i64) -> bool {
+    if fd::is_path_only(fd) {
+        return false;
+    }
+    let Ok(st) = rustix::fs::fstat(fd) else {
+        return false;
+    };
+    fd::file_type(&st) == rustix::fs::FileType::RegularFile
+        && st.st_nlink == 0
+        && fd::fs_magic(fd.as_fd()) == Some(magic)
+}

@@ -24,6 +24,7 @@ fn file(token: u64, fd_index: u32) -> FileSpec<'static> {
         compatible: "memfd-v1",
         token,
         fd_index,
+        open_fd_index: NO_FD,
         status: 0,
         flags: 0,
         record: b"0123456789abcdef",

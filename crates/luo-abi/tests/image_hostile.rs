@@ -36,7 +36,7 @@ const F_RECORD_LEN: usize = 64;
 const F_FD_INDEX: usize = 72;
 const F_STATUS: usize = 76;
 const F_FLAGS: usize = 80;
-const F_RESERVED: usize = 84;
+const F_OPEN_FD_INDEX: usize = 84;
 const FLB_DATA_OFF: usize = 56;
 const FLB_DATA_LEN: usize = 64;
 const FLB_FLAGS: usize = 72;
@@ -173,6 +173,7 @@ fn one_file_per_block(n: u64) -> Vec<u8> {
         compatible: "c",
         token,
         fd_index: NO_FD,
+        open_fd_index: NO_FD,
         status: 0,
         flags: 0,
         record: b"",
@@ -420,11 +421,11 @@ fn session_name_without_nul() {
 #[test]
 fn fd_index_out_of_range_and_reused() {
     assert_eq!(
-        tamper(|b, p| put_u32(b, p + ALPHA_FILE0 + F_FD_INDEX, 2)),
+        tamper(|b, p| put_u32(b, p + ALPHA_FILE0 + F_FD_INDEX, 3)),
         Err(ImageError::FdIndex {
             session: 0,
             file: 0,
-            fd_index: 2,
+            fd_index: 3,
         })
     );
     assert_eq!(
@@ -518,11 +519,35 @@ fn entry_contents() {
             Box::new(|b, p| put_u32(b, p + ALPHA_FILE0 + F_FLAGS, 4)),
         ),
         (
-            ImageError::FileReserved {
+            ImageError::OpenFd {
                 session: 0,
                 file: 0,
             },
-            Box::new(|b, p| put_u32(b, p + ALPHA_FILE0 + F_RESERVED, 1)),
+            Box::new(|b, p| put_u32(b, p + ALPHA_FILE0 + F_OPEN_FD_INDEX, 1)),
+        ),
+        (
+            ImageError::FdIndex {
+                session: 1,
+                file: 0,
+                fd_index: 3,
+            },
+            Box::new(|b, p| put_u32(b, p + BETA_FILE0 + F_OPEN_FD_INDEX, 3)),
+        ),
+        (
+            ImageError::FdReused {
+                session: 1,
+                file: 0,
+                fd_index: 1,
+            },
+            Box::new(|b, p| put_u32(b, p + BETA_FILE0 + F_OPEN_FD_INDEX, 1)),
+        ),
+        (
+            ImageError::FdReused {
+                session: 1,
+                file: 0,
+                fd_index: 0,
+            },
+            Box::new(|b, p| put_u32(b, p + BETA_FILE0 + F_OPEN_FD_INDEX, 0)),
         ),
         (
             ImageError::DuplicateToken {

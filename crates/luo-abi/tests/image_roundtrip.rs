@@ -78,12 +78,12 @@ fn sample_layout_is_as_documented() {
     assert_eq!(prop(&bytes, &["fds"], "offset"), (b + 624) as u64);
     assert_eq!(&bytes[b + 624..b + 628], &10i32.to_le_bytes());
     let memfd = &["parts", "handlers", "memfd-v1"][..];
-    assert_eq!(prop(&bytes, memfd, "data-offset"), (b + 640) as u64);
+    assert_eq!(prop(&bytes, memfd, "data-offset"), (b + 648) as u64);
     assert_eq!(
         prop(&bytes, &["parts", "luod"], "data-offset"),
-        (b + 648) as u64
+        (b + 656) as u64
     );
-    assert_eq!(bytes.len(), b + 656);
+    assert_eq!(bytes.len(), b + 664);
     assert_eq!(&bytes[..4], &0xd00d_feedu32.to_be_bytes());
 }
 
@@ -99,7 +99,7 @@ fn sessions_without_files() {
 #[test]
 fn finished_retrieved_and_errno_states() {
     let mut m = Model::empty();
-    m.fds = vec![(3, S_IFREG), (4, 0)];
+    m.fds = vec![(3, S_IFREG), (4, 0), (5, S_IFREG)];
     m.sessions = vec![
         session(
             "done",
@@ -113,6 +113,7 @@ fn finished_retrieved_and_errno_states() {
                 ModelFile {
                     status: 1,
                     flags: FILE_FROZEN,
+                    open_fd_index: Some(2),
                     ..file("memfd-v1", 5, Some(1), b"x")
                 },
                 ModelFile {
@@ -278,6 +279,7 @@ fn writer_refuses_bad_input() {
         compatible,
         token: 1,
         fd_index,
+        open_fd_index: NO_FD,
         status,
         flags,
         record: b"",
@@ -407,7 +409,44 @@ fn writer_refuses_bad_input() {
             token: 1
         })
     );
-    w.add_session(&spec(b"a", 0), [f("c", fd, 1, 0)]).unwrap();
+    // The retrieved open file: only with status 1, in its own slot.
+    let open = w.add_fd(4, S_IFREG);
+    let with_open = |status| FileSpec {
+        open_fd_index: open,
+        ..f("c", fd, status, 0)
+    };
+    assert_eq!(
+        w.add_session(&spec(b"a", 0), [with_open(0)]),
+        Err(ImageError::OpenFd {
+            session: 0,
+            file: 0
+        })
+    );
+    let same = FileSpec {
+        open_fd_index: fd,
+        ..f("c", fd, 1, 0)
+    };
+    assert_eq!(
+        w.add_session(&spec(b"a", 0), [same]),
+        Err(ImageError::FdReused {
+            session: 0,
+            file: 0,
+            fd_index: fd
+        })
+    );
+    let nowhere = FileSpec {
+        open_fd_index: 9,
+        ..f("c", fd, 1, 0)
+    };
+    assert_eq!(
+        w.add_session(&spec(b"a", 0), [nowhere]),
+        Err(ImageError::FdIndex {
+            session: 0,
+            file: 0,
+            fd_index: 9
+        })
+    );
+    w.add_session(&spec(b"a", 0), [with_open(1)]).unwrap();
     w.add_session(&spec(b"b", 0), []).unwrap();
     assert_eq!(
         w.add_flb("", 0, 0, b""),
@@ -592,10 +631,16 @@ fn arb_model() -> impl Strategy<Value = Model> {
                         } else {
                             status
                         };
+                        let open_fd_index = (status == 1 && token % 2 == 0).then(|| {
+                            let fd = 100 + m.fds.len() as i32;
+                            m.fds.push((fd, S_IFSOCK));
+                            (m.fds.len() - 1) as u32
+                        });
                         out.push(ModelFile {
                             compatible: compatible.into(),
                             token,
                             fd_index,
+                            open_fd_index,
                             status,
                             flags: fflags,
                             record,

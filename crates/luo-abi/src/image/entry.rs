@@ -79,13 +79,14 @@ pub struct FileEntry {
     pub record_len: U64,
     /// Index into the fd table of the descriptor that carries the file, or [`NO_FD`].
     pub fd_index: U32,
-    /// Retrieve status: 0 never retrieved, 1 retrieved (the descriptor is the retrieved open
-    /// file), negative: the errno of a failed retrieve (sticky).
+    /// Retrieve status: 0 never retrieved, 1 retrieved, negative: the errno of a failed
+    /// retrieve (sticky).
     pub status: I32,
     /// `FILE_*` bits.
     pub flags: U32,
-    /// Zero.
-    pub reserved: U32,
+    /// Index into the fd table of the open file a client retrieved (only with status 1), or
+    /// [`NO_FD`]. A slot distinct from `fd_index`.
+    pub open_fd_index: U32,
 }
 const _: () = assert!(core::mem::size_of::<FileEntry>() == 88);
 

@@ -265,8 +265,8 @@ pub enum ImageError {
         /// The flags.
         flags: u32,
     },
-    /// A file's reserved field is not zero.
-    FileReserved {
+    /// A file has a retrieved open file (`open_fd_index`) but its status is not 1.
+    OpenFd {
         /// Index of the session.
         session: u64,
         /// Index of the file within the session.
@@ -281,7 +281,8 @@ pub enum ImageError {
         /// The status.
         status: i32,
     },
-    /// A file's `fd_index` is neither [`NO_FD`](super::NO_FD) nor an index into the fd table.
+    /// A file's `fd_index` or `open_fd_index` is neither [`NO_FD`](super::NO_FD) nor an index
+    /// into the fd table.
     FdIndex {
         /// Index of the session.
         session: u64,
@@ -290,7 +291,7 @@ pub enum ImageError {
         /// The index.
         fd_index: u32,
     },
-    /// Two files use the same fd table slot.
+    /// Two files, or the two descriptors of one file, use the same fd table slot.
     FdReused {
         /// Index of the session of the second file.
         session: u64,
@@ -481,9 +482,9 @@ impl fmt::Display for ImageError {
                 f,
                 "File {file} of session {session} has bad flags {flags:#x}"
             ),
-            FileReserved { session, file } => write!(
+            OpenFd { session, file } => write!(
                 f,
-                "File {file} of session {session} has a non-zero reserved field"
+                "File {file} of session {session} has an open file but was not retrieved"
             ),
             FileStatus {
                 session,

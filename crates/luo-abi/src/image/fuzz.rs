@@ -112,9 +112,11 @@ fn exercise(bytes: &[u8]) -> bool {
         for f in s.files() {
             files += 1;
             assert!(!f.compatible.is_empty() && f.compatible.len() <= COMPATIBLE_MAX);
-            if let Some(i) = f.fd_index {
+            for i in [f.fd_index, f.open_fd_index].into_iter().flatten() {
                 assert!((i as usize) < image.fds().len());
             }
+            assert!(f.open_fd_index.is_none() || f.status == 1);
+            assert!(f.open_fd_index.is_none() || f.open_fd_index != f.fd_index);
             let sum = f.record.iter().fold(0u8, |a, &b| a ^ b);
             core::hint::black_box((f.token, f.status, f.flags, sum));
         }

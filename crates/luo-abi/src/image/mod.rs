@@ -10,20 +10,21 @@
 //! # Layout
 //!
 //! ```text
-//!  0                      totalsize  P = align8(totalsize)                       image-length
-//!  +----------------------+---------+-----------------------------+-----------------------+
-//!  | FDT root index       | zero    | metadata:                   | data:                 |
-//!  | (dtb v17, big-endian)| padding | session blocks, file blocks,| file records,         |
-//!  |                      |         | FLB blocks, fd table        | FLB data, part data   |
-//!  +----------------------+---------+-----------------------------+-----------------------+
+//!  0                    totalsize   P = align8(totalsize)                         image-length
+//!  +--------------------+----------+---------------------------------------------------+
+//!  | FDT root index     | zero gap | payload, little-endian, in payload order:         |
+//!  | (dtb v17, BE)      |          |  per session block: its sessions' file blocks and |
+//!  |                    |          |  records, then the block; FLB blocks, FLB data;   |
+//!  |                    |          |  fd table; part data                              |
+//!  +--------------------+----------+---------------------------------------------------+
 //!
-//!  / {                                         a block (all fields little-endian):
-//!      compatible = "luod-image-v1";           +----------+-----------+---------+-----+---------+
-//!      writer = "<luod version>";              | next u64 | count u64 | entry 0 | ... | entry   |
-//!      generation = <u64>;                     |          |           |         |     | count-1 |
-//!      image-length = <u64>;                   +----------+-----------+---------+-----+---------+
-//!      block-size = <0x10000>;                 next: offset of the next block of the chain, 0 at
-//!      checksum = <crc32>;                     the end, always past the end of this block;
+//!  / {                                          a block:
+//!      compatible = "luod-image-v1";            +----------+-----------+---------+-----+
+//!      writer = "<luod version>";               | next u64 | count u64 | entry 0 | ... |
+//!      generation = <u64>;                      +----------+-----------+---------+-----+
+//!      image-length = <u64>;                    next: offset of the next block of the
+//!      block-size = <0x10000>;                  chain, 0 for the last, always forward;
+//!      checksum = <crc32>;                      count: 1..=capacity entries follow
 //!      sessions { compatible = "luod-sessions-v1"; head = <u64>; count = <u64>; };
 //!      flbs     { compatible = "luod-flbs-v1";     head = <u64>; count = <u64>; };
 //!      fds      { compatible = "luod-fds-v1";      offset = <u64>; count = <u64>; };
@@ -43,10 +44,11 @@
 //!   [`MAX_CHAIN_BLOCKS`] blocks.
 //! - `fds` locates a flat array of [`FdEntry`], the descriptors that travel with the image.
 //! - Records, FLB data and part data are byte blobs, 8-byte aligned.
-//! - Every block, the fd table and every blob starts at or after the end of the one before it in
-//!   this order, so nothing overlaps and chains cannot loop: session blocks (chain order), the
-//!   file blocks of each session (session order, then chain order), FLB blocks, the fd table,
-//!   file records (session order, file order), FLB data (FLB order), part data (tree order).
+//! - *Payload order*: every block, the fd table and every blob starts at or after the end of the
+//!   one before it in this order, so nothing overlaps and no chain can loop: for each session
+//!   block (chain order), the file blocks (chain order) then the records (file order) of each
+//!   of its sessions, then the session block itself; the FLB blocks, then the FLB data; the fd
+//!   table; the part data (tree order). A writer can thus stream sessions out as they come.
 //! - `checksum` is the CRC-32 (IEEE) of the whole image, its own four bytes taken as zero.
 //!
 //! # Using it
@@ -66,6 +68,7 @@
 //!     compatible: "memfd-v1",
 //!     token: 42,
 //!     fd_index: fd,
+//!     open_fd_index: NO_FD,
 //!     status: 0,
 //!     flags: 0,
 //!     record: b"size=4096",
@@ -86,7 +89,6 @@
 //!         assert_eq!(slot.and_then(|i| image.fds().get(i)).map(|e| e.fd.get()), Some(7));
 //!     }
 //! }
-//! # let _ = NO_FD;
 //! # Ok(())
 //! # }
 //! ```
@@ -184,6 +186,9 @@ pub struct FileSpec<'a> {
     pub token: u64,
     /// Index returned by [`ImageWriter::add_fd`], or [`NO_FD`].
     pub fd_index: u32,
+    /// Index returned by [`ImageWriter::add_fd`] for the open file a client retrieved (status 1
+    /// only), or [`NO_FD`].
+    pub open_fd_index: u32,
     /// 0, 1 or a negative errno.
     pub status: i32,
     /// `FILE_*` bits.
@@ -240,9 +245,10 @@ impl ImageWriter {
     /// Adds a session and its files, in order.
     ///
     /// Checks the name (1..=63 bytes, no NUL), the flags, and each file: compatible (1..=47
-    /// bytes, no NUL), flags, status (0, 1 with a descriptor, or `-4095..=-1`), `fd_index` (an
-    /// index already returned by [`add_fd`](Self::add_fd) and used by no other file, or
-    /// [`NO_FD`]) and token (unique in the session). On error nothing is added.
+    /// bytes, no NUL), flags, status (0, 1 with a descriptor, or `-4095..=-1`), `fd_index` and
+    /// `open_fd_index` (an index already returned by [`add_fd`](Self::add_fd) and used nowhere
+    /// else, or [`NO_FD`]; an open file only with status 1) and token (unique in the session).
+    /// On error nothing is added.
     pub fn add_session<'f>(
         &mut self,
         session: &SessionSpec<'_>,
@@ -409,11 +415,12 @@ impl<'a> SessionView<'a> {
     pub fn files(&self) -> impl Iterator<Item = FileView<'a>> + 'a {
         let bytes = self.bytes;
         Chain::<FileEntry>::new(bytes, self.entry.files_head.get()).map(move |(_, e)| {
-            let fd_index = e.fd_index.get();
+            let fd = |i: u32| (i != NO_FD).then_some(i);
             FileView {
                 compatible: compatible_str(&e.compatible),
                 token: e.token.get(),
-                fd_index: (fd_index != NO_FD).then_some(fd_index),
+                fd_index: fd(e.fd_index.get()),
+                open_fd_index: fd(e.open_fd_index.get()),
                 status: e.status.get(),
                 flags: e.flags.get(),
                 record: blob(bytes, e.record_off.get(), e.record_len.get()),
@@ -459,6 +466,8 @@ pub struct FileView<'a> {
     pub token: u64,
     /// fd table index, `None` for [`NO_FD`].
     pub fd_index: Option<u32>,
+    /// fd table index of the retrieved open file, `None` for [`NO_FD`].
+    pub open_fd_index: Option<u32>,
     /// Retrieve status.
     pub status: i32,
     /// `FILE_*` bits.

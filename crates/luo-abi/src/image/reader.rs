@@ -557,10 +557,8 @@ impl<'a> SessionChecker<'a> {
                 flags,
             });
         }
-        if f.reserved.get() != 0 {
-            return Err(ImageError::FileReserved { session, file });
-        }
         let fd_index = f.fd_index.get();
+        let open_fd_index = f.open_fd_index.get();
         let status = f.status.get();
         if !rules::status_ok(status, fd_index != NO_FD) {
             return Err(ImageError::FileStatus {
@@ -569,7 +567,13 @@ impl<'a> SessionChecker<'a> {
                 status,
             });
         }
-        if fd_index != NO_FD {
+        if open_fd_index != NO_FD && status != 1 {
+            return Err(ImageError::OpenFd { session, file });
+        }
+        for fd_index in [fd_index, open_fd_index] {
+            if fd_index == NO_FD {
+                continue;
+            }
             let (word, bit) = (fd_index as usize / 64, 1u64 << (fd_index % 64));
             let slot = self.fd_used.get_mut(word);
             let Some(w) = slot.filter(|_| u64::from(fd_index) < self.fd_count) else {

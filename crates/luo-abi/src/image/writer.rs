@@ -247,23 +247,29 @@ impl ImageWriter {
                     status: f.status,
                 });
             }
-            if f.fd_index != NO_FD {
-                if f.fd_index as usize >= self.fds.len() {
+            if f.open_fd_index != NO_FD && f.status != 1 {
+                return Err(ImageError::OpenFd { session, file });
+            }
+            for fd_index in [f.fd_index, f.open_fd_index] {
+                if fd_index == NO_FD {
+                    continue;
+                }
+                if fd_index as usize >= self.fds.len() {
                     return Err(ImageError::FdIndex {
                         session,
                         file,
-                        fd_index: f.fd_index,
+                        fd_index,
                     });
                 }
-                if self.fd_is_used(f.fd_index) {
+                if self.fd_is_used(fd_index) {
                     return Err(ImageError::FdReused {
                         session,
                         file,
-                        fd_index: f.fd_index,
+                        fd_index,
                     });
                 }
-                self.set_fd_used(f.fd_index, true);
-                self.claimed.push(f.fd_index);
+                self.set_fd_used(fd_index, true);
+                self.claimed.push(fd_index);
             }
             if block.is_none() || in_block == FileEntry::CAP {
                 let here = self.out.len();
@@ -284,7 +290,7 @@ impl ImageWriter {
                 fd_index: U32::new(f.fd_index),
                 status: I32::new(f.status),
                 flags: U32::new(f.flags),
-                reserved: U32::new(0),
+                open_fd_index: U32::new(f.open_fd_index),
             };
             self.out.extend_from_slice(entry.as_bytes());
             self.tokens.push(f.token);
@@ -563,6 +569,7 @@ impl ImageWriter {
                 compatible: compatible_str(&e.compatible),
                 token: e.token.get(),
                 fd_index: e.fd_index.get(),
+                open_fd_index: e.open_fd_index.get(),
                 status: e.status.get(),
                 flags: e.flags.get(),
                 record: blob(out, e.record_off.get(), e.record_len.get()),

@@ -32,6 +32,7 @@ pub struct ModelFile {
     pub compatible: String,
     pub token: u64,
     pub fd_index: Option<u32>,
+    pub open_fd_index: Option<u32>,
     pub status: i32,
     pub flags: u32,
     pub record: Vec<u8>,
@@ -73,6 +74,7 @@ impl Model {
                 compatible: &f.compatible,
                 token: f.token,
                 fd_index: f.fd_index.unwrap_or(NO_FD),
+                open_fd_index: f.open_fd_index.unwrap_or(NO_FD),
                 status: f.status,
                 flags: f.flags,
                 record: &f.record,
@@ -103,6 +105,7 @@ impl Model {
                         compatible: f.compatible.to_owned(),
                         token: f.token,
                         fd_index: f.fd_index,
+                        open_fd_index: f.open_fd_index,
                         status: f.status,
                         flags: f.flags,
                         record: f.record.to_vec(),
@@ -160,6 +163,7 @@ pub fn file(compatible: &str, token: u64, fd_index: Option<u32>, record: &[u8]) 
         compatible: compatible.into(),
         token,
         fd_index,
+        open_fd_index: None,
         status: 0,
         flags: 0,
         record: record.to_vec(),
@@ -186,18 +190,18 @@ pub const S_IFSOCK: u32 = 0o140000;
 /// |--------|---------------------------------------------------------------------|
 /// | B      | alpha's file block: 2 files (token 1, fd slot 0, record; token 2)   |
 /// | B+192  | alpha's record (8 bytes)                                            |
-/// | B+200  | beta's file block: 1 file (token 7, fd slot 1, status 1, record)    |
+/// | B+200  | beta's file block: 1 file (token 7, fd slots 1 and 2, status 1)    |
 /// | B+304  | beta's record (8 bytes)                                             |
 /// | B+312  | session block: "alpha" (outgoing), "beta" (incoming)                |
 /// | B+520  | FLB block: 1 FLB                                                    |
 /// | B+616  | FLB data (8 bytes)                                                  |
-/// | B+624  | fd table: fd 10, fd 11                                              |
-/// | B+640  | part data: "handlers/memfd-v1" (8), "luod" (8)                      |
+/// | B+624  | fd table: fd 10, fd 11, fd 12                                       |
+/// | B+648  | part data: "handlers/memfd-v1" (8), "luod" (8)                      |
 pub fn sample_model() -> Model {
     Model {
         generation: 7,
         writer: "luod 0.1.0".into(),
-        fds: vec![(10, S_IFREG), (11, S_IFSOCK)],
+        fds: vec![(10, S_IFREG), (11, S_IFSOCK), (12, S_IFSOCK)],
         sessions: vec![
             session(
                 "alpha",
@@ -212,6 +216,7 @@ pub fn sample_model() -> Model {
                 SESSION_INCOMING,
                 vec![ModelFile {
                     status: 1,
+                    open_fd_index: Some(2),
                     ..file("memfd-v1", 7, Some(1), b"record-7")
                 }],
             ),

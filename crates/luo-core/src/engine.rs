@@ -18,6 +18,29 @@ use crate::session::{Direction, File, Session, SessionId, SessionInfo};
 pub(crate) struct Namespace {
     pub outgoing: HashMap<Box<[u8]>, SessionId>,
     pub incoming: HashMap<Box<[u8]>, SessionId>,
+    pub usage: Usage,
+}
+
+/// What one uid holds: the quantities [`Limits`] bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Sessions, outgoing and incoming.
+    pub sessions: u64,
+    /// Preserved files not yet finished.
+    pub files: u64,
+    /// Memory those files keep alive.
+    pub bytes: u64,
+}
+
+/// Per-uid quotas; `None` is unlimited. Exceeding one is `ENOSPC` with [`Error::Quota`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Most sessions a uid may hold.
+    pub sessions: Option<u64>,
+    /// Most preserved files a uid may hold.
+    pub files: Option<u64>,
+    /// Most bytes of preserved memory a uid may hold.
+    pub bytes: Option<u64>,
 }
 
 /// The two halves of one FLB's state.
@@ -45,6 +68,9 @@ pub struct Engine {
     pub(crate) next_id: u64,
     pub(crate) next_seq: u64,
     pub(crate) frozen: bool,
+    pub(crate) limits: Limits,
+    /// Descriptors the engine holds (held files and retrieved open files).
+    pub(crate) fds_held: u64,
 }
 
 fn handler_err(compatible: &str, step: &'static str, source: HandlerError) -> Error {
@@ -81,7 +107,48 @@ impl Engine {
             next_id: 1,
             next_seq: 0,
             frozen: false,
+            limits: Limits::default(),
+            fds_held: 0,
         }
+    }
+
+    /// Sets the per-uid quotas (they apply to every uid, root included).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The per-uid quotas.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// What `owner` holds now.
+    pub fn usage(&self, owner: u32) -> Usage {
+        self.namespaces
+            .get(&owner)
+            .map(|ns| ns.usage)
+            .unwrap_or_default()
+    }
+
+    /// What every uid holds together.
+    pub fn total_usage(&self) -> Usage {
+        self.namespaces
+            .values()
+            .fold(Usage::default(), |a, ns| Usage {
+                sessions: a.sessions + ns.usage.sessions,
+                files: a.files + ns.usage.files,
+                bytes: a.bytes + ns.usage.bytes,
+            })
+    }
+
+    /// Descriptors the engine holds: one per preserved file, plus one per retrieved open file.
+    pub fn fds_held(&self) -> u64 {
+        self.fds_held
+    }
+
+    /// The outgoing session `name` of `owner`, if any.
+    pub fn outgoing_session(&self, owner: u32, name: &[u8]) -> Option<SessionId> {
+        self.namespaces.get(&owner)?.outgoing.get(name).copied()
     }
 
     /// The registry the engine was built with.
@@ -126,9 +193,17 @@ impl Engine {
         if ns.outgoing.contains_key(name) {
             return Err(Error::NameTaken);
         }
+        if self
+            .limits
+            .sessions
+            .is_some_and(|max| ns.usage.sessions >= max)
+        {
+            return Err(Error::Quota("sessions"));
+        }
         let id = SessionId(self.next_id);
         self.next_id += 1;
         ns.outgoing.insert(name.into(), id);
+        ns.usage.sessions += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.sessions.insert(
@@ -195,15 +270,39 @@ impl Engine {
         if self.identities.contains(&identity) {
             return Err(Error::AlreadyPreserved);
         }
+        let owner = session.owner;
+        let usage = self.usage(owner);
+        if self.limits.files.is_some_and(|max| usage.files >= max) {
+            return Err(Error::Quota("files"));
+        }
         self.flb_preserve(h)?;
-        let preserved = match handler.preserve(fd) {
+        let mut preserved = match handler.preserve(fd) {
             Ok(p) => p,
             Err(e) => {
                 self.flb_unpreserve(h);
                 return Err(handler_err(handler.compatible(), "preserve", e));
             }
         };
+        if self
+            .limits
+            .bytes
+            .is_some_and(|max| usage.bytes.saturating_add(preserved.bytes) > max)
+        {
+            let mut data = FileData {
+                token,
+                fd: preserved.fd,
+                record: std::mem::take(&mut preserved.record),
+            };
+            handler.unpreserve(&mut data);
+            self.flb_unpreserve(h);
+            return Err(Error::Quota("bytes"));
+        }
         self.identities.insert(identity);
+        if let Some(ns) = self.namespaces.get_mut(&owner) {
+            ns.usage.files += 1;
+            ns.usage.bytes += preserved.bytes;
+        }
+        self.fds_held += 1;
         let file = File {
             handler: h,
             data: FileData {
@@ -265,10 +364,12 @@ impl Engine {
             Ok((open, copy, identity)) => {
                 file.status = RetrieveStatus::Retrieved;
                 file.retrieved = Some(open);
-                if file.identity.is_none() {
-                    file.identity = Some(identity);
+                let newly_held = file.identity.is_none();
+                file.identity = Some(file.identity.unwrap_or(identity));
+                if newly_held {
                     self.identities.insert(identity);
                 }
+                self.fds_held += 1;
                 Ok(copy)
             }
             Err(e) => {
@@ -333,12 +434,11 @@ impl Engine {
             let Some(mut file) = session.files.remove(token) else {
                 continue;
             };
+            let owner = session.owner;
             let handler = &registry.handlers[file.handler];
             handler.finish(&mut file.data, file.status);
             self.flb_file_finish(file.handler);
-            if let Some(identity) = file.identity {
-                self.identities.remove(&identity);
-            }
+            self.release_file(owner, &file);
         }
         if let Some(session) = self.sessions.get_mut(&id) {
             session.order.clear();
@@ -364,11 +464,10 @@ impl Engine {
                 let Some(mut file) = session.files.remove(token) else {
                     continue;
                 };
+                let owner = session.owner;
                 registry.handlers[file.handler].unpreserve(&mut file.data);
                 self.flb_unpreserve(file.handler);
-                if let Some(identity) = file.identity {
-                    self.identities.remove(&identity);
-                }
+                self.release_file(owner, &file);
             }
         } else {
             self.finish_files(id)?;
@@ -377,9 +476,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Forgets a file that left the engine: its identity, its share of the owner's usage and
+    /// the descriptors it held.
+    fn release_file(&mut self, owner: u32, file: &File) {
+        if let Some(identity) = file.identity {
+            self.identities.remove(&identity);
+        }
+        if let Some(ns) = self.namespaces.get_mut(&owner) {
+            ns.usage.files = ns.usage.files.saturating_sub(1);
+            ns.usage.bytes = ns.usage.bytes.saturating_sub(file.bytes);
+        }
+        let held = 1 + u64::from(file.retrieved.is_some());
+        self.fds_held = self.fds_held.saturating_sub(held);
+    }
+
     pub(crate) fn remove_session(&mut self, id: SessionId) -> Option<Session> {
         let session = self.sessions.remove(&id)?;
         if let Some(ns) = self.namespaces.get_mut(&session.owner) {
+            ns.usage.sessions = ns.usage.sessions.saturating_sub(1);
             let map = if session.is_outgoing() {
                 &mut ns.outgoing
             } else {

@@ -91,6 +91,9 @@ pub enum Error {
     /// The image names a handler or FLB this engine does not have.
     #[error("Image needs {0}, which is not registered")]
     UnknownCompatible(String),
+    /// A per-uid quota (sessions, files or bytes) would be exceeded.
+    #[error("Quota of {0} exceeded")]
+    Quota(&'static str),
     /// The descriptors handed to restore do not match the image's fd table.
     #[error("Descriptor {index} of the image does not match: {reason}")]
     FdMismatch {
@@ -116,6 +119,7 @@ impl Error {
                 Errno::ENOENT
             }
             Error::BadFd => Errno::EBADF,
+            Error::Quota(_) => Errno::ENOSPC,
             Error::AlreadyPreserved | Error::FinishVetoed(_) | Error::Frozen => Errno::EBUSY,
             Error::Handler { source, .. } | Error::Flb { source, .. } => source.errno,
             Error::RetrieveFailed(e) => *e,

@@ -38,4 +38,18 @@ pub trait Flb: Send + Sync + std::fmt::Debug {
 
     /// Required, cannot fail. The last dependent incoming file was finished.
     fn finish(&self);
+
+    /// Optional. For an orchestrator upgrade, which carries live state to a new luod binary:
+    /// the incoming half (after [`retrieve`](Self::retrieve)) as bytes. The new binary hands
+    /// them to `retrieve`. The default carries nothing.
+    fn serialize_incoming(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Optional. For an orchestrator upgrade: rebuild the outgoing half in the new binary from
+    /// what [`serialize`](Self::serialize) wrote in the old one. Runs instead of `preserve`.
+    fn restore_outgoing(&self, data: &[u8]) -> Result<(), HandlerError> {
+        let _ = data;
+        Ok(())
+    }
 }

@@ -5,7 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use luo_abi::image::{
-    FILE_FROZEN, FLB_INCOMING, FileSpec, ImageWriter, SESSION_INCOMING, SessionSpec,
+    FILE_FROZEN, FLB_INCOMING, FLB_RETRIEVED, FileSpec, ImageWriter, NO_FD, SESSION_FINISHED,
+    SESSION_INCOMING, SESSION_RETRIEVED, SessionSpec,
 };
 
 use crate::engine::Engine;
@@ -135,6 +136,22 @@ impl Engine {
     /// fails with `EBUSY` until [`thaw`](Self::thaw), and the descriptors the image lists are
     /// [`image_fds`](Self::image_fds).
     pub fn freeze_all(&mut self) -> Result<Vec<u8>, Error> {
+        self.freeze()?;
+        let mut w = ImageWriter::new(self.generation + 1, WRITER_VERSION);
+        let mut fds = Vec::new();
+        let written = self
+            .write_reboot(&mut w, &mut fds)
+            .and_then(|()| w.finish().map_err(Error::Image));
+        drop(fds);
+        if written.is_err() {
+            self.thaw();
+        }
+        written
+    }
+
+    /// The first half of [`freeze_all`](Self::freeze_all): freeze every outgoing session, with
+    /// the kernel's rollback, and refuse further operations.
+    pub fn freeze(&mut self) -> Result<(), Error> {
         if self.frozen {
             return Err(Error::Frozen);
         }
@@ -147,44 +164,38 @@ impl Engine {
                 return Err(e);
             }
         }
-        match self.write_reboot_image(&order) {
-            Ok(image) => {
-                self.frozen = true;
-                Ok(image)
-            }
-            Err(e) => {
-                for &id in order.iter().rev() {
-                    self.unfreeze_session(id);
-                }
-                Err(e)
-            }
-        }
+        self.frozen = true;
+        Ok(())
     }
 
-    fn write_reboot_image(&self, order: &[SessionId]) -> Result<Vec<u8>, Error> {
-        let mut w = ImageWriter::new(self.generation + 1, WRITER_VERSION);
+    /// The second half of [`freeze_all`](Self::freeze_all): write the outgoing sessions, as
+    /// incoming ones, and the outgoing FLBs into `w`, whose generation should be this one + 1.
+    /// The descriptors the image lists are pushed to `fds` in fd-table order (the caller may
+    /// add its own after them).
+    pub fn write_reboot<'a>(
+        &'a self,
+        w: &mut ImageWriter,
+        fds: &mut Vec<BorrowedFd<'a>>,
+    ) -> Result<(), Error> {
+        let order = self.outgoing_in_order();
         let mut specs = Vec::new();
-        let mut fd_indices = Vec::new();
         for (seq, id) in order.iter().enumerate() {
             let Some(session) = self.sessions.get(id) else {
                 continue;
             };
-            fd_indices.clear();
-            for token in session.tokens_fifo() {
-                if let Some(file) = session.files.get(&token) {
-                    let mode = fd_mode_type(file.data.fd.as_fd())?;
-                    fd_indices.push(w.add_fd(file.data.fd.as_raw_fd(), mode));
-                }
-            }
             specs.clear();
-            for (i, token) in session.tokens_fifo().into_iter().enumerate() {
+            for token in session.tokens_fifo() {
                 let Some(file) = session.files.get(&token) else {
                     continue;
                 };
+                let mode = fd_mode_type(file.data.fd.as_fd())?;
+                let fd_index = w.add_fd(file.data.fd.as_raw_fd(), mode);
+                fds.push(file.data.fd.as_fd());
                 specs.push(FileSpec {
                     compatible: self.registry.handlers[file.handler].compatible(),
                     token,
-                    fd_index: fd_indices[i],
+                    fd_index,
+                    open_fd_index: NO_FD,
                     status: 0,
                     flags: FILE_FROZEN,
                     record: &file.data.record,
@@ -211,7 +222,88 @@ impl Engine {
                 .map_err(Error::Image)?;
             }
         }
-        w.finish().map_err(Error::Image)
+        Ok(())
+    }
+
+    /// Orchestrator upgrade: write the whole live state — outgoing and incoming sessions, every
+    /// file with its retrieve status, both halves of every FLB — into `w` (same generation),
+    /// pushing the descriptors to `fds` in fd-table order. A retrieved file carries two: the
+    /// held one and the open file its client got. Nothing is frozen or changed.
+    pub fn write_snapshot<'a>(
+        &'a self,
+        w: &mut ImageWriter,
+        fds: &mut Vec<BorrowedFd<'a>>,
+    ) -> Result<(), Error> {
+        let mut ids: Vec<(u64, SessionId)> =
+            self.sessions.iter().map(|(id, s)| (s.seq, *id)).collect();
+        ids.sort_unstable();
+        let mut specs = Vec::new();
+        let mut add = |w: &mut ImageWriter, fd: BorrowedFd<'a>| -> Result<u32, Error> {
+            let mode = fd_mode_type(fd)?;
+            fds.push(fd);
+            Ok(w.add_fd(fd.as_raw_fd(), mode))
+        };
+        for (seq, id) in ids {
+            let Some(session) = self.sessions.get(&id) else {
+                continue;
+            };
+            specs.clear();
+            for token in session.tokens_fifo() {
+                let Some(file) = session.files.get(&token) else {
+                    continue;
+                };
+                let fd_index = add(w, file.data.fd.as_fd())?;
+                let open_fd_index = match &file.retrieved {
+                    Some(open) => add(w, open.as_fd())?,
+                    None => NO_FD,
+                };
+                specs.push(FileSpec {
+                    compatible: self.registry.handlers[file.handler].compatible(),
+                    token,
+                    fd_index,
+                    open_fd_index,
+                    status: file.status.to_raw(),
+                    flags: if file.frozen { FILE_FROZEN } else { 0 },
+                    record: &file.data.record,
+                });
+            }
+            let flags = match session.direction {
+                Direction::Outgoing => 0,
+                Direction::Incoming {
+                    retrieved,
+                    finished,
+                } => {
+                    SESSION_INCOMING
+                        | if retrieved { SESSION_RETRIEVED } else { 0 }
+                        | if finished { SESSION_FINISHED } else { 0 }
+                }
+            };
+            let spec = SessionSpec {
+                name: &session.name,
+                owner: session.owner,
+                flags,
+                seq,
+            };
+            w.add_session(&spec, specs.iter().copied())
+                .map_err(Error::Image)?;
+        }
+        for (f, state) in self.flbs.iter().enumerate() {
+            let flb = &self.registry.flbs[f];
+            if state.out_count > 0 {
+                w.add_flb(flb.compatible(), state.out_count, 0, &flb.serialize())
+                    .map_err(Error::Image)?;
+            }
+            if state.in_count > 0 {
+                let (flags, data) = if state.in_retrieved {
+                    (FLB_INCOMING | FLB_RETRIEVED, flb.serialize_incoming())
+                } else {
+                    (FLB_INCOMING, state.in_data.clone().unwrap_or_default())
+                };
+                w.add_flb(flb.compatible(), state.in_count, flags, &data)
+                    .map_err(Error::Image)?;
+            }
+        }
+        Ok(())
     }
 
     /// After a failed reboot (the successor could not start): unfreeze every outgoing session,

@@ -10,11 +10,10 @@ mod registry;
 mod restore;
 pub mod session;
 
-pub use engine::Engine;
+pub use engine::{Engine, Limits, Usage};
 pub use error::Error;
 pub use flb::Flb;
 pub use freeze::WRITER_VERSION;
 pub use handler::{FileData, FileHandler, HandlerError, Identity, Preserved, RetrieveStatus};
 pub use registry::Registry;
-pub use restore::RestoreError;
 pub use session::{Direction, SessionId, SessionInfo};

@@ -1,75 +1,54 @@
 //! Restore: build an engine from a handover image and the descriptors it lists.
 
-use std::collections::{HashMap, HashSet};
-use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::collections::HashSet;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use luo_abi::image::{FLB_INCOMING, Image, SESSION_FINISHED, SESSION_INCOMING, SESSION_RETRIEVED};
+use luo_abi::image::{
+    FILE_FROZEN, FLB_INCOMING, FLB_RETRIEVED, Image, SESSION_FINISHED, SESSION_INCOMING,
+    SESSION_RETRIEVED,
+};
 
 use crate::engine::{Engine, FlbState};
 use crate::error::Error;
-use crate::freeze::fd_mode_type;
-use crate::handler::{FileData, RetrieveStatus};
+use crate::freeze::{S_IFMT, fd_mode_type};
+use crate::handler::{FileData, Identity, RetrieveStatus};
 use crate::registry::Registry;
 use crate::session::{Direction, File, Session};
 
-/// A refused restore: why, and the descriptors given back untouched.
-pub struct RestoreError {
-    /// What was wrong.
-    pub error: Error,
-    /// The descriptors passed to [`Engine::restore`], in the same order: nothing was closed.
-    pub fds: Vec<OwnedFd>,
-}
-
-impl fmt::Debug for RestoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RestoreError")
-            .field("error", &self.error)
-            .field("fds", &self.fds.len())
-            .finish()
-    }
-}
-
-impl fmt::Display for RestoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.error, f)
-    }
-}
-
-impl std::error::Error for RestoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
+const S_IFREG: u32 = 0o100000;
 
 impl Engine {
-    /// Builds an engine from a handover image.
+    /// Builds an engine from a handover image: a reboot image (every session incoming) or an
+    /// upgrade snapshot (the whole live state).
     ///
-    /// `fds` are the descriptors of the image's fd table, in order: each must have the number
-    /// and file type the table records. Every file is bound to the handler whose compatible
-    /// matches exactly. Everything is checked before anything is built: on any error the
-    /// descriptors come back in the [`RestoreError`] and nothing is half-restored.
+    /// `fds[i]` is the descriptor of the image's fd-table slot `i`, if the caller has it. Each
+    /// present descriptor must have the file type the table records. (Their numbers may differ
+    /// from the table's: a successor that received them over a socket has new numbers.) Every
+    /// file is bound to the handler whose compatible matches exactly, and takes its descriptors
+    /// out of `fds`; slots no file uses (the caller's own) are left in place.
+    ///
+    /// Everything is checked before anything is taken: on any error `fds` is untouched and
+    /// nothing is half-restored.
     pub fn restore(
         registry: Arc<Registry>,
         image: &[u8],
-        fds: Vec<OwnedFd>,
-    ) -> Result<Engine, RestoreError> {
-        match plan(&registry, image, &fds) {
-            Ok(plan) => Ok(build(registry, image, plan, fds)),
-            Err(error) => Err(RestoreError { error, fds }),
-        }
+        fds: &mut [Option<OwnedFd>],
+    ) -> Result<Engine, Error> {
+        let plan = plan(&registry, image, fds)?;
+        Ok(build(registry, image, plan, fds))
     }
 }
 
-/// What the checking pass found: the handler of every file, in image order, and the FLB of
-/// every FLB entry.
+/// What the checking pass found, in image order.
 struct Plan {
-    handlers: Vec<usize>,
-    flbs: Vec<usize>,
+    /// Handler and identity (for files that hold one) of every file.
+    files: Vec<(usize, Option<Identity>)>,
+    /// FLB index and state of every FLB entry.
+    flbs: Vec<(usize, FlbState)>,
 }
 
-fn plan(registry: &Registry, bytes: &[u8], fds: &[OwnedFd]) -> Result<Plan, Error> {
+fn plan(registry: &Registry, bytes: &[u8], fds: &[Option<OwnedFd>]) -> Result<Plan, Error> {
     let image = Image::parse(bytes).map_err(Error::Image)?;
     let table = image.fds();
     if table.len() != fds.len() {
@@ -83,16 +62,7 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[OwnedFd]) -> Result<Plan, Erro
         });
     }
     for (index, (entry, fd)) in table.iter().zip(fds).enumerate() {
-        if entry.fd.get() != fd.as_raw_fd() {
-            return Err(Error::FdMismatch {
-                index,
-                reason: format!(
-                    "expected descriptor {}, got {}",
-                    entry.fd.get(),
-                    fd.as_raw_fd()
-                ),
-            });
-        }
+        let Some(fd) = fd else { continue };
         let mode = fd_mode_type(fd.as_fd())?;
         if mode != entry.mode_type.get() {
             return Err(Error::FdMismatch {
@@ -105,27 +75,51 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[OwnedFd]) -> Result<Plan, Erro
             });
         }
     }
-    let mut handlers = Vec::new();
+    let fd_at = |index: Option<u32>, token: u64| -> Result<&OwnedFd, Error> {
+        index
+            .and_then(|i| fds.get(i as usize)?.as_ref())
+            .ok_or_else(|| Error::FdMismatch {
+                index: index.map_or(usize::MAX, |i| i as usize),
+                reason: format!("the descriptor of file {token} is missing"),
+            })
+    };
+    let mut files = Vec::new();
     let mut names = HashSet::new();
+    let mut identities = HashSet::new();
     for session in image.sessions() {
-        if !names.insert((
-            session.owner(),
-            session.flags() & SESSION_INCOMING,
-            session.name(),
-        )) {
+        let incoming = session.flags() & SESSION_INCOMING != 0;
+        if !names.insert((session.owner(), incoming, session.name())) {
             return Err(Error::NameTaken);
         }
         for file in session.files() {
             let h = registry
                 .handler_by_compatible(file.compatible)
                 .ok_or_else(|| Error::UnknownCompatible(file.compatible.to_owned()))?;
-            if file.fd_index.is_none() {
-                return Err(Error::FdMismatch {
-                    index: usize::MAX,
-                    reason: format!("file {} of a session has no descriptor", file.token),
-                });
-            }
-            handlers.push(h);
+            let handler = &registry.handlers[h];
+            let held = fd_at(file.fd_index, file.token)?;
+            // Outgoing files hold their identity; incoming ones only once retrieved.
+            let holder = if !incoming {
+                Some(held)
+            } else if RetrieveStatus::from_raw(file.status) == RetrieveStatus::Retrieved {
+                Some(fd_at(file.open_fd_index, file.token)?)
+            } else {
+                None
+            };
+            let identity = match holder {
+                Some(fd) => {
+                    let id = handler.identity(fd.as_fd()).map_err(|e| Error::Handler {
+                        compatible: handler.compatible().to_owned(),
+                        step: "identify",
+                        source: e,
+                    })?;
+                    if !identities.insert(id) {
+                        return Err(Error::AlreadyPreserved);
+                    }
+                    Some(id)
+                }
+                None => None,
+            };
+            files.push((h, identity));
         }
     }
     let mut flbs = Vec::new();
@@ -133,26 +127,54 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[OwnedFd]) -> Result<Plan, Erro
         let f = registry
             .flb_by_compatible(flb.compatible)
             .ok_or_else(|| Error::UnknownCompatible(flb.compatible.to_owned()))?;
-        if flb.flags & FLB_INCOMING == 0 {
-            return Err(Error::UnknownCompatible(format!(
-                "outgoing half of {}",
-                flb.compatible
-            )));
+        let mut state = FlbState::default();
+        if flb.flags & FLB_INCOMING != 0 {
+            state.in_count = flb.count;
+            state.in_data = Some(flb.data.to_vec());
+        } else {
+            state.out_count = flb.count;
+            state.in_data = Some(flb.data.to_vec());
         }
-        flbs.push(f);
+        state.in_retrieved = flb.flags & FLB_RETRIEVED != 0;
+        flbs.push((f, state));
     }
-    Ok(Plan { handlers, flbs })
+    // Last, the FLBs whose live state must be rebuilt now; undone if a later one fails.
+    for (i, (f, state)) in flbs.iter().enumerate() {
+        let flb = &registry.flbs[*f];
+        let data = state.in_data.as_deref().unwrap_or_default();
+        let result = if state.out_count > 0 {
+            flb.restore_outgoing(data)
+        } else if state.in_retrieved {
+            flb.retrieve(data)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            for (g, done) in flbs[..i].iter().rev() {
+                if done.out_count > 0 {
+                    registry.flbs[*g].unpreserve();
+                } else if done.in_retrieved {
+                    registry.flbs[*g].finish();
+                }
+            }
+            return Err(Error::Flb {
+                compatible: flb.compatible().to_owned(),
+                step: "restore",
+                source: e,
+            });
+        }
+    }
+    Ok(Plan { files, flbs })
 }
 
-fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: Vec<OwnedFd>) -> Engine {
+fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: &mut [Option<OwnedFd>]) -> Engine {
     let mut engine = Engine::new(registry);
     // `plan` parsed this image already; parsing cannot fail now.
     let Ok(image) = Image::parse(bytes) else {
         return engine;
     };
     engine.generation = image.generation();
-    let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-    let mut handlers = plan.handlers.into_iter();
+    let mut planned = plan.files.into_iter();
     let mut max_seq = 0;
     for view in image.sessions() {
         let flags = view.flags();
@@ -166,13 +188,28 @@ fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: Vec<OwnedFd>) -
         };
         max_seq = max_seq.max(view.seq());
         let mut session = Session::new(view.owner(), view.name().into(), direction, view.seq());
+        let mut held = 0;
         for file in view.files() {
-            let (Some(h), Some(fd)) = (
-                handlers.next(),
-                file.fd_index.and_then(|i| fds.get_mut(i as usize)?.take()),
-            ) else {
+            let p = planned.next();
+            let fd = file.fd_index.and_then(|i| fds.get_mut(i as usize)?.take());
+            let (Some((h, identity)), Some(fd)) = (p, fd) else {
                 continue;
             };
+            let status = RetrieveStatus::from_raw(file.status);
+            let retrieved = match status {
+                RetrieveStatus::Retrieved => file
+                    .open_fd_index
+                    .and_then(|i| fds.get_mut(i as usize)?.take()),
+                _ => None,
+            };
+            let bytes = match rustix::fs::fstat(&fd) {
+                Ok(st) if st.st_mode & S_IFMT == S_IFREG => st.st_size as u64,
+                _ => 0,
+            };
+            held += 1 + u64::from(retrieved.is_some());
+            if let Some(id) = identity {
+                engine.identities.insert(id);
+            }
             session.insert_file(File {
                 handler: h,
                 data: FileData {
@@ -180,15 +217,19 @@ fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: Vec<OwnedFd>) -
                     fd,
                     record: file.record.to_vec(),
                 },
-                bytes: 0,
-                identity: None,
-                frozen: false,
-                status: RetrieveStatus::from_raw(file.status),
-                retrieved: None,
+                bytes,
+                identity,
+                frozen: file.flags & FILE_FROZEN != 0 && direction == Direction::Outgoing,
+                status,
+                retrieved,
             });
         }
         let id = engine.alloc_id();
+        engine.fds_held += held;
         let ns = engine.namespaces.entry(session.owner).or_default();
+        ns.usage.sessions += 1;
+        ns.usage.files += session.files.len() as u64;
+        ns.usage.bytes += session.bytes();
         let map = if session.is_outgoing() {
             &mut ns.outgoing
         } else {
@@ -198,15 +239,20 @@ fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: Vec<OwnedFd>) -
         engine.sessions.insert(id, session);
     }
     engine.next_seq = max_seq + 1;
-    let mut counts: HashMap<usize, FlbState> = HashMap::new();
-    for (view, f) in image.flbs().zip(plan.flbs) {
-        let state = counts.entry(f).or_default();
-        state.in_count = view.count;
-        state.in_data = Some(view.data.to_vec());
-    }
-    for (f, state) in counts {
-        if let Some(slot) = engine.flbs.get_mut(f) {
-            *slot = state;
+    for (f, state) in plan.flbs {
+        let Some(slot) = engine.flbs.get_mut(f) else {
+            continue;
+        };
+        if state.out_count > 0 {
+            slot.out_count = state.out_count;
+        } else {
+            slot.in_count = state.in_count;
+            slot.in_retrieved = state.in_retrieved;
+            slot.in_data = if state.in_retrieved {
+                None
+            } else {
+                state.in_data
+            };
         }
     }
     engine

@@ -74,7 +74,10 @@ struct Model {
 
 impl Model {
     fn owned(&self, m: usize) -> bool {
-        self.sessions.iter().flat_map(|s| &s.files).any(|f| f.memfd == m && f.owns)
+        self.sessions
+            .iter()
+            .flat_map(|s| &s.files)
+            .any(|f| f.memfd == m && f.owns)
     }
     fn find(&mut self, id: SessionId) -> Option<usize> {
         self.sessions.iter().position(|s| s.id == id)
@@ -124,16 +127,26 @@ impl Harness {
             }
             Op::Preserve(h, fd, token) => {
                 let id = self.handle(h)?;
-                let got = self.engine.as_mut()?.preserve_fd(id, Some(self.memfds[fd].as_fd()), token);
+                let got =
+                    self.engine
+                        .as_mut()?
+                        .preserve_fd(id, Some(self.memfds[fd].as_fd()), token);
                 let m = &mut self.model;
                 let owned = m.owned(fd);
                 let want = match m.find(id) {
                     None => Err(Errno::ENOENT),
                     Some(i) if !m.sessions[i].outgoing => Err(Errno::EINVAL),
-                    Some(i) if m.sessions[i].files.iter().any(|f| f.token == token) => Err(Errno::EEXIST),
+                    Some(i) if m.sessions[i].files.iter().any(|f| f.token == token) => {
+                        Err(Errno::EEXIST)
+                    }
                     Some(_) if owned => Err(Errno::EBUSY),
                     Some(i) => {
-                        m.sessions[i].files.push(MFile { token, memfd: fd, status: MStatus::New, owns: true });
+                        m.sessions[i].files.push(MFile {
+                            token,
+                            memfd: fd,
+                            status: MStatus::New,
+                            owns: true,
+                        });
                         Ok(())
                     }
                 };
@@ -207,7 +220,11 @@ impl Harness {
                 let close = matches!(op, Op::Close(_));
                 let id = self.handle(h)?;
                 let e = self.engine.as_mut()?;
-                let got = if close { e.close_session(id) } else { e.finish(id) };
+                let got = if close {
+                    e.close_session(id)
+                } else {
+                    e.finish(id)
+                };
                 let m = &mut self.model;
                 let want = match m.find(id) {
                     None => Err(Errno::ENOENT),
@@ -230,16 +247,23 @@ impl Harness {
                 self.fx.faults.lock().unwrap().freeze.clear();
                 let m = &mut self.model;
                 let fails = fail.is_some_and(|t| {
-                    m.sessions.iter().filter(|s| s.outgoing).any(|s| s.files.iter().any(|f| f.token == t))
+                    m.sessions
+                        .iter()
+                        .filter(|s| s.outgoing)
+                        .any(|s| s.files.iter().any(|f| f.token == t))
                 });
                 let want = if fails { Err(Errno::EIO) } else { Ok(()) };
                 let got = match result {
                     Err(e) => Err(e.errno()),
                     Ok(image) => {
                         let old = self.engine.take()?;
-                        let fds = old.into_image_fds();
-                        let restored = Engine::restore(self.fx.registry.clone(), &image, fds)
+                        let mut fds: Vec<_> = old.into_image_fds().into_iter().map(Some).collect();
+                        let restored = Engine::restore(self.fx.registry.clone(), &image, &mut fds)
                             .expect("restore of a freshly written image");
+                        assert!(
+                            fds.iter().all(Option::is_none),
+                            "every descriptor was taken"
+                        );
                         self.engine = Some(restored);
                         m.handles.clear();
                         m.sessions.retain(|s| s.outgoing);
@@ -285,10 +309,24 @@ impl Harness {
         assert_eq!(got, want, "sessions");
         for s in &m.sessions {
             let tokens: Vec<u64> = s.files.iter().map(|f| f.token).collect();
-            assert_eq!(self.engine.as_ref().unwrap().tokens(s.id).unwrap(), tokens, "tokens of {:?}", s.id);
+            assert_eq!(
+                self.engine.as_ref().unwrap().tokens(s.id).unwrap(),
+                tokens,
+                "tokens of {:?}",
+                s.id
+            );
         }
-        let owned = m.sessions.iter().flat_map(|s| &s.files).filter(|f| f.owns).count();
-        assert_eq!(self.engine.as_ref().unwrap().preserved_objects(), owned, "preserved objects");
+        let owned = m
+            .sessions
+            .iter()
+            .flat_map(|s| &s.files)
+            .filter(|f| f.owns)
+            .count();
+        assert_eq!(
+            self.engine.as_ref().unwrap().preserved_objects(),
+            owned,
+            "preserved objects"
+        );
     }
 }
 

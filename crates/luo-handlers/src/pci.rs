@@ -670,6 +670,14 @@ impl Flb for PciFlb {
         state.finished_early.clear();
         state.retrieved = false;
     }
+
+    fn serialize_incoming(&self) -> Vec<u8> {
+        self.incoming_state()
+    }
+
+    fn restore_outgoing(&self, data: &[u8]) -> Result<(), HandlerError> {
+        self.restore_outgoing_state(data).map_err(HandlerError::from)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,142 @@
+//! One message, with its descriptors, over an `AF_UNIX` `SOCK_SEQPACKET` socket.
+//!
+//! Shared by the client and the daemon: both sides frame messages the same way
+//! ([`luo_abi::wire`]). Every descriptor received is close-on-exec.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use luo_abi::wire::{MAX_FDS, MAX_MESSAGE};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, recvmsg, sendmsg,
+};
+
+/// One received message.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// The bytes (at most [`MAX_MESSAGE`]).
+    pub bytes: Vec<u8>,
+    /// The descriptors attached, close-on-exec.
+    pub fds: Vec<OwnedFd>,
+    /// The message was longer than [`MAX_MESSAGE`] and was cut.
+    pub truncated: bool,
+    /// More descriptors were attached than fit ([`MAX_FDS`]); the rest were closed by the kernel.
+    pub fds_truncated: bool,
+}
+
+/// What a receive found.
+#[derive(Debug)]
+pub enum Recv {
+    /// A message.
+    Message(Received),
+    /// Nothing to read on a non-blocking socket.
+    WouldBlock,
+    /// The peer closed the connection.
+    Closed,
+}
+
+/// Receives one message. `blocking` false adds `MSG_DONTWAIT`.
+pub fn recv(fd: BorrowedFd<'_>, blocking: bool) -> Result<Recv, Errno> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if !blocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let msg = loop {
+        match recvmsg(fd, &mut [IoSliceMut::new(&mut buf)], &mut control, flags) {
+            Ok(m) => break m,
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Ok(Recv::WouldBlock),
+            Err(Errno::CONNRESET) | Err(Errno::PIPE) => return Ok(Recv::Closed),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.bytes == 0 && fds.is_empty() {
+        return Ok(Recv::Closed);
+    }
+    buf.truncate(msg.bytes.min(MAX_MESSAGE));
+    Ok(Recv::Message(Received {
+        bytes: buf,
+        fds,
+        truncated: msg.flags.contains(ReturnFlags::TRUNC),
+        fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+    }))
+}
+
+/// Sends one message with `fds` attached (at most [`MAX_FDS`]). On a non-blocking socket this
+/// may fail with `EAGAIN`.
+pub fn send(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
+    if fds.len() > MAX_FDS {
+        return Err(Errno::TOOMANYREFS);
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    loop {
+        match sendmsg(
+            fd,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends with [`send`], waiting up to `timeout_ms` for room when the socket is non-blocking
+/// and full.
+pub fn send_wait(
+    fd: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    timeout_ms: i32,
+) -> Result<(), Errno> {
+    loop {
+        match send(fd, bytes, fds) {
+            Err(Errno::AGAIN) => {
+                let mut pfd = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::OUT,
+                )];
+                let timeout = rustix::event::Timespec {
+                    tv_sec: i64::from(timeout_ms / 1000),
+                    tv_nsec: i64::from(timeout_ms % 1000) * 1_000_000,
+                };
+                if rustix::event::poll(&mut pfd, Some(&timeout))? == 0 {
+                    return Err(Errno::TIMEDOUT);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// True if the peer of `fd` has hung up (a pending close not yet read).
+pub fn peer_hung_up(fd: impl AsFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut pfd = [PollFd::new(&fd, PollFlags::RDHUP | PollFlags::HUP)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut pfd, Some(&zero)), Ok(n) if n > 0)
+        && pfd[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+}

@@ -1,0 +1,53 @@
+//! Client connections: who is on the other end and what the connection stands for.
+
+use std::os::fd::OwnedFd;
+
+use luo_core::SessionId;
+
+/// What a connection plays the part of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A fresh connection: status, list, upgrade, reboot; [`luo_abi::wire::Op::OpenDevice`]
+    /// turns it into a device.
+    Control,
+    /// An open `/dev/liveupdate` of its uid (exclusive per uid).
+    Device,
+    /// A session descriptor.
+    Session(SessionId),
+    /// A session descriptor whose session was handed off: closing it does nothing.
+    Detached,
+}
+
+impl Kind {
+    /// Stable encoding for the handover image.
+    pub fn code(self) -> u32 {
+        match self {
+            Kind::Control => 0,
+            Kind::Device => 1,
+            Kind::Session(_) => 2,
+            Kind::Detached => 3,
+        }
+    }
+}
+
+/// The peer's credentials, from `SO_PEERCRED` at accept time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cred {
+    /// Process id.
+    pub pid: i32,
+    /// User id: the namespace the connection works in.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// luod's end of the socket.
+    pub fd: OwnedFd,
+    /// What it stands for.
+    pub kind: Kind,
+    /// Who is on the other end.
+    pub cred: Cred,
+}

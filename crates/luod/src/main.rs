@@ -1,0 +1,195 @@
+//! luod, the userspace Live Update Orchestrator daemon.
+//!
+//! One process serves every client of the machine over an `AF_UNIX` `SOCK_SEQPACKET` socket:
+//! workloads preserve descriptors into named sessions, hand them off, and their successors
+//! retrieve them. luod can replace its own binary (`luoctl upgrade`) and emulate a kernel live
+//! update (`luoctl reboot`) without losing a preserved file. See `docs/operations.md`.
+#![allow(unsafe_code)] // Only `takeover`: adopting the descriptor a predecessor passed by number.
+
+mod config;
+mod conn;
+mod server;
+mod status;
+mod takeover;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use luo_core::{Engine, Limits, Registry};
+use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use tracing::info;
+
+use crate::config::{FileConfig, default_socket, parse_mode};
+use crate::server::{Server, Settings};
+
+/// luod: keeps descriptors (memfds, hugetlb memfds, sockets...) alive across the replacement of
+/// the processes that own them, and speaks the kernel's /dev/liveupdate protocol.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Socket to serve. Default: /run/luod/luod.sock for root, $XDG_RUNTIME_DIR/luod.sock
+    /// otherwise. Overrides the config file.
+    #[arg(long, env = "LUOD_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// TOML config file (keys: socket, socket_mode, [limits] sessions/files/bytes).
+    #[arg(long, env = "LUOD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Permissions of the socket, octal. Default 0600: only luod's own user may connect; use
+    /// 0666 to let every uid have its own namespace of sessions.
+    #[arg(long, value_name = "MODE")]
+    socket_mode: Option<String>,
+
+    /// Most sessions one uid may hold (default: unlimited).
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<u64>,
+
+    /// Most preserved files one uid may hold (default: unlimited).
+    #[arg(long, value_name = "N")]
+    max_files: Option<u64>,
+
+    /// Most bytes of preserved memory one uid may hold (default: unlimited).
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<u64>,
+
+    /// Log filter, as RUST_LOG (e.g. "info", "luod=debug").
+    #[arg(long, env = "LUOD_LOG", default_value = "info", value_name = "FILTER")]
+    log: String,
+
+    /// Internal: start as the successor of a running luod, from the handover channel FD.
+    #[arg(long, hide = true, value_name = "FD")]
+    takeover: Option<i32>,
+}
+
+/// The handlers and FLBs every luod registers, in this order.
+pub fn registry() -> anyhow::Result<Arc<Registry>> {
+    let defaults = luo_handlers::default_handlers();
+    let mut registry = Registry::new();
+    for handler in &defaults.handlers {
+        registry.register_handler(handler.clone())?;
+    }
+    for (handler, flb) in defaults.flb_links() {
+        registry.register_flb(handler, flb)?;
+    }
+    Ok(Arc::new(registry))
+}
+
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim.clone());
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+fn signal_pipe() -> anyhow::Result<OwnedFd> {
+    let (read, write) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?;
+    let write2 = rustix::io::fcntl_dupfd_cloexec(&write, 0)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, write)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, write2)?;
+    Ok(read)
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = run(args) {
+        eprintln!("luod: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let fd_limit = raise_fd_limit();
+    let signals = signal_pipe()?;
+    if let Some(fd) = args.takeover {
+        let inherited = takeover::takeover(fd, signals, fd_limit)?;
+        takeover::wait_go(&inherited.channel);
+        drop(inherited.channel);
+        let mut server = inherited.server;
+        info!(
+            generation = server.engine.generation(),
+            sessions = server.engine.sessions().len(),
+            clients = server.conns.len(),
+            "took over"
+        );
+        return server.run();
+    }
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let socket = args.socket.or(file.socket).unwrap_or_else(default_socket);
+    let mode = match args.socket_mode.as_deref().or(file.socket_mode.as_deref()) {
+        Some(m) => parse_mode(m)?,
+        None => 0o600,
+    };
+    let limits = Limits {
+        sessions: args.max_sessions.or(file.limits.sessions),
+        files: args.max_files.or(file.limits.files),
+        bytes: args.max_bytes.or(file.limits.bytes),
+    };
+    let binary = std::env::current_exe().context("Cannot find luod's own binary")?;
+    let (listener, lock) = bind(&socket, mode)?;
+    let mut engine = Engine::new(registry()?);
+    engine.set_limits(limits);
+    let settings = Settings {
+        socket: socket.clone(),
+        limits,
+        binary,
+    };
+    let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
+    info!(socket = %socket.display(), fd_limit, "luod serving");
+    server.run()
+}
+
+/// Takes the socket's lock (a second luod fails here), then binds and listens.
+fn bind(socket: &std::path::Path, mode: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    if let Some(dir) = socket.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("Cannot create the socket directory {}", dir.display()))?;
+        }
+    }
+    let lock_path = socket.with_extension("lock");
+    let lock = rustix::fs::open(
+        &lock_path,
+        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .with_context(|| format!("Cannot open the lock file {}", lock_path.display()))?;
+    if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+        bail!(
+            "Another luod is already serving {} (it holds {}); stop it first",
+            socket.display(),
+            lock_path.display()
+        );
+    }
+    let _ = std::fs::remove_file(socket);
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(socket)
+        .with_context(|| format!("Invalid socket path {}", socket.display()))?;
+    rustix::net::bind(&fd, &addr).with_context(|| format!("Cannot bind {}", socket.display()))?;
+    rustix::fs::chmod(socket, Mode::from_raw_mode(mode))?;
+    rustix::net::listen(&fd, 1024)?;
+    let _ = fd.as_fd();
+    Ok((fd, lock))
+}

@@ -1,0 +1,733 @@
+//! The server: one thread, one epoll loop, every connection non-blocking.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use luo_abi::Errno;
+use luo_abi::uapi::{self, Target};
+use luo_abi::wire::{self, Op};
+use luo_client::transport::{self, Received, Recv};
+use luo_core::{Direction, Engine, Limits, SessionId};
+use rustix::event::epoll;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use tracing::{debug, info, warn};
+
+use crate::conn::{Conn, Cred, Kind};
+
+/// Fixed descriptors of the process (stdio, epoll, listener, lock, signal pipe, spares) that
+/// the descriptor budget keeps free.
+const FD_RESERVE: u64 = 64;
+/// Messages read from one connection before the loop looks at the others.
+const BURST: usize = 32;
+/// epoll key of the listening socket.
+const KEY_LISTENER: u64 = 0;
+/// epoll key of the signal pipe.
+const KEY_SIGNAL: u64 = 1;
+
+/// What luod was started with, carried across upgrades.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// Per-uid quotas.
+    pub limits: Limits,
+    /// The binary an upgrade runs when none is named.
+    pub binary: PathBuf,
+}
+
+/// A reply to send: errno, argument bytes and descriptors.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub errno: i32,
+    pub arg: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Reply {
+    pub fn ok(arg: Vec<u8>) -> Reply {
+        Reply {
+            errno: 0,
+            arg,
+            fds: Vec::new(),
+        }
+    }
+    pub fn err(e: Errno) -> Reply {
+        Reply {
+            errno: e.raw(),
+            arg: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+    pub fn err_msg(e: Errno, msg: &str) -> Reply {
+        Reply {
+            errno: e.raw(),
+            arg: msg.as_bytes().to_vec(),
+            fds: Vec::new(),
+        }
+    }
+}
+
+/// What the loop must do after a request.
+#[derive(Debug)]
+pub enum After {
+    Nothing,
+    Upgrade(PathBuf),
+    Reboot,
+}
+
+/// The daemon's state.
+#[derive(Debug)]
+pub struct Server {
+    pub engine: Engine,
+    pub settings: Settings,
+    pub listener: OwnedFd,
+    pub lock: OwnedFd,
+    pub epoll: OwnedFd,
+    pub signals: OwnedFd,
+    pub conns: HashMap<u64, Conn>,
+    pub next_key: u64,
+    pub devices: HashMap<u32, u64>,
+    pub sessions: HashMap<SessionId, u64>,
+    pub started: Instant,
+    pub upgrades: u64,
+    pub fd_limit: u64,
+    pub stop: bool,
+    reaping: bool,
+}
+
+impl Server {
+    /// A server over an engine and the fixed descriptors; connections are added after.
+    pub fn new(
+        engine: Engine,
+        settings: Settings,
+        listener: OwnedFd,
+        lock: OwnedFd,
+        signals: OwnedFd,
+        fd_limit: u64,
+    ) -> anyhow::Result<Server> {
+        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &ep,
+            &listener,
+            epoll::EventData::new_u64(KEY_LISTENER),
+            epoll::EventFlags::IN,
+        )?;
+        epoll::add(
+            &ep,
+            &signals,
+            epoll::EventData::new_u64(KEY_SIGNAL),
+            epoll::EventFlags::IN,
+        )?;
+        Ok(Server {
+            engine,
+            settings,
+            listener,
+            lock,
+            epoll: ep,
+            signals,
+            conns: HashMap::new(),
+            next_key: 2,
+            devices: HashMap::new(),
+            sessions: HashMap::new(),
+            started: Instant::now(),
+            upgrades: 0,
+            fd_limit,
+            stop: false,
+            reaping: false,
+        })
+    }
+
+    /// Adds a connection to the loop and returns its key.
+    pub fn add_conn(&mut self, fd: OwnedFd, kind: Kind, cred: Cred) -> anyhow::Result<u64> {
+        let key = self.next_key;
+        self.next_key += 1;
+        epoll::add(
+            &self.epoll,
+            &fd,
+            epoll::EventData::new_u64(key),
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+        )?;
+        match kind {
+            Kind::Device => {
+                self.devices.insert(cred.uid, key);
+            }
+            Kind::Session(id) => {
+                self.sessions.insert(id, key);
+            }
+            Kind::Control | Kind::Detached => {}
+        }
+        self.conns.insert(key, Conn { fd, kind, cred });
+        Ok(key)
+    }
+
+    /// Runs until SIGTERM/SIGINT.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        let mut events = Vec::with_capacity(256);
+        while !self.stop {
+            events.clear();
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for ev in events.iter() {
+                let key = ev.data.u64();
+                match key {
+                    KEY_LISTENER => self.accept_all(),
+                    KEY_SIGNAL => self.on_signal(),
+                    _ => self.on_conn(key, ev.flags),
+                }
+                if self.stop {
+                    break;
+                }
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn on_signal(&mut self) {
+        let mut buf = [0u8; 64];
+        let _ = rustix::io::read(&self.signals, &mut buf);
+        info!("SIGTERM received: shutting down");
+        self.stop = true;
+    }
+
+    fn shutdown(&mut self) {
+        let usage = self.engine.total_usage();
+        if usage.sessions > 0 {
+            warn!(
+                sessions = usage.sessions,
+                files = usage.files,
+                bytes = usage.bytes,
+                "Shutting down drops every preserved session and file"
+            );
+        }
+        let _ = std::fs::remove_file(&self.settings.socket);
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let fd = match rustix::net::accept_with(
+                &self.listener,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let cred = match rustix::net::sockopt::socket_peercred(&fd) {
+                Ok(c) => Cred {
+                    pid: c.pid.as_raw_nonzero().get(),
+                    uid: c.uid.as_raw(),
+                    gid: c.gid.as_raw(),
+                },
+                Err(e) => {
+                    warn!(error = %e, "SO_PEERCRED failed; dropping connection");
+                    continue;
+                }
+            };
+            match self.add_conn(fd, Kind::Control, cred) {
+                Ok(key) => debug!(key, uid = cred.uid, pid = cred.pid, "client connected"),
+                Err(e) => warn!(error = %e, "cannot watch a new connection"),
+            }
+        }
+    }
+
+    fn on_conn(&mut self, key: u64, flags: epoll::EventFlags) {
+        for _ in 0..BURST {
+            let Some(conn) = self.conns.get(&key) else {
+                return;
+            };
+            match transport::recv(conn.fd.as_fd(), false) {
+                Ok(Recv::Message(msg)) => self.on_message(key, msg),
+                Ok(Recv::WouldBlock) => {
+                    if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::RDHUP)
+                        && transport::peer_hung_up(&conn.fd)
+                    {
+                        self.close_conn(key);
+                    }
+                    return;
+                }
+                Ok(Recv::Closed) | Err(_) => {
+                    self.close_conn(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn after(&mut self, key: u64, id: u64, after: After) {
+        match after {
+            After::Nothing => {}
+            After::Upgrade(path) => {
+                let reply = match crate::takeover::upgrade(self, &path) {
+                    Ok(()) => {
+                        info!(binary = %path.display(), "upgrade confirmed by the new server; exiting");
+                        self.send_reply(key, id, Reply::ok(Vec::new()));
+                        crate::takeover::release_successor(self);
+                        std::process::exit(0);
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "upgrade refused; this server keeps running");
+                        Reply::err_msg(Errno::EAGAIN, &format!("{e:#}"))
+                    }
+                };
+                self.send_reply(key, id, reply);
+            }
+            After::Reboot => {
+                let reply = match crate::takeover::reboot(self) {
+                    Ok(()) => {
+                        info!("reboot handed over; cutting every connection and exiting");
+                        self.send_reply(key, id, Reply::ok(Vec::new()));
+                        crate::takeover::release_successor(self);
+                        std::process::exit(0);
+                    }
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "reboot failed; sessions unfrozen, this server keeps running");
+                        Reply::err_msg(Errno::EAGAIN, &format!("{e:#}"))
+                    }
+                };
+                self.send_reply(key, id, reply);
+            }
+        }
+    }
+
+    /// Closes connection `key`: a session connection closes its session (kernel semantics).
+    pub fn close_conn(&mut self, key: u64) {
+        let Some(conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, &conn.fd);
+        match conn.kind {
+            Kind::Device => {
+                if self.devices.get(&conn.cred.uid) == Some(&key) {
+                    self.devices.remove(&conn.cred.uid);
+                }
+            }
+            Kind::Session(id) => {
+                self.sessions.remove(&id);
+                if let Err(e) = self.engine.close_session(id) {
+                    warn!(error = %e, "closing a session left it behind");
+                }
+            }
+            Kind::Control | Kind::Detached => {}
+        }
+        debug!(key, "connection closed");
+    }
+
+    /// Processes every pending message of connections that hung up, then closes them, so that
+    /// a close the client already did is seen before EBUSY/EEXIST is answered.
+    fn reap_hung_up(&mut self, only: Option<u64>) -> bool {
+        if self.reaping {
+            return false;
+        }
+        self.reaping = true;
+        let keys: Vec<u64> = match only {
+            Some(k) => vec![k],
+            None => self.conns.keys().copied().collect(),
+        };
+        let mut any = false;
+        for key in keys {
+            let hung = self
+                .conns
+                .get(&key)
+                .is_some_and(|c| transport::peer_hung_up(&c.fd));
+            if hung {
+                self.on_conn(key, epoll::EventFlags::HUP);
+                self.close_conn(key);
+                any = true;
+            }
+        }
+        self.reaping = false;
+        any
+    }
+
+    fn send_reply(&mut self, key: u64, id: u64, reply: Reply) {
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        let mut out = Vec::with_capacity(16 + reply.arg.len());
+        wire::write_reply(&mut out, reply.errno, id, &reply.arg);
+        let fds: Vec<BorrowedFd<'_>> = reply.fds.iter().map(|f| f.as_fd()).collect();
+        if let Err(e) = transport::send_wait(conn.fd.as_fd(), &out, &fds, 1000) {
+            debug!(key, error = %e, "reply not delivered; dropping connection");
+            drop(fds);
+            self.close_conn(key);
+        }
+    }
+
+    fn on_message(&mut self, key: u64, msg: Received) {
+        let (hdr, arg) = match wire::parse_request(&msg.bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = if msg.truncated { Errno(90) } else { e };
+                self.send_reply(key, 0, Reply::err(e));
+                return;
+            }
+        };
+        let id = hdr.id.get();
+        if msg.truncated || msg.fds_truncated {
+            self.send_reply(
+                key,
+                id,
+                Reply::err(if msg.truncated {
+                    Errno(90)
+                } else {
+                    Errno::EINVAL
+                }),
+            );
+            return;
+        }
+        let op = hdr.op.get();
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        let (kind, cred) = (conn.kind, conn.cred);
+        let (reply, after) = if let Some(native) = Op::from_raw(op) {
+            self.native_op(key, kind, cred, native, arg, msg.fds)
+        } else {
+            (self.kernel_op(kind, cred, op, arg, msg.fds), After::Nothing)
+        };
+        match after {
+            // Upgrade and reboot answer once they have run.
+            After::Nothing => self.send_reply(key, id, reply),
+            after => self.after(key, id, after),
+        }
+    }
+
+    fn native_op(
+        &mut self,
+        key: u64,
+        kind: Kind,
+        cred: Cred,
+        op: Op,
+        arg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> (Reply, After) {
+        if !fds.is_empty() {
+            return (
+                Reply::err_msg(Errno::EINVAL, "No descriptors expected"),
+                After::Nothing,
+            );
+        }
+        let admin = cred.uid == 0 || cred.uid == rustix::process::geteuid().as_raw();
+        let reply = match op {
+            Op::Ping => Reply::ok(Vec::new()),
+            Op::OpenDevice => self.open_device(key, kind, cred),
+            Op::Handoff => match kind {
+                Kind::Session(id) => match self.engine.handoff(id) {
+                    Ok(()) => {
+                        self.sessions.remove(&id);
+                        if let Some(c) = self.conns.get_mut(&key) {
+                            c.kind = Kind::Detached;
+                        }
+                        info!(uid = cred.uid, session = %String::from_utf8_lossy(self.engine.session_name(id).unwrap_or_default()), "session handed off");
+                        Reply::ok(Vec::new())
+                    }
+                    Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
+                },
+                _ => Reply::err_msg(Errno::EINVAL, "Handoff needs a session connection"),
+            },
+            Op::Status => Reply::ok(crate::status::status(self)),
+            Op::List => crate::status::list(self, cred, admin, arg),
+            Op::Upgrade => {
+                if !admin {
+                    return (
+                        Reply::err_msg(Errno::EPERM, "Only root may upgrade luod"),
+                        After::Nothing,
+                    );
+                }
+                let path = match std::str::from_utf8(arg) {
+                    Ok("") => self.settings.binary.clone(),
+                    Ok(p) => PathBuf::from(p),
+                    Err(_) => {
+                        return (
+                            Reply::err_msg(Errno::EINVAL, "Binary path is not UTF-8"),
+                            After::Nothing,
+                        );
+                    }
+                };
+                return (Reply::default(), After::Upgrade(path));
+            }
+            Op::Reboot => {
+                if !admin {
+                    return (
+                        Reply::err_msg(Errno::EPERM, "Only root may reboot luod"),
+                        After::Nothing,
+                    );
+                }
+                return (Reply::default(), After::Reboot);
+            }
+        };
+        (reply, After::Nothing)
+    }
+
+    fn open_device(&mut self, key: u64, kind: Kind, cred: Cred) -> Reply {
+        if kind != Kind::Control {
+            return Reply::err_msg(Errno::EINVAL, "Only a fresh connection can become a device");
+        }
+        if let Some(&holder) = self.devices.get(&cred.uid) {
+            if holder != key && self.conns.contains_key(&holder) {
+                self.reap_hung_up(Some(holder));
+                if self.devices.contains_key(&cred.uid) {
+                    return Reply::err(Errno::EBUSY);
+                }
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.kind = Kind::Device;
+        }
+        self.devices.insert(cred.uid, key);
+        Reply::ok(Vec::new())
+    }
+
+    fn fds_in_use(&self) -> u64 {
+        FD_RESERVE + self.conns.len() as u64 + self.engine.fds_held()
+    }
+
+    fn kernel_op(
+        &mut self,
+        kind: Kind,
+        cred: Cred,
+        op: u32,
+        arg: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> Reply {
+        let target = match kind {
+            Kind::Device => Target::Device,
+            Kind::Session(_) | Kind::Detached => Target::Session,
+            Kind::Control => return Reply::err(Errno::ENOTTY),
+        };
+        let desc = match uapi::lookup(target, op) {
+            Ok(d) => d,
+            Err(e) => return Reply::err(e),
+        };
+        // Step 4: the session's direction, before the size. A handed-off session's
+        // descriptor accepts nothing.
+        if target == Target::Session {
+            let outgoing = match kind {
+                Kind::Session(id) => self
+                    .engine
+                    .session_info(id)
+                    .map(|i| i.direction == Direction::Outgoing),
+                _ => None,
+            };
+            let wrong = match outgoing {
+                None => true,
+                Some(out) => match op {
+                    uapi::LIVEUPDATE_SESSION_PRESERVE_FD => !out,
+                    uapi::LIVEUPDATE_SESSION_RETRIEVE_FD | uapi::LIVEUPDATE_SESSION_FINISH => out,
+                    _ => false,
+                },
+            };
+            if wrong {
+                return Reply::err(Errno::EINVAL);
+            }
+        }
+        let Some(size) = arg
+            .get(..4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            return Reply::err(Errno::EINVAL);
+        };
+        if size < desc.min_size {
+            return Reply::err(Errno::EINVAL);
+        }
+        let given = &arg[..arg.len().min(size as usize)];
+        let mut buf = [0u8; 72];
+        if let Err(e) = uapi::copy_struct(&desc, given, &mut buf) {
+            return Reply::err(e);
+        }
+        let expects_fd = op == uapi::LIVEUPDATE_SESSION_PRESERVE_FD;
+        if fds.len() > usize::from(expects_fd) {
+            return Reply::err(Errno::EINVAL);
+        }
+        let copy_back = (size.min(desc.known_size)) as usize;
+        let mut reply = match op {
+            uapi::LIVEUPDATE_IOCTL_CREATE_SESSION => self.create_session(cred, &buf),
+            uapi::LIVEUPDATE_IOCTL_RETRIEVE_SESSION => self.retrieve_session(cred, &buf),
+            uapi::LIVEUPDATE_SESSION_PRESERVE_FD => self.preserve_fd(kind, &buf, fds),
+            uapi::LIVEUPDATE_SESSION_RETRIEVE_FD => self.retrieve_fd(kind, &buf),
+            uapi::LIVEUPDATE_SESSION_FINISH => self.finish(kind, &buf),
+            uapi::LIVEUPDATE_SESSION_GET_NAME => self.get_name(kind, &buf),
+            _ => Reply::err(Errno::ENOTTY),
+        };
+        if reply.errno == 0 {
+            reply.arg.truncate(copy_back);
+        }
+        reply
+    }
+
+    fn session_socket(&mut self, id: SessionId, cred: Cred) -> Result<OwnedFd, Errno> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Errno(e.raw_os_error()))?;
+        rustix::io::ioctl_fionbio(&ours, true).map_err(|e| Errno(e.raw_os_error()))?;
+        self.add_conn(ours, Kind::Session(id), cred)
+            .map_err(|_| Errno::ENOMEM)?;
+        Ok(theirs)
+    }
+
+    fn create_session(&mut self, cred: Cred, buf: &[u8; 72]) -> Reply {
+        if self.fds_in_use() + 2 > self.fd_limit {
+            return Reply::err_msg(Errno::EMFILE, "luod's descriptor budget is exhausted");
+        }
+        let mut raw = [0u8; 64];
+        raw.copy_from_slice(&buf[8..72]);
+        let Some(name) = uapi::session_name(&raw) else {
+            return Reply::err(Errno::EINVAL);
+        };
+        let mut result = self.engine.create_session(cred.uid, name);
+        if matches!(result, Err(luo_core::Error::NameTaken)) {
+            if let Some(holder) = self
+                .engine
+                .outgoing_session(cred.uid, name)
+                .and_then(|s| self.sessions.get(&s).copied())
+            {
+                if self.reap_hung_up(Some(holder)) {
+                    result = self.engine.create_session(cred.uid, name);
+                }
+            }
+        }
+        let id = match result {
+            Ok(id) => id,
+            Err(e) => return Reply::err_msg(e.errno(), &e.to_string()),
+        };
+        match self.session_socket(id, cred) {
+            Ok(theirs) => {
+                let mut arg = buf.to_vec();
+                arg[4..8].copy_from_slice(&(-1i32).to_le_bytes());
+                Reply {
+                    errno: 0,
+                    arg,
+                    fds: vec![theirs],
+                }
+            }
+            Err(e) => {
+                let _ = self.engine.close_session(id);
+                Reply::err(e)
+            }
+        }
+    }
+
+    fn retrieve_session(&mut self, cred: Cred, buf: &[u8; 72]) -> Reply {
+        let raw = &buf[8..72];
+        let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
+        let id = match self.engine.retrieve_session(cred.uid, name) {
+            Ok(id) => id,
+            Err(e) => return Reply::err(e.errno()),
+        };
+        match self.session_socket(id, cred) {
+            Ok(theirs) => {
+                let mut arg = buf.to_vec();
+                arg[4..8].copy_from_slice(&(-1i32).to_le_bytes());
+                Reply {
+                    errno: 0,
+                    arg,
+                    fds: vec![theirs],
+                }
+            }
+            Err(e) => {
+                // As in the kernel, a session whose descriptor could not be made is finished.
+                let _ = self.engine.close_session(id);
+                Reply::err(e)
+            }
+        }
+    }
+
+    fn preserve_fd(&mut self, kind: Kind, buf: &[u8; 72], fds: Vec<OwnedFd>) -> Reply {
+        let Kind::Session(id) = kind else {
+            return Reply::err(Errno::EINVAL);
+        };
+        let token = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
+        if self.fds_in_use() + 1 > self.fd_limit {
+            return Reply::err_msg(Errno::EMFILE, "luod's descriptor budget is exhausted");
+        }
+        let fd = fds.first().map(|f| f.as_fd());
+        let mut result = self.engine.preserve_fd(id, fd, token);
+        if matches!(result, Err(luo_core::Error::AlreadyPreserved)) && self.reap_hung_up(None) {
+            let fd = fds.first().map(|f| f.as_fd());
+            result = if self.engine.session_info(id).is_some() {
+                self.engine.preserve_fd(id, fd, token)
+            } else {
+                Err(luo_core::Error::StaleSession)
+            };
+        }
+        match result {
+            Ok(()) => Reply::ok(buf[..16].to_vec()),
+            Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
+        }
+    }
+
+    fn retrieve_fd(&mut self, kind: Kind, buf: &[u8; 72]) -> Reply {
+        let Kind::Session(id) = kind else {
+            return Reply::err(Errno::EINVAL);
+        };
+        let token = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
+        match self.engine.retrieve_fd(id, token) {
+            Ok(fd) => {
+                let mut arg = buf[..16].to_vec();
+                arg[4..8].copy_from_slice(&(-1i32).to_le_bytes());
+                Reply {
+                    errno: 0,
+                    arg,
+                    fds: vec![fd],
+                }
+            }
+            Err(e) => Reply::err(e.errno()),
+        }
+    }
+
+    fn finish(&mut self, kind: Kind, buf: &[u8; 72]) -> Reply {
+        let Kind::Session(id) = kind else {
+            return Reply::err(Errno::EINVAL);
+        };
+        if buf[4..8] != [0; 4] {
+            return Reply::err(Errno::EINVAL);
+        }
+        match self.engine.finish(id) {
+            Ok(()) => Reply::ok(buf[..8].to_vec()),
+            Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
+        }
+    }
+
+    fn get_name(&mut self, kind: Kind, buf: &[u8; 72]) -> Reply {
+        if buf[4..8] != [0; 4] {
+            return Reply::err(Errno::EINVAL);
+        }
+        let name = match kind {
+            Kind::Session(id) => self
+                .engine
+                .session_name(id)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+            _ => return Reply::err(Errno::EINVAL),
+        };
+        let mut arg = buf.to_vec();
+        arg[8..72].fill(0);
+        arg[8..8 + name.len()].copy_from_slice(&name);
+        Reply::ok(arg)
+    }
+
+    /// Descriptors the process holds now (for status).
+    pub fn fds_open() -> u64 {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,442 @@
+//! Handing the whole daemon to a successor process: the orchestrator upgrade and the reboot
+//! emulation share one mechanism.
+//!
+//! ```text
+//!  old server                                        successor (new binary, --takeover FD)
+//!  ----------                                        ----------
+//!  write image (sessions, fds, connections)
+//!  seal it in a memfd
+//!  spawn successor with one end of a socket pair --> starts, waits
+//!  send [image memfd] and every listed fd (batches of 253) -->
+//!                                                    validate the image, restore the engine,
+//!                                                    rebuild connections
+//!                                  <-- "READY" (or the reason it refuses, then exits)
+//!  answer the requester; send "GO"; exit         --> start serving
+//! ```
+//!
+//! Until "READY" arrives the old server owns everything: if the successor cannot be started,
+//! refuses the image, or dies, the old one unfreezes (for a reboot) and keeps serving. The
+//! successor serves nothing until "GO" (or until the old server's end closes).
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail, ensure};
+use luo_abi::image::{Image, ImageWriter, MAX_IMAGE_LEN};
+use luo_abi::wire::MAX_FDS;
+use luo_client::transport::{self, Recv};
+use luo_core::{Direction, Engine, WRITER_VERSION};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use tracing::info;
+
+use crate::conn::{Cred, Kind};
+use crate::server::{Server, Settings};
+
+/// Image part holding the daemon's own state.
+pub const DAEMON_PART: &str = "luod";
+/// Its compatible; changing the text layout below bumps it.
+pub const DAEMON_PART_COMPATIBLE: &str = "luod-daemon-v1";
+/// How long the old server waits for the successor's verdict.
+const READY_TIMEOUT_MS: i32 = 20_000;
+
+/// The successor of the last successful handover, waiting for "GO".
+static SUCCESSOR: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Orchestrator upgrade: hand everything, connections included, to `binary`.
+pub fn upgrade(server: &mut Server, binary: &Path) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let mut w = ImageWriter::new(server.engine.generation(), WRITER_VERSION);
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    server
+        .engine
+        .write_snapshot(&mut w, &mut fds)
+        .context("Cannot write the engine's state")?;
+    let mut text = settings_text(&server.settings, server.upgrades + 1, true);
+    add_daemon_fds(server, &mut w, &mut fds, &mut text, true)?;
+    w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
+        .map_err(|e| anyhow!("{e}"))?;
+    let image = w
+        .finish()
+        .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;
+    let channel = hand_over(binary, &image, &fds)?;
+    info!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        fds = fds.len(),
+        bytes = image.len(),
+        "successor ready"
+    );
+    drop(fds);
+    *SUCCESSOR.lock().map_err(|_| anyhow!("poisoned"))? = Some(channel);
+    Ok(())
+}
+
+/// Reboot emulation: freeze every outgoing session, hand them (and only them) to a fresh
+/// server of the next generation, and cut every connection.
+pub fn reboot(server: &mut Server) -> anyhow::Result<()> {
+    server
+        .engine
+        .freeze()
+        .context("Freezing the outgoing sessions failed; nothing changed")?;
+    let result = (|| {
+        let mut w = ImageWriter::new(server.engine.generation() + 1, WRITER_VERSION);
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        server
+            .engine
+            .write_reboot(&mut w, &mut fds)
+            .context("Cannot write the sessions")?;
+        let mut text = settings_text(&server.settings, 0, false);
+        add_daemon_fds(server, &mut w, &mut fds, &mut text, false)?;
+        w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
+            .map_err(|e| anyhow!("{e}"))?;
+        let image = w
+            .finish()
+            .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;
+        hand_over(&server.settings.binary, &image, &fds)
+    })();
+    match result {
+        Ok(channel) => {
+            *SUCCESSOR.lock().map_err(|_| anyhow!("poisoned"))? = Some(channel);
+            Ok(())
+        }
+        Err(e) => {
+            server.engine.thaw();
+            Err(e)
+        }
+    }
+}
+
+/// Tells the successor to start serving.
+pub fn release_successor(_server: &mut Server) {
+    if let Ok(mut slot) = SUCCESSOR.lock() {
+        if let Some(channel) = slot.take() {
+            let _ = transport::send(channel.as_fd(), b"GO", &[]);
+        }
+    }
+}
+
+fn settings_text(s: &Settings, upgrades: u64, _keep_conns: bool) -> String {
+    let mut t = String::new();
+    t.push_str(&format!("socket={}\n", s.socket.display()));
+    t.push_str(&format!("binary={}\n", s.binary.display()));
+    t.push_str(&format!("upgrades={upgrades}\n"));
+    for (k, v) in [
+        ("sessions", s.limits.sessions),
+        ("files", s.limits.files),
+        ("bytes", s.limits.bytes),
+    ] {
+        if let Some(v) = v {
+            t.push_str(&format!("limit.{k}={v}\n"));
+        }
+    }
+    t
+}
+
+/// Adds the listener, the lock and (for an upgrade) every connection to the fd table, and
+/// describes them in the daemon part's text.
+fn add_daemon_fds<'a>(
+    server: &'a Server,
+    w: &mut ImageWriter,
+    fds: &mut Vec<BorrowedFd<'a>>,
+    text: &mut String,
+    with_conns: bool,
+) -> anyhow::Result<()> {
+    let mut add = |fd: BorrowedFd<'a>| -> anyhow::Result<u32> {
+        let st = rustix::fs::fstat(fd)?;
+        let i = w.add_fd(fd.as_raw_fd(), st.st_mode & 0o170000);
+        fds.push(fd);
+        Ok(i)
+    };
+    text.push_str(&format!("listener={}\n", add(server.listener.as_fd())?));
+    text.push_str(&format!("lock={}\n", add(server.lock.as_fd())?));
+    if with_conns {
+        let mut keys: Vec<&u64> = server.conns.keys().collect();
+        keys.sort();
+        for key in keys {
+            let conn = &server.conns[key];
+            let index = add(conn.fd.as_fd())?;
+            let (owner_dir, name) = match conn.kind {
+                Kind::Session(id) => {
+                    let info = server
+                        .engine
+                        .session_info(id)
+                        .context("session of a connection")?;
+                    let dir = if info.direction == Direction::Outgoing {
+                        "out"
+                    } else {
+                        "in"
+                    };
+                    (dir, hex(&info.name))
+                }
+                _ => ("-", String::new()),
+            };
+            text.push_str(&format!(
+                "conn={index} {} {} {} {} {owner_dir} {name}\n",
+                conn.kind.code(),
+                conn.cred.pid,
+                conn.cred.uid,
+                conn.cred.gid
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
+}
+
+/// Starts `binary --takeover`, sends it the image and `fds`, and waits for its verdict.
+fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Result<OwnedFd> {
+    let memfd = rustix::fs::memfd_create(
+        "luod-image",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(memfd);
+    file.write_all(image)?;
+    let memfd = OwnedFd::from(file);
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+    )?;
+    // The successor's end is the only descriptor created without close-on-exec, so it is the
+    // only one the spawned process inherits (luod is single-threaded: no other thread can
+    // spawn in between).
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::empty(),
+        None,
+    )?;
+    rustix::io::fcntl_setfd(&ours, rustix::io::FdFlags::CLOEXEC)?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("--takeover")
+        .arg(theirs.as_raw_fd().to_string())
+        .stdin(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("Cannot start {}", binary.display()))?;
+    drop(theirs);
+    let header = format!("IMAGE {}", fds.len());
+    transport::send(ours.as_fd(), header.as_bytes(), &[memfd.as_fd()])
+        .context("Sending the image")?;
+    for batch in fds.chunks(MAX_FDS) {
+        if let Err(e) = transport::send(ours.as_fd(), b"FDS", batch) {
+            let _ = child.kill();
+            bail!("Sending descriptors to the new server: {e}");
+        }
+    }
+    let mut pfd = [rustix::event::PollFd::new(
+        &ours,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec {
+        tv_sec: i64::from(READY_TIMEOUT_MS / 1000),
+        tv_nsec: 0,
+    };
+    let ready = rustix::event::poll(&mut pfd, Some(&timeout)).unwrap_or(0);
+    if ready == 0 {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "The new server did not confirm within {} s",
+            READY_TIMEOUT_MS / 1000
+        );
+    }
+    match transport::recv(ours.as_fd(), true) {
+        Ok(Recv::Message(m)) if m.bytes == b"READY" => {
+            // Reaped by init once we exit; never waited for here.
+            std::mem::forget(child);
+            Ok(ours)
+        }
+        Ok(Recv::Message(m)) => {
+            let _ = child.wait();
+            bail!(
+                "The new server refused the image: {}",
+                String::from_utf8_lossy(&m.bytes)
+            )
+        }
+        _ => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            bail!("The new server exited before confirming ({status})")
+        }
+    }
+}
+
+/// What a successor starts from.
+pub struct Inherited {
+    pub server: Server,
+    pub channel: OwnedFd,
+}
+
+/// Successor side: read the image and descriptors from `fd`, validate, rebuild the server.
+/// On a refusal the reason is sent back before the error is returned.
+pub fn takeover(raw: i32, signals: OwnedFd, fd_limit: u64) -> anyhow::Result<Inherited> {
+    ensure!(raw >= 3, "Invalid --takeover descriptor {raw}");
+    // SAFETY: the predecessor passed this descriptor number on the command line after clearing
+    // its close-on-exec flag; nothing else in this process owns it (it is checked to be a
+    // socket right below, and we are single-threaded at this point).
+    let channel = unsafe { OwnedFd::from_raw_fd(raw) };
+    rustix::io::fcntl_setfd(&channel, rustix::io::FdFlags::CLOEXEC)?;
+    match build_successor(&channel, signals, fd_limit) {
+        Ok(server) => {
+            transport::send(channel.as_fd(), b"READY", &[])?;
+            Ok(Inherited { server, channel })
+        }
+        Err(e) => {
+            let _ = transport::send(channel.as_fd(), format!("{e:#}").as_bytes(), &[]);
+            Err(e)
+        }
+    }
+}
+
+/// Blocks until the predecessor says "GO" or goes away.
+pub fn wait_go(channel: &OwnedFd) {
+    let _ = transport::recv(channel.as_fd(), true);
+}
+
+fn build_successor(channel: &OwnedFd, signals: OwnedFd, fd_limit: u64) -> anyhow::Result<Server> {
+    let first = match transport::recv(channel.as_fd(), true)? {
+        Recv::Message(m) => m,
+        _ => bail!("The predecessor closed the channel"),
+    };
+    let header = String::from_utf8_lossy(&first.bytes).into_owned();
+    let count: usize = header
+        .strip_prefix("IMAGE ")
+        .and_then(|n| n.parse().ok())
+        .context("Malformed image header")?;
+    let mut first_fds = first.fds;
+    ensure!(first_fds.len() == 1, "Expected the image memfd");
+    let memfd = first_fds.remove(0);
+    let size = rustix::fs::fstat(&memfd)?.st_size as u64;
+    ensure!(
+        size <= MAX_IMAGE_LEN,
+        "Image of {size} bytes is over the limit"
+    );
+    let mut image = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < image.len() {
+        let n = rustix::io::pread(&memfd, &mut image[done..], done as u64)?;
+        ensure!(n > 0, "Image shorter than its size");
+        done += n;
+    }
+    let mut fds: Vec<Option<OwnedFd>> = Vec::with_capacity(count);
+    while fds.len() < count {
+        match transport::recv(channel.as_fd(), true)? {
+            Recv::Message(m) => {
+                ensure!(!m.fds_truncated, "Descriptors were lost in transit");
+                fds.extend(m.fds.into_iter().map(Some));
+            }
+            _ => bail!(
+                "The predecessor closed the channel after {} of {count} descriptors",
+                fds.len()
+            ),
+        }
+    }
+    ensure!(
+        fds.len() == count,
+        "Received {} descriptors, expected {count}",
+        fds.len()
+    );
+    let parsed = Image::parse(&image).map_err(|e| anyhow!("Invalid handover image: {e}"))?;
+    let part = parsed
+        .part(DAEMON_PART)
+        .context("The image has no daemon part")?;
+    ensure!(
+        part.compatible == DAEMON_PART_COMPATIBLE,
+        "Unknown daemon part {}",
+        part.compatible
+    );
+    let text = std::str::from_utf8(part.data)
+        .context("Daemon part is not UTF-8")?
+        .to_owned();
+    let registry = crate::registry()?;
+    let engine = Engine::restore(registry, &image, &mut fds).context("Restoring the sessions")?;
+    let mut settings = Settings {
+        socket: Default::default(),
+        limits: Default::default(),
+        binary: Default::default(),
+    };
+    let mut upgrades = 0;
+    let mut listener = None;
+    let mut lock = None;
+    let mut conns = Vec::new();
+    let mut take = |i: &str| -> anyhow::Result<OwnedFd> {
+        let i: usize = i.parse().context("descriptor index")?;
+        fds.get_mut(i)
+            .and_then(Option::take)
+            .with_context(|| format!("descriptor {i} missing"))
+    };
+    for line in text.lines() {
+        let (k, v) = line.split_once('=').context("Malformed daemon part")?;
+        match k {
+            "socket" => settings.socket = v.into(),
+            "binary" => settings.binary = v.into(),
+            "upgrades" => upgrades = v.parse()?,
+            "limit.sessions" => settings.limits.sessions = Some(v.parse()?),
+            "limit.files" => settings.limits.files = Some(v.parse()?),
+            "limit.bytes" => settings.limits.bytes = Some(v.parse()?),
+            "listener" => listener = Some(take(v)?),
+            "lock" => lock = Some(take(v)?),
+            "conn" => {
+                let f: Vec<&str> = v.split(' ').collect();
+                ensure!(f.len() == 7, "Malformed connection record");
+                let fd = take(f[0])?;
+                let cred = Cred {
+                    pid: f[2].parse()?,
+                    uid: f[3].parse()?,
+                    gid: f[4].parse()?,
+                };
+                conns.push((
+                    fd,
+                    f[1].parse::<u32>()?,
+                    cred,
+                    f[5].to_owned(),
+                    unhex(f[6]).context("name")?,
+                ));
+            }
+            _ => bail!("Unknown daemon setting {k}"),
+        }
+    }
+    let mut engine = engine;
+    engine.set_limits(settings.limits);
+    let listener = listener.context("No listener in the image")?;
+    let lock = lock.context("No lock in the image")?;
+    let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
+    server.upgrades = upgrades;
+    for (fd, code, cred, dir, name) in conns {
+        let kind = match code {
+            0 => Kind::Control,
+            1 => Kind::Device,
+            2 => {
+                let id = server
+                    .engine
+                    .sessions()
+                    .into_iter()
+                    .find(|s| {
+                        s.owner == cred.uid
+                            && s.name == name
+                            && (s.direction == Direction::Outgoing) == (dir == "out")
+                    })
+                    .map(|s| s.id)
+                    .context("A connection's session is not in the image")?;
+                Kind::Session(id)
+            }
+            3 => Kind::Detached,
+            _ => bail!("Unknown connection kind {code}"),
+        };
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        server.add_conn(fd, kind, cred)?;
+    }
+    Ok(server)
+}

@@ -23,7 +23,7 @@
 //!
 //! Each handler's record (the bytes the engine stores in the handover image) is a contract: a
 //! little-endian zerocopy struct whose size the compiler checks, parsed defensively on retrieve
-//! (wrong length, unknown flags or kinds give `EINVAL`, never a panic). `docs/handlers.md`
+//! (wrong length, unknown flags or kinds give `EINVAL`, never a panic). `docs/format.md` ("Handler records")
 //! documents every layout.
 //!
 //! A memfd through the handler, as the engine drives it (preserve, freeze, retrieve, finish):

@@ -348,11 +348,11 @@ fn writer_refuses_bad_input() {
             },
         ),
         (
-            f("c", NO_FD, 0, 2),
+            f("c", NO_FD, 0, 4),
             ImageError::FileFlags {
                 session: 0,
                 file: 0,
-                flags: 2,
+                flags: 4,
             },
         ),
         (

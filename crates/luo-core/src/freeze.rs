@@ -5,8 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use luo_abi::image::{
-    FILE_FROZEN, FLB_INCOMING, FLB_RETRIEVED, FileSpec, ImageWriter, NO_FD, SESSION_FINISHED,
-    SESSION_INCOMING, SESSION_RETRIEVED, SessionSpec,
+    FILE_BUSY, FILE_FROZEN, FLB_INCOMING, FLB_RETRIEVED, FileSpec, ImageWriter, NO_FD,
+    SESSION_FINISHED, SESSION_INCOMING, SESSION_RETRIEVED, SessionSpec,
 };
 
 use crate::engine::Engine;
@@ -263,7 +263,12 @@ impl Engine {
                     fd_index,
                     open_fd_index,
                     status: file.status.to_raw(),
-                    flags: if file.frozen { FILE_FROZEN } else { 0 },
+                    flags: if file.frozen { FILE_FROZEN } else { 0 }
+                        | if file.identity.is_some() {
+                            FILE_BUSY
+                        } else {
+                            0
+                        },
                     record: &file.data.record,
                 });
             }

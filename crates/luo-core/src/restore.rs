@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use luo_abi::image::{
-    FILE_FROZEN, FLB_INCOMING, FLB_RETRIEVED, Image, SESSION_FINISHED, SESSION_INCOMING,
+    FILE_BUSY, FILE_FROZEN, FLB_INCOMING, FLB_RETRIEVED, Image, SESSION_FINISHED, SESSION_INCOMING,
     SESSION_RETRIEVED,
 };
 
@@ -102,6 +102,8 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[Option<OwnedFd>]) -> Result<Pl
                 Some(held)
             } else if RetrieveStatus::from_raw(file.status) == RetrieveStatus::Retrieved {
                 Some(fd_at(file.open_fd_index, file.token)?)
+            } else if file.flags & FILE_BUSY != 0 {
+                Some(held)
             } else {
                 None
             };

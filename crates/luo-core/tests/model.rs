@@ -24,6 +24,7 @@ enum Op {
     Finish(usize),
     Close(usize),
     Reboot(Option<u64>),
+    Upgrade,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -36,6 +37,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..6usize).prop_map(Op::Finish),
         1 => (0..6usize).prop_map(Op::Close),
         1 => proptest::option::of(0..4u64).prop_map(Op::Reboot),
+        1 => Just(Op::Upgrade),
     ]
 }
 
@@ -103,6 +105,9 @@ impl Harness {
     }
 
     fn step(&mut self, op: &Op) -> Option<(Outcome, Outcome)> {
+        if let Op::Upgrade = op {
+            return self.upgrade();
+        }
         let m = &mut self.model;
         Some(match *op {
             Op::Create(n) => {
@@ -288,7 +293,45 @@ impl Harness {
                 };
                 (got, want)
             }
+            Op::Upgrade => return None,
         })
+    }
+
+    /// An orchestrator upgrade: snapshot, hand duplicates of the descriptors to a new engine,
+    /// drop the old one. The model does not change; session handles are renumbered.
+    fn upgrade(&mut self) -> Option<(Outcome, Outcome)> {
+        let old = self.engine.take()?;
+        let mut w = luo_abi::image::ImageWriter::new(old.generation(), luo_core::WRITER_VERSION);
+        let mut borrowed = Vec::new();
+        old.write_snapshot(&mut w, &mut borrowed).expect("snapshot");
+        let image = w.finish().expect("image");
+        let mut fds: Vec<Option<OwnedFd>> = borrowed
+            .iter()
+            .map(|fd| Some(rustix::io::fcntl_dupfd_cloexec(fd, 0).expect("dup")))
+            .collect();
+        drop(borrowed);
+        let before: Vec<_> = old.sessions();
+        drop(old);
+        let new = Engine::restore(self.fx.registry.clone(), &image, &mut fds).expect("restore");
+        assert!(
+            fds.iter().all(Option::is_none),
+            "every descriptor was taken"
+        );
+        let after = new.sessions();
+        let renumber: std::collections::HashMap<SessionId, SessionId> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (b.id, a.id))
+            .collect();
+        for s in &mut self.model.sessions {
+            s.id = renumber[&s.id];
+        }
+        // Handles of closed sessions stay stale: give them an id no session has.
+        for h in &mut self.model.handles {
+            *h = renumber.get(h).copied().unwrap_or(SessionId(u64::MAX));
+        }
+        self.engine = Some(new);
+        Some((Ok(()), Ok(())))
     }
 
     fn check_state(&mut self) {
@@ -331,7 +374,7 @@ impl Harness {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_agrees_with_the_model(ops in prop::collection::vec(op(), 1..60)) {

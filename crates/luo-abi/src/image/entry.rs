@@ -58,8 +58,11 @@ const _: () = assert!(core::mem::size_of::<SessionEntry>() == 96);
 
 /// `FileEntry::flags`: the handler's `freeze` ran on this file.
 pub const FILE_FROZEN: u32 = 1 << 0;
+/// `FileEntry::flags`: the file's object counts as preserved for the double-preserve check
+/// although it was not retrieved (a session handed off inside one luod keeps its objects busy).
+pub const FILE_BUSY: u32 = 1 << 1;
 /// Every defined `FileEntry::flags` bit.
-pub const FILE_FLAGS_ALL: u32 = FILE_FROZEN;
+pub const FILE_FLAGS_ALL: u32 = FILE_FROZEN | FILE_BUSY;
 /// `FileEntry::fd_index` of a file that holds no descriptor.
 pub const NO_FD: u32 = u32::MAX;
 

@@ -4,7 +4,7 @@
 //! workloads preserve descriptors into named sessions, hand them off, and their successors
 //! retrieve them. luod can replace its own binary (`luoctl upgrade`) and emulate a kernel live
 //! update (`luoctl reboot`) without losing a preserved file. See `docs/operations.md`.
-#![allow(unsafe_code)] // Only `takeover`: adopting the descriptor a predecessor passed by number.
+#![allow(unsafe_code)] // Only `takeover`: inheriting descriptors across exec, and adopting them.
 
 mod config;
 mod conn;
@@ -114,9 +114,11 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
-    let signals = signal_pipe()?;
     if let Some(fd) = args.takeover {
-        let inherited = takeover::takeover(fd, signals, fd_limit)?;
+        // Adopt what the predecessor left us before opening anything.
+        let adopted = takeover::adopt(fd)?;
+        let signals = signal_pipe()?;
+        let inherited = takeover::takeover(adopted, signals, fd_limit)?;
         takeover::wait_go(&inherited.channel);
         drop(inherited.channel);
         let mut server = inherited.server;
@@ -142,6 +144,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         files: args.max_files.or(file.limits.files),
         bytes: args.max_bytes.or(file.limits.bytes),
     };
+    let signals = signal_pipe()?;
     let binary = std::env::current_exe().context("Cannot find luod's own binary")?;
     let (listener, lock) = bind(&socket, mode)?;
     let mut engine = Engine::new(registry()?);

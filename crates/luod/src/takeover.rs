@@ -2,17 +2,24 @@
 //! emulation share one mechanism.
 //!
 //! ```text
-//!  old server                                        successor (new binary, --takeover FD)
+//!  old server                                        successor (new binary)
 //!  ----------                                        ----------
 //!  write image (sessions, fds, connections)
 //!  seal it in a memfd
-//!  spawn successor with one end of a socket pair --> starts, waits
-//!  send [image memfd] and every listed fd (batches of 253) -->
-//!                                                    validate the image, restore the engine,
+//!  fork; in the child clear close-on-exec on
+//!  exactly the descriptors the image lists, the
+//!  image memfd and one end of a socket pair;
+//!  exec `luod --takeover FD`                     --> "IMAGE <memfd number>" arrives;
+//!                                                    validate the image; adopt every listed
+//!                                                    descriptor (number and type checked),
+//!                                                    close any other; restore the engine,
 //!                                                    rebuild connections
 //!                                  <-- "READY" (or the reason it refuses, then exits)
 //!  answer the requester; send "GO"; exit         --> start serving
 //! ```
+//!
+//! No descriptor is copied or sent: they are inherited across the exec, under the numbers the
+//! image's fd table records.
 //!
 //! Until "READY" arrives the old server owns everything: if the successor cannot be started,
 //! refuses the image, or dies, the old one unfreezes (for a reboot) and keeps serving. The
@@ -20,13 +27,13 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use luo_abi::image::{Image, ImageWriter, MAX_IMAGE_LEN};
-use luo_abi::wire::MAX_FDS;
 use luo_client::transport::{self, Recv};
 use luo_core::{Direction, Engine, WRITER_VERSION};
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -196,7 +203,8 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Starts `binary --takeover`, sends it the image and `fds`, and waits for its verdict.
+/// Starts `binary --takeover` with `fds` inherited, tells it where the image is, and waits for
+/// its verdict.
 fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Result<OwnedFd> {
     let memfd = rustix::fs::memfd_create(
         "luod-image",
@@ -209,32 +217,41 @@ fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Res
         &memfd,
         SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
     )?;
-    // The successor's end is the only descriptor created without close-on-exec, so it is the
-    // only one the spawned process inherits (luod is single-threaded: no other thread can
-    // spawn in between).
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
-        SocketFlags::empty(),
+        SocketFlags::CLOEXEC,
         None,
     )?;
-    rustix::io::fcntl_setfd(&ours, rustix::io::FdFlags::CLOEXEC)?;
+    let mut inherit: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    inherit.push(memfd.as_raw_fd());
+    inherit.push(theirs.as_raw_fd());
     let mut cmd = Command::new(binary);
     cmd.arg("--takeover")
         .arg(theirs.as_raw_fd().to_string())
         .stdin(Stdio::null());
+    // SAFETY: the closure runs in the forked child between fork and exec. It only reads the
+    // vector allocated before the fork and makes fcntl system calls (async-signal-safe, through
+    // rustix's raw syscalls) on descriptor numbers that are open in the child, since the child
+    // inherited the parent's whole table; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &raw in &inherit {
+                let fd = BorrowedFd::borrow_raw(raw);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("Cannot start {}", binary.display()))?;
     drop(theirs);
-    let header = format!("IMAGE {}", fds.len());
-    transport::send(ours.as_fd(), header.as_bytes(), &[memfd.as_fd()])
-        .context("Sending the image")?;
-    for batch in fds.chunks(MAX_FDS) {
-        if let Err(e) = transport::send(ours.as_fd(), b"FDS", batch) {
-            let _ = child.kill();
-            bail!("Sending descriptors to the new server: {e}");
-        }
+    let header = format!("IMAGE {}", memfd.as_raw_fd());
+    if let Err(e) = transport::send(ours.as_fd(), header.as_bytes(), &[]) {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("Cannot reach the new server: {e}");
     }
     let mut pfd = [rustix::event::PollFd::new(
         &ours,
@@ -273,22 +290,132 @@ fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Res
     }
 }
 
+/// What a successor adopted before anything else was opened: the channel, the image and
+/// every descriptor the image lists (by fd-table slot).
+pub struct Adopted {
+    channel: OwnedFd,
+    image: Vec<u8>,
+    fds: Vec<Option<OwnedFd>>,
+}
+
 /// What a successor starts from.
 pub struct Inherited {
     pub server: Server,
     pub channel: OwnedFd,
 }
 
-/// Successor side: read the image and descriptors from `fd`, validate, rebuild the server.
-/// On a refusal the reason is sent back before the error is returned.
-pub fn takeover(raw: i32, signals: OwnedFd, fd_limit: u64) -> anyhow::Result<Inherited> {
-    ensure!(raw >= 3, "Invalid --takeover descriptor {raw}");
-    // SAFETY: the predecessor passed this descriptor number on the command line after clearing
-    // its close-on-exec flag; nothing else in this process owns it (it is checked to be a
-    // socket right below, and we are single-threaded at this point).
-    let channel = unsafe { OwnedFd::from_raw_fd(raw) };
-    rustix::io::fcntl_setfd(&channel, rustix::io::FdFlags::CLOEXEC)?;
-    match build_successor(&channel, signals, fd_limit) {
+/// Adopts a descriptor this process inherited by number.
+fn adopt_raw(raw: i32) -> anyhow::Result<OwnedFd> {
+    ensure!(raw > 2, "Descriptor {raw} cannot be inherited");
+    // SAFETY: `raw` was named by the predecessor, which cleared close-on-exec on exactly the
+    // descriptors it lists before exec; callers check that each number is adopted once (no two
+    // OwnedFd own one number), and nothing in this process has opened, adopted or closed
+    // descriptors yet, so the number is open and owned by nobody else. fcntl below proves it
+    // is open before anything else uses it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
+        std::mem::forget(fd);
+        bail!("Descriptor {raw} is not open: {e}");
+    }
+    Ok(fd)
+}
+
+/// Successor, first step: runs before this process opens anything. Adopts the channel, reads
+/// the image, adopts every descriptor it lists (checking number and type) and closes every other
+/// inherited descriptor.
+pub fn adopt(channel_raw: i32) -> anyhow::Result<Adopted> {
+    let channel = adopt_raw(channel_raw)?;
+    match adopt_rest(&channel) {
+        Ok((image, fds)) => Ok(Adopted {
+            channel,
+            image,
+            fds,
+        }),
+        Err(e) => {
+            let _ = transport::send(channel.as_fd(), format!("{e:#}").as_bytes(), &[]);
+            Err(e)
+        }
+    }
+}
+
+fn adopt_rest(channel: &OwnedFd) -> anyhow::Result<(Vec<u8>, Vec<Option<OwnedFd>>)> {
+    let first = match transport::recv(channel.as_fd(), true)? {
+        Recv::Message(m) => m,
+        _ => bail!("The predecessor closed the channel"),
+    };
+    let header = String::from_utf8_lossy(&first.bytes).into_owned();
+    let image_raw: i32 = header
+        .strip_prefix("IMAGE ")
+        .and_then(|n| n.parse().ok())
+        .context("Malformed image header")?;
+    ensure!(
+        image_raw != channel.as_raw_fd(),
+        "Image and channel share a descriptor"
+    );
+    let memfd = adopt_raw(image_raw)?;
+    let size = rustix::fs::fstat(&memfd)?.st_size as u64;
+    ensure!(
+        size <= MAX_IMAGE_LEN,
+        "Image of {size} bytes is over the limit"
+    );
+    let mut image = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < image.len() {
+        let n = rustix::io::pread(&memfd, &mut image[done..], done as u64)?;
+        ensure!(n > 0, "Image shorter than its size");
+        done += n;
+    }
+    let parsed = Image::parse(&image).map_err(|e| anyhow!("Invalid handover image: {e}"))?;
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(channel.as_raw_fd());
+    seen.insert(memfd.as_raw_fd());
+    let mut fds = Vec::with_capacity(parsed.fds().len());
+    for (i, entry) in parsed.fds().iter().enumerate() {
+        let raw = entry.fd.get();
+        ensure!(
+            seen.insert(raw),
+            "Descriptor {raw} is listed twice (slot {i})"
+        );
+        let fd = adopt_raw(raw).with_context(|| format!("fd-table slot {i}"))?;
+        let mode = rustix::fs::fstat(&fd)?.st_mode & 0o170000;
+        ensure!(
+            mode == entry.mode_type.get(),
+            "Descriptor {raw} (slot {i}) has file type {mode:o}, the image says {:o}",
+            entry.mode_type.get()
+        );
+        fds.push(Some(fd));
+    }
+    close_strays(&seen);
+    Ok((image, fds))
+}
+
+/// Closes every inherited descriptor above stderr that is not in `keep`.
+fn close_strays(keep: &std::collections::HashSet<i32>) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let strays: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|n| *n > 2 && !keep.contains(n))
+        .collect();
+    for raw in strays {
+        // The directory handle itself is gone by now; anything else not kept was leaked into
+        // this process and is closed, as the image contract requires.
+        if let Ok(fd) = adopt_raw(raw) {
+            drop(fd);
+        }
+    }
+}
+
+/// Successor, second step: restore the engine and the connections, and confirm to the
+/// predecessor. On a refusal the reason is sent back before the error is returned.
+pub fn takeover(adopted: Adopted, signals: OwnedFd, fd_limit: u64) -> anyhow::Result<Inherited> {
+    let Adopted {
+        channel,
+        image,
+        mut fds,
+    } = adopted;
+    match build_successor(&image, &mut fds, signals, fd_limit) {
         Ok(server) => {
             transport::send(channel.as_fd(), b"READY", &[])?;
             Ok(Inherited { server, channel })
@@ -305,50 +432,13 @@ pub fn wait_go(channel: &OwnedFd) {
     let _ = transport::recv(channel.as_fd(), true);
 }
 
-fn build_successor(channel: &OwnedFd, signals: OwnedFd, fd_limit: u64) -> anyhow::Result<Server> {
-    let first = match transport::recv(channel.as_fd(), true)? {
-        Recv::Message(m) => m,
-        _ => bail!("The predecessor closed the channel"),
-    };
-    let header = String::from_utf8_lossy(&first.bytes).into_owned();
-    let count: usize = header
-        .strip_prefix("IMAGE ")
-        .and_then(|n| n.parse().ok())
-        .context("Malformed image header")?;
-    let mut first_fds = first.fds;
-    ensure!(first_fds.len() == 1, "Expected the image memfd");
-    let memfd = first_fds.remove(0);
-    let size = rustix::fs::fstat(&memfd)?.st_size as u64;
-    ensure!(
-        size <= MAX_IMAGE_LEN,
-        "Image of {size} bytes is over the limit"
-    );
-    let mut image = vec![0u8; size as usize];
-    let mut done = 0;
-    while done < image.len() {
-        let n = rustix::io::pread(&memfd, &mut image[done..], done as u64)?;
-        ensure!(n > 0, "Image shorter than its size");
-        done += n;
-    }
-    let mut fds: Vec<Option<OwnedFd>> = Vec::with_capacity(count);
-    while fds.len() < count {
-        match transport::recv(channel.as_fd(), true)? {
-            Recv::Message(m) => {
-                ensure!(!m.fds_truncated, "Descriptors were lost in transit");
-                fds.extend(m.fds.into_iter().map(Some));
-            }
-            _ => bail!(
-                "The predecessor closed the channel after {} of {count} descriptors",
-                fds.len()
-            ),
-        }
-    }
-    ensure!(
-        fds.len() == count,
-        "Received {} descriptors, expected {count}",
-        fds.len()
-    );
-    let parsed = Image::parse(&image).map_err(|e| anyhow!("Invalid handover image: {e}"))?;
+fn build_successor(
+    image: &[u8],
+    fds: &mut [Option<OwnedFd>],
+    signals: OwnedFd,
+    fd_limit: u64,
+) -> anyhow::Result<Server> {
+    let parsed = Image::parse(image).map_err(|e| anyhow!("Invalid handover image: {e}"))?;
     let part = parsed
         .part(DAEMON_PART)
         .context("The image has no daemon part")?;
@@ -361,7 +451,7 @@ fn build_successor(channel: &OwnedFd, signals: OwnedFd, fd_limit: u64) -> anyhow
         .context("Daemon part is not UTF-8")?
         .to_owned();
     let registry = crate::registry()?;
-    let engine = Engine::restore(registry, &image, &mut fds).context("Restoring the sessions")?;
+    let engine = Engine::restore(registry, image, fds).context("Restoring the sessions")?;
     let mut settings = Settings {
         socket: Default::default(),
         limits: Default::default(),

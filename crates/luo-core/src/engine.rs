@@ -583,14 +583,13 @@ impl Engine {
         let registry = Arc::clone(&self.registry);
         let linked = &registry.handler_flbs[h];
         for (i, &f) in linked.iter().enumerate() {
-            if self.flbs[f].out_count == 0 {
-                if let Err(e) = registry.flbs[f].preserve() {
+            if self.flbs[f].out_count == 0
+                && let Err(e) = registry.flbs[f].preserve() {
                     for &g in linked[..i].iter().rev() {
                         self.flb_drop_out(g);
                     }
                     return Err(flb_err(registry.flbs[f].compatible(), "preserve", e));
                 }
-            }
             self.flbs[f].out_count += 1;
         }
         Ok(())

@@ -55,12 +55,11 @@ impl Engine {
             return;
         };
         for token in session.tokens_fifo() {
-            if let Some(file) = session.files.get_mut(&token) {
-                if file.frozen {
+            if let Some(file) = session.files.get_mut(&token)
+                && file.frozen {
                     registry.handlers[file.handler].unfreeze(&mut file.data);
                     file.frozen = false;
                 }
-            }
         }
     }
 

@@ -1,0 +1,2 @@
+//! luo-vmm (work in progress).
+fn main() {}

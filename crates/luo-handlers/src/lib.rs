@@ -6,6 +6,7 @@
 //!
 //! | compatible | type | takes | preserved by |
 //! |---|---|---|---|
+//! | `guestmem-v1` | [`GuestmemHandler`] | the descriptor memfd (`luo-guestmem`) of a [`luo_guestmem::GuestMemory`]: its geometry and shared/private attributes | copying and validating the descriptor at preserve and freeze; retrieve returns a sealed memfd with exactly the recorded state |
 //! | `memfd-v1` | [`MemfdHandler`] | shmem memfds, unlinked tmpfs files (`O_TMPFILE` on `/dev/shm`) | holding the inode; retrieve reopens it (a new open file description) with the recorded size, position and seals |
 //! | `memfd-hugetlb-v1` | [`HugetlbHandler`] | `MFD_HUGETLB` memfds (2 MiB, 1 GiB pages) | the same, plus the page size; the kernel's LUO refuses these |
 //! | `pci-device-v1` | [`PciDeviceHandler`] | a PCI function's sysfs `config`, a VFIO cdev, a netdev's sysfs `ifindex` | holding the descriptor and registering the device in the [`PciFlb`] |
@@ -62,6 +63,7 @@ use luo_core::{FileHandler, Flb};
 pub mod error;
 mod fd;
 pub mod fdref;
+pub mod guestmem;
 pub mod hugetlb;
 pub mod memfd;
 pub mod pci;
@@ -70,6 +72,7 @@ mod shmem;
 
 pub use error::Error;
 pub use fdref::{FDREF_COMPATIBLE, FdKind, FdrefHandler, FdrefRecord};
+pub use guestmem::{GUESTMEM_COMPATIBLE, GuestmemHandler};
 pub use hugetlb::{HUGETLB_COMPATIBLE, HugetlbHandler, HugetlbRecord};
 pub use memfd::{MEMFD_COMPATIBLE, MemfdHandler, MemfdRecord};
 pub use pci::{DeviceKey, IfName, PCI_FLB_COMPATIBLE, PciAddress, PciFlb};
@@ -79,7 +82,7 @@ pub use shmem::{ALL_SEALS, FLAG_NO_SEALS};
 /// The handlers in registration order, and the FLBs to link to them.
 #[derive(Debug)]
 pub struct Defaults {
-    /// memfd, memfd-hugetlb, pci-device, fdref: register them in this order.
+    /// guestmem, memfd, memfd-hugetlb, pci-device, fdref: register them in this order.
     pub handlers: Vec<Arc<dyn FileHandler>>,
     /// The PCI FLB, linked to the `pci-device-v1` handler (and only to it).
     pub pci_flb: Arc<PciFlb>,
@@ -95,6 +98,8 @@ impl Defaults {
     pub fn with_sysfs_root(root: impl Into<PathBuf>) -> Defaults {
         let pci_flb = Arc::new(PciFlb::with_sysfs_root(root));
         let handlers: Vec<Arc<dyn FileHandler>> = vec![
+            // First: memfd-v1 would take a guest memory descriptor as a plain memfd.
+            Arc::new(GuestmemHandler::new()),
             Arc::new(MemfdHandler::new()),
             Arc::new(HugetlbHandler::new()),
             Arc::new(PciDeviceHandler::new(Arc::clone(&pci_flb))),
@@ -132,6 +137,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                GUESTMEM_COMPATIBLE,
                 MEMFD_COMPATIBLE,
                 HUGETLB_COMPATIBLE,
                 PCI_DEVICE_COMPATIBLE,

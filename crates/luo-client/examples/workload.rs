@@ -31,7 +31,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let session = device.create_session(name)?;
             session.preserve(&file, 1)?;
             session.handoff()?;
-            println!("v1 (pid {}): counter=1 preserved in session {name:?} and handed off", std::process::id());
+            println!(
+                "v1 (pid {}): counter=1 preserved in session {name:?} and handed off",
+                std::process::id()
+            );
         }
         "v2" | "v3" => {
             let session = device.retrieve_session(name)?;
@@ -43,14 +46,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             file.set_len(0)?;
             file.seek(SeekFrom::Start(0))?;
             write!(file, "{}", value + 1)?;
-            println!("{stage} (pid {}): counter was {value}, now {}", std::process::id(), value + 1);
+            println!(
+                "{stage} (pid {}): counter was {value}, now {}",
+                std::process::id(),
+                value + 1
+            );
             session.finish()?;
             drop(session);
             if keep {
                 let next = device.create_session(name)?;
                 next.preserve(&file, 1)?;
-                println!("{stage}: counter preserved again in outgoing session {name:?}; holding it");
-                println!("{stage}: run `luoctl reboot` in another terminal, then press Ctrl-C here");
+                println!(
+                    "{stage}: counter preserved again in outgoing session {name:?}; holding it"
+                );
+                println!(
+                    "{stage}: run `luoctl reboot` in another terminal, then press Ctrl-C here"
+                );
                 // Hold the session open until killed: an open outgoing session survives a reboot.
                 loop {
                     std::thread::park();

@@ -152,7 +152,9 @@ pub fn call(
         let reply = match transport::recv(fd, true).map_err(|e| Error::io(name, e))? {
             Recv::Message(m) => m,
             Recv::Closed => return Err(Error::new(name, Errno(104))), // ECONNRESET
-            Recv::WouldBlock => continue,
+            // A receive timeout (SO_RCVTIMEO) expired, or the descriptor is non-blocking: give
+            // the caller control back. A reply that arrives later is skipped as stale.
+            Recv::WouldBlock => return Err(Error::new(name, Errno::EAGAIN)),
         };
         let (hdr, body) = wire::parse_reply(&reply.bytes).map_err(|e| Error::new(name, e))?;
         if hdr.id.get() != id && hdr.id.get() != 0 {

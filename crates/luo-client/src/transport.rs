@@ -47,11 +47,16 @@ pub fn recv(fd: BorrowedFd<'_>, blocking: bool) -> Result<Recv, Errno> {
     if !blocking {
         flags |= RecvFlags::DONTWAIT;
     }
+    let mut reset = false;
     let msg = loop {
         match recvmsg(fd, &mut [IoSliceMut::new(&mut buf)], &mut control, flags) {
             Ok(m) => break m,
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) => return Ok(Recv::WouldBlock),
+            // A peer that closed with messages of ours unread leaves ECONNRESET, which the
+            // kernel reports once, before the messages the peer sent and we have not read yet:
+            // receive again to get them (or the end of the stream).
+            Err(Errno::CONNRESET) if !reset => reset = true,
             Err(Errno::CONNRESET) | Err(Errno::PIPE) => return Ok(Recv::Closed),
             Err(e) => return Err(e),
         }
@@ -125,6 +130,19 @@ pub fn send_wait(
             other => return other,
         }
     }
+}
+
+/// True if a message of up to [`MAX_MESSAGE`] bytes can be sent on `fd` without waiting (the
+/// peer reads what it was sent).
+pub fn writable(fd: impl AsFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut pfd = [PollFd::new(&fd, PollFlags::OUT)];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut pfd, Some(&zero)), Ok(n) if n > 0)
+        && pfd[0].revents().contains(PollFlags::OUT)
 }
 
 /// True if the peer of `fd` has hung up (a pending close not yet read).

@@ -50,4 +50,7 @@ pub struct Conn {
     pub kind: Kind,
     /// Who is on the other end.
     pub cred: Cred,
+    /// Not read until it can take a reply: its peer left replies unread (see
+    /// `Server::on_conn`).
+    pub paused: bool,
 }

@@ -84,7 +84,7 @@ fn raise_fd_limit() -> u64 {
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current != lim.maximum {
         lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim.clone());
+        let _ = setrlimit(Resource::Nofile, lim);
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
@@ -161,11 +161,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 /// Takes the socket's lock (a second luod fails here), then binds and listens.
 fn bind(socket: &std::path::Path, mode: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    if let Some(dir) = socket.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("Cannot create the socket directory {}", dir.display()))?;
-        }
+    if let Some(dir) = socket.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("Cannot create the socket directory {}", dir.display()))?;
     }
     let lock_path = socket.with_extension("lock");
     let lock = rustix::fs::open(

@@ -158,7 +158,15 @@ impl Server {
             }
             Kind::Control | Kind::Detached => {}
         }
-        self.conns.insert(key, Conn { fd, kind, cred });
+        self.conns.insert(
+            key,
+            Conn {
+                fd,
+                kind,
+                cred,
+                paused: false,
+            },
+        );
         Ok(key)
     }
 
@@ -245,10 +253,23 @@ impl Server {
     }
 
     fn on_conn(&mut self, key: u64, flags: epoll::EventFlags) {
+        if flags.contains(epoll::EventFlags::OUT) {
+            self.resume(key);
+        }
         for _ in 0..BURST {
             let Some(conn) = self.conns.get(&key) else {
                 return;
             };
+            // Read a request only when its reply can be sent without waiting: a client that
+            // does not read its replies stops being served, instead of stalling everyone.
+            if !transport::writable(&conn.fd) {
+                if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR) {
+                    self.close_conn(key);
+                } else {
+                    self.pause(key);
+                }
+                return;
+            }
             match transport::recv(conn.fd.as_fd(), false) {
                 Ok(Recv::Message(msg)) => self.on_message(key, msg),
                 Ok(Recv::WouldBlock) => {
@@ -264,6 +285,37 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    /// Stops reading connection `key` until it can take a reply (its peer reads).
+    fn pause(&mut self, key: u64) {
+        if let Some(conn) = self.conns.get_mut(&key)
+            && !conn.paused
+        {
+            conn.paused = true;
+            debug!(key, "client does not read its replies; pausing it");
+            let _ = epoll::modify(
+                &self.epoll,
+                &conn.fd,
+                epoll::EventData::new_u64(key),
+                epoll::EventFlags::OUT | epoll::EventFlags::RDHUP,
+            );
+        }
+    }
+
+    /// Reads connection `key` again.
+    fn resume(&mut self, key: u64) {
+        if let Some(conn) = self.conns.get_mut(&key)
+            && conn.paused
+        {
+            conn.paused = false;
+            let _ = epoll::modify(
+                &self.epoll,
+                &conn.fd,
+                epoll::EventData::new_u64(key),
+                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+            );
         }
     }
 
@@ -426,7 +478,7 @@ impl Server {
             Op::Ping => Reply::ok(Vec::new()),
             Op::OpenDevice => self.open_device(key, kind, cred),
             Op::Handoff => match kind {
-                Kind::Session(id) => match self.engine.handoff(id) {
+                Kind::Session(id) => match self.handoff(id, cred.uid) {
                     Ok(()) => {
                         self.sessions.remove(&id);
                         if let Some(c) = self.conns.get_mut(&key) {
@@ -473,16 +525,43 @@ impl Server {
         (reply, After::Nothing)
     }
 
+    /// Handoff of session `id`; an `EEXIST` caused by an incoming session of the same name
+    /// whose descriptor was already closed is resolved by processing that close first.
+    fn handoff(&mut self, id: SessionId, uid: u32) -> Result<(), luo_core::Error> {
+        let result = self.engine.handoff(id);
+        if matches!(result, Err(luo_core::Error::NameTaken)) {
+            let name = self.engine.session_name(id).map(<[u8]>::to_vec)?;
+            if self.reap_incoming_holder(uid, &name) {
+                return self.engine.handoff(id);
+            }
+        }
+        result
+    }
+
+    /// Processes a pending hang-up of the connection holding `uid`'s incoming session `name`,
+    /// so that an answer caused by that session (EINVAL for a double retrieve, EEXIST for a
+    /// handoff) reflects a close the client already did. True if a hang-up was processed.
+    fn reap_incoming_holder(&mut self, uid: u32, name: &[u8]) -> bool {
+        let holder = self
+            .engine
+            .sessions()
+            .into_iter()
+            .find(|s| s.owner == uid && s.name == name && s.direction != Direction::Outgoing)
+            .and_then(|s| self.sessions.get(&s.id).copied());
+        holder.is_some_and(|key| self.reap_hung_up(Some(key)))
+    }
+
     fn open_device(&mut self, key: u64, kind: Kind, cred: Cred) -> Reply {
         if kind != Kind::Control {
             return Reply::err_msg(Errno::EINVAL, "Only a fresh connection can become a device");
         }
-        if let Some(&holder) = self.devices.get(&cred.uid) {
-            if holder != key && self.conns.contains_key(&holder) {
-                self.reap_hung_up(Some(holder));
-                if self.devices.contains_key(&cred.uid) {
-                    return Reply::err(Errno::EBUSY);
-                }
+        if let Some(&holder) = self.devices.get(&cred.uid)
+            && holder != key
+            && self.conns.contains_key(&holder)
+        {
+            self.reap_hung_up(Some(holder));
+            if self.devices.contains_key(&cred.uid) {
+                return Reply::err(Errno::EBUSY);
             }
         }
         if let Some(c) = self.conns.get_mut(&key) {
@@ -593,16 +672,14 @@ impl Server {
             return Reply::err(Errno::EINVAL);
         };
         let mut result = self.engine.create_session(cred.uid, name);
-        if matches!(result, Err(luo_core::Error::NameTaken)) {
-            if let Some(holder) = self
+        if matches!(result, Err(luo_core::Error::NameTaken))
+            && let Some(holder) = self
                 .engine
                 .outgoing_session(cred.uid, name)
                 .and_then(|s| self.sessions.get(&s).copied())
-            {
-                if self.reap_hung_up(Some(holder)) {
-                    result = self.engine.create_session(cred.uid, name);
-                }
-            }
+            && self.reap_hung_up(Some(holder))
+        {
+            result = self.engine.create_session(cred.uid, name);
         }
         let id = match result {
             Ok(id) => id,
@@ -628,7 +705,14 @@ impl Server {
     fn retrieve_session(&mut self, cred: Cred, buf: &[u8; 72]) -> Reply {
         let raw = &buf[8..72];
         let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-        let id = match self.engine.retrieve_session(cred.uid, name) {
+        let mut result = self.engine.retrieve_session(cred.uid, name);
+        if matches!(result, Err(luo_core::Error::AlreadyRetrieved))
+            && self.reap_incoming_holder(cred.uid, name)
+        {
+            // The holder had closed it: the close finished it, and the name is gone (ENOENT).
+            result = self.engine.retrieve_session(cred.uid, name);
+        }
+        let id = match result {
             Ok(id) => id,
             Err(e) => return Reply::err(e.errno()),
         };

@@ -118,10 +118,10 @@ pub fn reboot(server: &mut Server) -> anyhow::Result<()> {
 
 /// Tells the successor to start serving.
 pub fn release_successor(_server: &mut Server) {
-    if let Ok(mut slot) = SUCCESSOR.lock() {
-        if let Some(channel) = slot.take() {
-            let _ = transport::send(channel.as_fd(), b"GO", &[]);
-        }
+    if let Ok(mut slot) = SUCCESSOR.lock()
+        && let Some(channel) = slot.take()
+    {
+        let _ = transport::send(channel.as_fd(), b"GO", &[]);
     }
 }
 
@@ -249,9 +249,17 @@ fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Res
     drop(theirs);
     let header = format!("IMAGE {}", memfd.as_raw_fd());
     if let Err(e) = transport::send(ours.as_fd(), header.as_bytes(), &[]) {
+        // Usually the new binary already exited (EPIPE). If it said why before exiting, that
+        // is the answer; otherwise report how it exited, as when it exits later.
         let _ = child.kill();
-        let _ = child.wait();
-        bail!("Cannot reach the new server: {e}");
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        if let Ok(Recv::Message(m)) = transport::recv(ours.as_fd(), false) {
+            bail!(
+                "The new server refused the image: {}",
+                String::from_utf8_lossy(&m.bytes)
+            );
+        }
+        bail!("The new server exited before confirming ({status}; {e})");
     }
     let mut pfd = [rustix::event::PollFd::new(
         &ours,

@@ -240,11 +240,20 @@ pub fn parse_reply(msg: &[u8]) -> Result<(ReplyHeader, &[u8]), Errno> {
 }
 
 /// Appends a request for `op` with `arg` to `out`; `E2BIG` if it would not fit in a message.
-pub fn write_request(out: &mut alloc::vec::Vec<u8>, op: u32, id: u64, arg: &[u8]) -> Result<(), Errno> {
+pub fn write_request(
+    out: &mut alloc::vec::Vec<u8>,
+    op: u32,
+    id: u64,
+    arg: &[u8],
+) -> Result<(), Errno> {
     if arg.len() > MAX_ARG {
         return Err(Errno::E2BIG);
     }
-    let hdr = RequestHeader { op: U32::new(op), len: U32::new(arg.len() as u32), id: U64::new(id) };
+    let hdr = RequestHeader {
+        op: U32::new(op),
+        len: U32::new(arg.len() as u32),
+        id: U64::new(id),
+    };
     out.extend_from_slice(hdr.as_bytes());
     out.extend_from_slice(arg);
     Ok(())
@@ -253,9 +262,45 @@ pub fn write_request(out: &mut alloc::vec::Vec<u8>, op: u32, id: u64, arg: &[u8]
 /// Appends a reply to `out`; an argument too long for a message is cut to fit.
 pub fn write_reply(out: &mut alloc::vec::Vec<u8>, errno: i32, id: u64, arg: &[u8]) {
     let arg = &arg[..arg.len().min(MAX_ARG)];
-    let hdr = ReplyHeader { errno: I32::new(errno), len: U32::new(arg.len() as u32), id: U64::new(id) };
+    let hdr = ReplyHeader {
+        errno: I32::new(errno),
+        len: U32::new(arg.len() as u32),
+        id: U64::new(id),
+    };
     out.extend_from_slice(hdr.as_bytes());
     out.extend_from_slice(arg);
+}
+
+/// The body of the `wire` fuzz target: decode `data` the way luod decodes a request (framing,
+/// then the kernel's table lookup and size rules for both kinds of descriptor) and the way a
+/// client decodes a reply. Must never panic. Returns whether the request framing was accepted.
+#[doc(hidden)]
+pub fn fuzz_one(data: &[u8]) -> bool {
+    let _ = parse_reply(data);
+    let Ok((hdr, arg)) = parse_request(data) else {
+        return false;
+    };
+    let op = hdr.op.get();
+    if Op::from_raw(op).is_some() {
+        let _ = ListRequest::read_from_bytes(arg);
+        return true;
+    }
+    for target in [crate::uapi::Target::Device, crate::uapi::Target::Session] {
+        let Ok(desc) = crate::uapi::lookup(target, op) else {
+            continue;
+        };
+        let size = arg
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let given = &arg[..arg.len().min(size as usize)];
+        let mut buf = [0u8; 72];
+        if crate::uapi::copy_struct(&desc, given, &mut buf).is_ok() {
+            let mut name = [0u8; 64];
+            name.copy_from_slice(&buf[8..72]);
+            let _ = crate::uapi::session_name(&name);
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -271,7 +316,10 @@ mod tests {
         assert_eq!((h.op.get(), h.id.get(), a), (0xBA00, 9, &[1u8, 2, 3][..]));
         assert_eq!(parse_request(&m[..15]).unwrap_err(), Errno::EPROTO);
         assert_eq!(parse_request(&m[..18]).unwrap_err(), Errno::EPROTO);
-        assert_eq!(write_request(&mut m, 1, 1, &[0; MAX_ARG + 1]), Err(Errno::E2BIG));
+        assert_eq!(
+            write_request(&mut m, 1, 1, &[0; MAX_ARG + 1]),
+            Err(Errno::E2BIG)
+        );
         assert_eq!(Op::from_raw(NATIVE_BASE + 4), Some(Op::Status));
         assert_eq!(Op::from_raw(NATIVE_BASE + 99), None);
         assert_eq!(Op::from_raw(0xBA00), None);

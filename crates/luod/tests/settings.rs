@@ -1,6 +1,8 @@
 //! luod's settings and limits: flags, the config file, per-uid quotas, the descriptor budget,
 //! the single-instance lock, and what SIGTERM says it drops.
 
+#![allow(clippy::unwrap_used)] // Test helpers: a failure is a test failure.
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

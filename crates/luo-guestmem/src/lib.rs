@@ -74,6 +74,6 @@ pub use descriptor::Descriptor;
 pub use error::Error;
 pub use geometry::Geometry;
 pub use hugepages::Pool;
-pub use mapping::HostMapping;
+pub use mapping::{HostMapping, Reservation};
 pub use memory::{GuestMemory, RAM_MEMFD_NAME};
 pub use page::{Attr, Backing, PageSize, UNIT};

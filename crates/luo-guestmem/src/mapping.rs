@@ -152,3 +152,97 @@ impl Drop for HostMapping {
         lock(&self.owner).live.remove(&self.id);
     }
 }
+
+/// Address space reserved for a future [`HostMapping`]: `len` bytes, aligned, mapped
+/// inaccessible until [`GuestMemory::map_into`] maps guest memory over it.
+///
+/// It lets a VMM give KVM the host address of guest RAM *before* it has the RAM file: a
+/// successor registers its memory slot on the reservation while its predecessor's guest still
+/// runs, and only maps the RAM (one `mmap`) once luod hands it over.
+///
+/// [`GuestMemory::map_into`]: crate::GuestMemory::map_into
+#[derive(Debug)]
+pub struct Reservation {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: an inaccessible address range with no thread affinity; see `HostMapping`.
+#[allow(unsafe_code)]
+unsafe impl Send for Reservation {}
+
+impl Reservation {
+    /// Reserves `len` bytes aligned to `align` (a power of two, such as the huge page size).
+    #[allow(unsafe_code)]
+    pub fn new(len: usize, align: usize) -> Result<Reservation, crate::Error> {
+        if len == 0 || !align.is_power_of_two() {
+            return Err(crate::Error::Size {
+                size: len as u64,
+                page: align as u64,
+                max: crate::descriptor::MAX_SIZE,
+            });
+        }
+        let total = len
+            .checked_add(align)
+            .ok_or(crate::Error::Descriptor("reservation size"))?;
+        // SAFETY: a new anonymous, inaccessible mapping at an address the kernel chooses: it
+        // cannot affect any existing Rust object.
+        let raw = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                rustix::mm::ProtFlags::empty(),
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+            )
+        }
+        .map_err(crate::Error::sys("mmap reservation"))?;
+        let base = raw as usize;
+        let start = (base + align - 1) & !(align - 1);
+        let head = start - base;
+        let tail = total - head - len;
+        // SAFETY: both ranges lie inside the mapping just created, which nothing else knows
+        // about; what remains is exactly `start..start + len`.
+        unsafe {
+            if head > 0 {
+                let _ = rustix::mm::munmap(raw, head);
+            }
+            if tail > 0 {
+                let _ = rustix::mm::munmap((start + len) as *mut std::ffi::c_void, tail);
+            }
+        }
+        let ptr = NonNull::new(start as *mut u8).ok_or(crate::Error::Sys {
+            step: "mmap reservation",
+            source: rustix::io::Errno::FAULT,
+        })?;
+        Ok(Reservation { ptr, len })
+    }
+
+    /// The first reserved address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Bytes reserved.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Gives up the range without unmapping it (it now belongs to a mapping placed over it).
+    pub(crate) fn into_raw(self) -> (NonNull<u8>, usize) {
+        let me = std::mem::ManuallyDrop::new(self);
+        (me.ptr, me.len)
+    }
+}
+
+impl Drop for Reservation {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: the range is exactly what `new` kept, owned by `self` alone.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}

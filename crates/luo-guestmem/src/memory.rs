@@ -12,7 +12,7 @@ use crate::descriptor::{self, Descriptor, MAX_RANGES, MAX_SIZE, SEQ_OFFSET};
 use crate::error::Error;
 use crate::geometry::{Geometry, Splits};
 use crate::hugepages::Pool;
-use crate::mapping::{self, HostMapping, Mappings};
+use crate::mapping::{self, HostMapping, Mappings, Reservation};
 use crate::page::{Attr, Backing, PageSize, UNIT};
 
 /// `HUGETLBFS_MAGIC`.
@@ -291,6 +291,50 @@ impl GuestMemory {
             step: "mmap",
             source: rustix::io::Errno::FAULT,
         })?;
+        let id = live.register(range.clone());
+        drop(live);
+        Ok(HostMapping::new(ptr, range, id, Arc::clone(&self.mappings)))
+    }
+
+    /// Maps all of the object over `reservation` (which must be exactly its size and aligned
+    /// to its page size), as [`map`](Self::map) would elsewhere: the host address is the
+    /// reservation's. On failure the reservation is returned untouched inside the error path's
+    /// drop (it is unmapped).
+    pub fn map_into(&self, reservation: Reservation) -> Result<HostMapping, Error> {
+        let range = 0..self.size;
+        if reservation.len() as u64 != self.size
+            || !(reservation.as_ptr() as u64).is_multiple_of(self.page.bytes())
+        {
+            return Err(Error::Mismatch("reservation size or alignment"));
+        }
+        let mut live = mapping::lock(&self.mappings);
+        if self.attrs.any_private(range.clone()) {
+            return Err(Error::Private {
+                start: range.start,
+                end: range.end,
+            });
+        }
+        let addr = reservation.as_ptr();
+        // SAFETY: MAP_FIXED replaces exactly the reserved range, which `reservation` owns and
+        // no Rust object points into (it was inaccessible); on success the range passes to the
+        // `HostMapping`, on failure the kernel leaves the reservation in place and it is
+        // unmapped by its drop.
+        #[allow(unsafe_code)]
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                addr.cast(),
+                reservation.len(),
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::FIXED,
+                &self.ram,
+                0,
+            )
+        }
+        .map_err(Error::sys("mmap"))?;
+        if ptr.cast::<u8>() != addr {
+            return Err(Error::Mismatch("fixed mapping moved"));
+        }
+        let (ptr, _) = reservation.into_raw();
         let id = live.register(range.clone());
         drop(live);
         Ok(HostMapping::new(ptr, range, id, Arc::clone(&self.mappings)))

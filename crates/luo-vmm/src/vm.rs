@@ -1,0 +1,245 @@
+//! [`Vm`]: one KVM VM with one vCPU, whose RAM is a luo-guestmem object.
+//!
+//! KVM's VM and vCPU descriptors are bound to the process that created them (ioctls from
+//! another `mm` fail), so every VMM generation builds its own `Vm`. Only guest RAM crosses an
+//! upgrade. [`Vm::prepare`] does everything that needs no guest memory — and so can run while
+//! the predecessor's guest is still running.
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use luo_guestmem::{GuestMemory, HostMapping, PageSize, Reservation};
+
+use crate::error::Error;
+use crate::guest;
+use crate::progress::{Progress, now_ns};
+use crate::state::{self, VmState};
+
+/// Where the TSS goes (a page KVM needs on Intel; the top of the 32-bit space, as QEMU).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// What one run of the vCPU ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest reported a step.
+    Progress(u32),
+}
+
+/// A VM, its vCPU and (once attached) its guest memory mapping.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    vm: VmFd,
+    vcpu: VcpuFd,
+    msrs: Vec<u32>,
+    xsave: bool,
+    // Dropped after `vm`: the VM goes before the memory it could touch.
+    mapping: Option<HostMapping>,
+    reservation: Option<(Reservation, PageSize)>,
+}
+
+impl Vm {
+    /// Creates the VM, its interrupt controllers and its vCPU (with the CPUID KVM supports).
+    /// No guest memory yet.
+    pub fn prepare() -> Result<Vm, Error> {
+        let kvm = Kvm::new().map_err(Error::kvm("open /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDRESS)
+            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        let supported = kvm
+            .get_msr_index_list()
+            .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?;
+        let msrs = state::MSRS
+            .into_iter()
+            .filter(|m| supported.as_slice().contains(m))
+            .collect();
+        // The legacy 4 KiB XSAVE area holds everything unless KVM says it needs more.
+        let xsave_size = kvm.check_extension_int(Cap::Xsave2);
+        let xsave = kvm.check_extension(Cap::Xsave) && (xsave_size == 0 || xsave_size <= 4096);
+        Ok(Vm {
+            kvm,
+            vm,
+            vcpu,
+            msrs,
+            xsave,
+            mapping: None,
+            reservation: None,
+        })
+    }
+
+    /// True if this KVM can create a guest_memfd the host can map (`KVM_CAP_GUEST_MEMFD` and
+    /// the mmap flag).
+    pub fn guest_memfd_mmap_supported(&self) -> bool {
+        /// `KVM_CAP_GUEST_MEMFD_FLAGS` (Linux 6.18): the flags `KVM_CREATE_GUEST_MEMFD` takes.
+        const CAP_GUEST_MEMFD_FLAGS: u64 = 244;
+        self.vm.check_extension(Cap::GuestMemfd)
+            && self.vm.check_extension_raw(CAP_GUEST_MEMFD_FLAGS as _) & 1 != 0
+    }
+
+    /// The VM's descriptor (for creating a guest_memfd).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Registers guest memory slot 0 for `size` bytes of `page` pages on reserved address
+    /// space, before the RAM itself is at hand: [`attach`](Self::attach) then only maps the
+    /// RAM over the reservation. This is what a successor does while its predecessor's guest
+    /// still runs.
+    pub fn reserve(&mut self, size: u64, page: PageSize) -> Result<(), Error> {
+        let len = usize::try_from(size).map_err(|_| Error::State("memory size"))?;
+        let r = Reservation::new(len, page.bytes() as usize)?;
+        // SAFETY: the slot covers exactly the reservation, which this `Vm` owns and keeps
+        // reserved (inaccessible) until `attach` maps the guest RAM over it with a mapping the
+        // `Vm` then keeps for as long as the VM exists. A guest access to the still-reserved
+        // range fails in KVM (no page), it never reaches unrelated memory.
+        #[allow(unsafe_code)]
+        unsafe { self.set_slot(r.as_ptr() as u64, size) }?;
+        self.reservation = Some((r, page));
+        Ok(())
+    }
+
+    /// Maps all of `mem` (over the reservation if it fits, else anywhere) and registers it as
+    /// guest-physical memory from address 0.
+    pub fn attach(&mut self, mem: &GuestMemory) -> Result<(), Error> {
+        if let Some((r, page)) = self.reservation.take() {
+            if r.len() as u64 == mem.size() && page == mem.page_size() {
+                self.mapping = Some(mem.map_into(r)?);
+                return Ok(());
+            }
+            // SAFETY: deleting the slot (size 0) makes KVM forget the reservation before it
+            // is unmapped below.
+            #[allow(unsafe_code)]
+            unsafe { self.set_slot(0, 0) }?;
+            drop(r);
+        }
+        let mapping = mem.map(0..mem.size())?;
+        // SAFETY: the slot is exactly the live `HostMapping` of `mem.size()` bytes, which this
+        // `Vm` keeps (in `self.mapping`) for as long as the VM exists: the guest can only ever
+        // touch memory that stays mapped. KVM does not alias it with Rust objects.
+        #[allow(unsafe_code)]
+        unsafe { self.set_slot(mapping.as_ptr() as u64, mem.size()) }?;
+        self.mapping = Some(mapping);
+        Ok(())
+    }
+
+    /// Sets memory slot 0 to `size` bytes at host address `addr` (size 0 deletes it).
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr + size` must stay mapped (or reserved inaccessible) for as long as the slot
+    /// exists, and must not be memory Rust code relies on being untouched.
+    #[allow(unsafe_code)]
+    unsafe fn set_slot(&self, addr: u64, size: u64) -> Result<(), Error> {
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: size,
+            userspace_addr: addr,
+        };
+        // SAFETY: the caller guarantees the range's lifetime and exclusivity.
+        unsafe { self.vm.set_user_memory_region(region) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    /// The guest's counter, read from guest RAM.
+    pub fn guest_counter(&self) -> Option<u32> {
+        let m = self.mapping.as_ref()?;
+        m.read_u64(guest::COUNTER as usize).map(|v| v as u32)
+    }
+
+    /// Loads the guest program and points the vCPU at it in real mode.
+    pub fn boot(&mut self) -> Result<(), Error> {
+        let m = self
+            .mapping
+            .as_mut()
+            .ok_or(Error::GuestExit("no guest memory attached".into()))?;
+        m.write(guest::ENTRY as usize, &guest::PROGRAM)
+            .ok_or(Error::State("guest memory too small"))?;
+        m.write(guest::COUNTER as usize, &0u64.to_le_bytes())
+            .ok_or(Error::State("guest memory too small"))?;
+        let mut sregs = self.vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        self.vcpu
+            .set_sregs(&sregs)
+            .map_err(Error::kvm("KVM_SET_SREGS"))?;
+        let mut regs = self.vcpu.get_regs().map_err(Error::kvm("KVM_GET_REGS"))?;
+        regs.rip = guest::ENTRY;
+        regs.rflags = 2;
+        self.vcpu
+            .set_regs(&regs)
+            .map_err(Error::kvm("KVM_SET_REGS"))?;
+        Ok(())
+    }
+
+    /// Runs the vCPU until its next exit.
+    pub fn run(&mut self) -> Result<Exit, Error> {
+        match self.vcpu.run() {
+            Ok(VcpuExit::IoOut(guest::PROGRESS_PORT, data)) if data.len() == 4 => {
+                Ok(Exit::Progress(u32::from_le_bytes([data[0], data[1], data[2], data[3]])))
+            }
+            Ok(other) => Err(Error::GuestExit(format!("{other:?}"))),
+            Err(e) => Err(Error::Kvm {
+                step: "KVM_RUN",
+                source: e,
+            }),
+        }
+    }
+
+    /// Stops the vCPU cleanly after an exit: re-enters KVM with `immediate_exit` set, which
+    /// completes the pending I/O instruction without running another one, so the saved state
+    /// is consistent (KVM's rule before migrating).
+    pub fn quiesce(&mut self) -> Result<(), Error> {
+        self.vcpu.set_kvm_immediate_exit(1);
+        let r = self.vcpu.run();
+        let out = match r {
+            Err(e) if e.errno() == libc_eintr() => Ok(()),
+            Err(e) => Err(Error::Kvm {
+                step: "KVM_RUN (immediate exit)",
+                source: e,
+            }),
+            Ok(exit) => Err(Error::GuestExit(format!("ran while quiescing: {exit:?}"))),
+        };
+        self.vcpu.set_kvm_immediate_exit(0);
+        out
+    }
+
+    /// Saves the stopped VM's state.
+    pub fn save(&self, progress: Progress) -> Result<VmState, Error> {
+        VmState::save(&self.vm, &self.vcpu, &self.msrs, self.xsave, progress)
+    }
+
+    /// Restores a predecessor's state into this (prepared, attached) VM.
+    pub fn restore(&self, s: &VmState) -> Result<(), Error> {
+        let mut s = s.clone();
+        // MSRs this KVM does not know are dropped rather than refused.
+        s.msrs.retain(|(i, _)| self.msrs.contains(i));
+        if !self.xsave {
+            s.xsave = None;
+        }
+        s.restore(&self.vm, &self.vcpu)
+    }
+
+    /// The KVM system descriptor.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+}
+
+fn libc_eintr() -> i32 {
+    rustix::io::Errno::INTR.raw_os_error()
+}
+
+/// Runs until the next progress report and records it.
+pub fn step(vm: &mut Vm, progress: &mut Progress) -> Result<bool, Error> {
+    match vm.run()? {
+        Exit::Progress(v) => Ok(progress.report(v, now_ns())),
+    }
+}

@@ -1,0 +1,492 @@
+//! [`Vmm`]: a running VMM — its VM, guest memory, progress device and luod session — and the
+//! upgrade: starting the successor, stopping the guest, handing off, reporting.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use luo_client::Device;
+use luo_guestmem::{GuestMemory, PageSize};
+
+use crate::error::Error;
+use crate::handoff::{self, Outgoing};
+use crate::progress::{Progress, now_ns};
+use crate::vm::{Vm, step};
+
+/// How long a predecessor waits for its successor to be ready, and then to resume the guest.
+const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a VMM lives: its session, luod's socket, its control socket.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The luod session (and VM) name.
+    pub name: String,
+    /// luod's socket.
+    pub luod_socket: PathBuf,
+    /// This VMM's control socket.
+    pub control: PathBuf,
+}
+
+/// A request to the vCPU loop.
+#[derive(Debug)]
+enum Request {
+    Status(Sender<String>),
+    Handoff(OwnedFd, Sender<Result<String, String>>),
+    Stop(Sender<String>),
+}
+
+#[derive(Debug)]
+struct Shared {
+    attention: AtomicBool,
+    requests: Mutex<Vec<Request>>,
+    /// The outgoing session; empty while a resumed VMM is still creating it.
+    out: Mutex<Option<Outgoing>>,
+    out_ready: Condvar,
+    /// Guest memory size and page size, for the successor to prepare its memory slot.
+    geometry: (u64, PageSize),
+}
+
+impl Shared {
+    fn new(size: u64, page: PageSize) -> Shared {
+        Shared {
+            attention: AtomicBool::new(false),
+            requests: Mutex::new(Vec::new()),
+            out: Mutex::new(None),
+            out_ready: Condvar::new(),
+            geometry: (size, page),
+        }
+    }
+
+    fn set_out(&self, out: Outgoing) {
+        *self.out.lock().unwrap_or_else(PoisonError::into_inner) = Some(out);
+        self.out_ready.notify_all();
+    }
+
+    /// Waits until the outgoing session exists.
+    fn wait_out(&self, within: Duration) -> bool {
+        let guard = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = self
+            .out_ready
+            .wait_timeout_while(guard, within, |o| o.is_none())
+            .unwrap_or_else(PoisonError::into_inner);
+        guard.is_some()
+    }
+}
+
+impl Shared {
+    fn post(&self, r: Request) {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(r);
+        self.attention.store(true, Ordering::Release);
+    }
+}
+
+/// A running VMM.
+#[derive(Debug)]
+pub struct Vmm {
+    config: Config,
+    vm: Vm,
+    mem: GuestMemory,
+    progress: Progress,
+    shared: Arc<Shared>,
+    listener: OwnedFd,
+    /// The longest interval between two guest steps since this VMM resumed the guest (the
+    /// blackout itself excluded): proof that nothing else paused it.
+    max_gap_ns: u64,
+}
+
+/// How the vCPU loop ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Handed off to a successor.
+    HandedOff,
+    /// Stopped by request.
+    Stopped,
+}
+
+impl Vmm {
+    /// Boots a new guest with `size` bytes of RAM on `page` pages and preserves it into a new
+    /// session.
+    pub fn boot(config: Config, size: u64, page: PageSize) -> Result<Vmm, Error> {
+        let mut vm = Vm::prepare()?;
+        let mut mem = GuestMemory::create(size, page)?;
+        mem.set_ram_token(handoff::RAM_TOKEN)?;
+        vm.attach(&mem)?;
+        vm.boot()?;
+        let device = Device::open_at(&config.luod_socket)?;
+        let out = handoff::preserve(&device, &config.name, mem.ram_fd(), mem.descriptor_fd())?;
+        drop(device); // one device per uid: the successor opens its own
+        let shared = Arc::new(Shared::new(size, page));
+        shared.set_out(out);
+        let control = ControlSocket::bind(&config.control)?;
+        let listener = control.publish()?;
+        Ok(Vmm {
+            config,
+            vm,
+            mem,
+            progress: Progress::boot(),
+            shared,
+            listener,
+            max_gap_ns: 0,
+        })
+    }
+
+    /// Takes over from a predecessor: `vm` was prepared before the guest stopped; `sock` (if
+    /// any) is the handshake with the predecessor. Returns the VMM, running, and the report.
+    pub fn resume(
+        config: Config,
+        mut vm: Vm,
+        device: Device,
+        sock: Option<&OwnedFd>,
+        expect: Option<(u64, PageSize)>,
+    ) -> Result<(Vmm, String), Error> {
+        if let Some((size, page)) = expect {
+            vm.reserve(size, page)?;
+        }
+        // Bound now, published (renamed over the predecessor's) once the guest runs here.
+        let control = ControlSocket::bind(&config.control)?;
+        let go = match sock {
+            Some(s) => {
+                handoff::send(s.as_fd(), "READY")?;
+                let go = handoff::recv(s.as_fd(), SUCCESSOR_TIMEOUT)?;
+                if !go.starts_with("GO") {
+                    return Err(Error::Handoff(format!("predecessor said {go:?}")));
+                }
+                go
+            }
+            None => String::new(),
+        };
+        let t_go = now_ns();
+        let inc = handoff::retrieve(&device, &config.name)?;
+        let t_retrieved = now_ns();
+        vm.attach(&inc.mem)?;
+        let t_attached = now_ns();
+        let before = inc.state.progress;
+        let counter = vm.guest_counter().unwrap_or(0);
+        if u64::from(counter) != before.last.get() {
+            return Err(Error::Progress(format!(
+                "guest RAM counter {counter} but the last step reported was {}",
+                before.last
+            )));
+        }
+        vm.restore(&inc.state)?;
+        let t_restored = now_ns();
+        let mut progress = before;
+        progress.upgrades = (progress.upgrades.get() + 1).into();
+        let in_order = step(&mut vm, &mut progress)?;
+        let first = progress.last.get();
+        let t_first = progress.last_ns.get();
+        let blackout = t_first.saturating_sub(before.last_ns.get());
+        let report = format!(
+            "RESUMED blackout_ns={blackout} last_before={} first_after={first} \
+             counter_at_pause={} counter_at_resume={counter} lost={} repeated={} \
+             pause_to_go_ns={} go_to_retrieved_ns={} attach_ns={} restore_ns={} \
+             restored_to_first_ns={} steps={} anomalies={} upgrades={} mem={} pages={} pid={}",
+            before.last,
+            handoff::field(&go, "counter").unwrap_or(u64::from(counter)),
+            u64::from(!in_order && first > before.last.get() + 1),
+            u64::from(!in_order && first <= before.last.get()),
+            t_go.saturating_sub(before.last_ns.get()),
+            t_retrieved.saturating_sub(t_go),
+            t_attached.saturating_sub(t_retrieved),
+            t_restored.saturating_sub(t_attached),
+            t_first.saturating_sub(t_restored),
+            progress.steps,
+            progress.anomalies,
+            progress.upgrades,
+            inc.mem.size(),
+            inc.mem.page_size(),
+            std::process::id(),
+        );
+        let listener = control.publish()?;
+        if let Some(s) = sock {
+            let _ = handoff::send(s.as_fd(), &report);
+        }
+        // Outside the blackout and while the guest runs: end the incoming session, start the
+        // next outgoing one. An upgrade waits for it.
+        let shared = Arc::new(Shared::new(inc.mem.size(), inc.mem.page_size()));
+        let ram = rustix::io::fcntl_dupfd_cloexec(inc.mem.ram_fd(), 3).map_err(Error::sys("dup"))?;
+        let desc = rustix::io::fcntl_dupfd_cloexec(inc.mem.descriptor_fd(), 3)
+            .map_err(Error::sys("dup"))?;
+        {
+            let shared = Arc::clone(&shared);
+            let name = config.name.clone();
+            let session = inc.session;
+            std::thread::spawn(move || {
+                let r = session
+                    .finish()
+                    .map_err(Error::from)
+                    .and_then(|()| handoff::preserve(&device, &name, ram.as_fd(), desc.as_fd()));
+                match r {
+                    Ok(out) => shared.set_out(out),
+                    Err(e) => eprintln!("luo-vmm: cannot preserve the guest again: {e}"),
+                }
+            });
+        }
+        Ok((
+            Vmm {
+                config,
+                vm,
+                mem: inc.mem,
+                progress,
+                shared,
+                listener,
+                max_gap_ns: 0,
+            },
+            report,
+        ))
+    }
+
+    /// Serves the control socket and runs the guest until it is handed off or stopped.
+    pub fn serve(mut self, sigusr1: Arc<AtomicBool>, binary: PathBuf) -> Result<Outcome, Error> {
+        let shared = Arc::clone(&self.shared);
+        let (done_tx, done_rx) = channel::<()>();
+        let listener = rustix::io::fcntl_dupfd_cloexec(&self.listener, 3).map_err(Error::sys("dup"))?;
+        {
+            let shared = Arc::clone(&shared);
+            let config = self.config.clone();
+            let binary = binary.clone();
+            let done_tx = done_tx.clone();
+            std::thread::spawn(move || control_loop(listener, shared, config, binary, done_tx));
+        }
+        loop {
+            let prev = self.progress.last_ns.get();
+            let in_order = step(&mut self.vm, &mut self.progress)?;
+            self.max_gap_ns = self.max_gap_ns.max(self.progress.last_ns.get() - prev);
+            if !in_order {
+                eprintln!(
+                    "luo-vmm: guest step out of order at {} (anomaly {})",
+                    self.progress.last, self.progress.anomalies
+                );
+            }
+            if sigusr1.swap(false, Ordering::Relaxed) {
+                let shared = Arc::clone(&shared);
+                let config = self.config.clone();
+                let binary = binary.clone();
+                let done_tx = done_tx.clone();
+                std::thread::spawn(move || {
+                    let r = upgrade(&shared, &config, &binary);
+                    eprintln!("luo-vmm: upgrade on SIGUSR1: {}", r.unwrap_or_else(|e| e));
+                    let _ = done_tx.send(());
+                });
+            }
+            if !shared.attention.swap(false, Ordering::Acquire) {
+                continue;
+            }
+            let reqs: Vec<Request> = std::mem::take(
+                &mut *shared
+                    .requests
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            for r in reqs {
+                match r {
+                    Request::Status(tx) => {
+                        let _ = tx.send(self.status());
+                    }
+                    Request::Stop(tx) => {
+                        let _ = tx.send(format!("STOPPED {}", self.status()));
+                        return Ok(Outcome::Stopped);
+                    }
+                    Request::Handoff(sock, tx) => match self.hand_off(&sock) {
+                        Ok(go) => {
+                            let _ = tx.send(Ok(go));
+                            drop(sock);
+                            // Wait for the control thread to forward the report, then go.
+                            let _ = done_rx.recv_timeout(SUCCESSOR_TIMEOUT * 2);
+                            return Ok(Outcome::HandedOff);
+                        }
+                        Err(e) => {
+                            let _ = handoff::send(sock.as_fd(), &format!("ABORT {e}"));
+                            let _ = tx.send(Err(format!("{e}")));
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "pid={} steps={} last={} counter={} anomalies={} upgrades={} max_gap_ns={} mem={} pages={}",
+            std::process::id(),
+            self.progress.steps,
+            self.progress.last,
+            self.vm.guest_counter().unwrap_or(0),
+            self.progress.anomalies,
+            self.progress.upgrades,
+            self.max_gap_ns,
+            self.mem.size(),
+            self.mem.page_size(),
+        )
+    }
+
+    /// The pause: stop the vCPU, save its state, hand the session off, tell the successor.
+    /// On failure before the handoff, the guest keeps running here.
+    fn hand_off(&mut self, sock: &OwnedFd) -> Result<String, Error> {
+        let t_pause = now_ns();
+        self.vm.quiesce()?;
+        let counter = self.vm.guest_counter().unwrap_or(0);
+        let st = self.vm.save(self.progress)?;
+        let mut slot = self.shared.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let out = slot
+            .as_ref()
+            .ok_or(Error::Handoff("no outgoing session yet".into()))?;
+        handoff::write_state(out.state.as_fd(), &st.encode())?;
+        let t_saved = now_ns();
+        out.session.handoff()?;
+        *slot = None;
+        let t_handoff = now_ns();
+        let go = format!(
+            "GO last_ns={} pause_ns={t_pause} saved_ns={t_saved} handoff_ns={t_handoff} counter={counter}",
+            self.progress.last_ns
+        );
+        handoff::send(sock.as_fd(), &go)?;
+        Ok(go)
+    }
+}
+
+/// A control socket bound and listening beside its final path, until [`publish`] renames it
+/// over the path (atomically replacing a predecessor's).
+///
+/// [`publish`]: ControlSocket::publish
+#[derive(Debug)]
+struct ControlSocket {
+    fd: OwnedFd,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    fn bind(path: &Path) -> Result<ControlSocket, Error> {
+        let tmp = path.with_extension(format!("{}.new", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let fd = bind_at(&tmp)?;
+        Ok(ControlSocket {
+            fd,
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn publish(self) -> Result<OwnedFd, Error> {
+        rustix::fs::rename(&self.tmp, &self.path).map_err(Error::sys("rename"))?;
+        Ok(self.fd)
+    }
+}
+
+fn bind_at(tmp: &Path) -> Result<OwnedFd, Error> {
+    let fd = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(Error::sys("socket"))?;
+    let addr = rustix::net::SocketAddrUnix::new(tmp).map_err(Error::sys("control socket path"))?;
+    rustix::net::bind(&fd, &addr).map_err(Error::sys("bind"))?;
+    rustix::net::listen(&fd, 16).map_err(Error::sys("listen"))?;
+    Ok(fd)
+}
+
+fn control_loop(
+    listener: OwnedFd,
+    shared: Arc<Shared>,
+    config: Config,
+    binary: PathBuf,
+    done_tx: Sender<()>,
+) {
+    loop {
+        let Ok(conn) = rustix::net::accept_with(&listener, rustix::net::SocketFlags::CLOEXEC)
+        else {
+            continue;
+        };
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::io::read(&conn, &mut buf).unwrap_or(0);
+        let line = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+        let mut words = line.split_whitespace();
+        let reply = match words.next() {
+            Some("status") => ask(&shared, Request::Status),
+            Some("stop") => ask(&shared, Request::Stop),
+            Some("upgrade") => {
+                let bin = words.next().map_or_else(|| binary.clone(), PathBuf::from);
+                let r = upgrade(&shared, &config, &bin);
+                let ok = r.is_ok();
+                let text = r.unwrap_or_else(|e| format!("ERROR {e}"));
+                let _ = write_all(&conn, format!("{text}\n").as_bytes());
+                if ok {
+                    let _ = done_tx.send(());
+                    return;
+                }
+                continue;
+            }
+            _ => format!("ERROR unknown command {line:?} (status, upgrade [BINARY], stop)"),
+        };
+        let _ = write_all(&conn, format!("{reply}\n").as_bytes());
+    }
+}
+
+fn ask(shared: &Shared, make: impl FnOnce(Sender<String>) -> Request) -> String {
+    let (tx, rx) = channel();
+    shared.post(make(tx));
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| "ERROR the vCPU loop did not answer".into())
+}
+
+fn write_all(fd: &OwnedFd, mut b: &[u8]) -> rustix::io::Result<()> {
+    while !b.is_empty() {
+        let n = rustix::io::write(fd, b)?;
+        b = &b[n..];
+    }
+    Ok(())
+}
+
+/// Starts `binary resume` as the successor, waits until it is ready, has the vCPU loop hand
+/// off, and returns the successor's report. Runs on a thread other than the vCPU's.
+fn upgrade(shared: &Shared, config: &Config, binary: &Path) -> Result<String, String> {
+    if !shared.wait_out(SUCCESSOR_TIMEOUT) {
+        return Err("the guest is not preserved in luod (no outgoing session)".into());
+    }
+    let (ours, theirs) = handoff::socket_pair().map_err(|e| e.to_string())?;
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
+    let mut child = Command::new(binary)
+        .arg("resume")
+        .arg("--session")
+        .arg(&config.name)
+        .arg("--luod-socket")
+        .arg(&config.luod_socket)
+        .arg("--control")
+        .arg(&config.control)
+        .arg("--handoff-fd")
+        .arg(theirs.as_raw_fd().to_string())
+        .arg("--mem")
+        .arg(shared.geometry.0.to_string())
+        .arg("--pages")
+        .arg(shared.geometry.1.name())
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    drop(theirs);
+    let ready = handoff::recv(ours.as_fd(), SUCCESSOR_TIMEOUT);
+    if !matches!(ready.as_deref(), Ok("READY")) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("successor not ready: {ready:?}"));
+    }
+    let sock = rustix::io::fcntl_dupfd_cloexec(&ours, 3).map_err(|e| e.to_string())?;
+    let (tx, rx): (Sender<Result<String, String>>, Receiver<_>) = channel();
+    shared.post(Request::Handoff(sock, tx));
+    let go = rx
+        .recv_timeout(SUCCESSOR_TIMEOUT)
+        .map_err(|_| "the vCPU loop did not hand off".to_string())??;
+    let report = handoff::recv(ours.as_fd(), SUCCESSOR_TIMEOUT).map_err(|e| {
+        format!("handed off ({go}) but the successor did not report: {e}; the session waits in luod for `luo-vmm resume`")
+    })?;
+    Ok(report)
+}

@@ -31,5 +31,6 @@ pub const PROGRAM: [u8; 17] = [
     0xeb, 0xf2, // jmp 0x1003
 ];
 
-const _: () = assert!(PROGRAM[0] == 0xba && PROGRAM[1] as u16 | (PROGRAM[2] as u16) << 8 == PROGRESS_PORT);
+const _: () =
+    assert!(PROGRAM[0] == 0xba && PROGRAM[1] as u16 | (PROGRAM[2] as u16) << 8 == PROGRESS_PORT);
 const _: () = assert!(PROGRAM[5] as u64 | (PROGRAM[6] as u64) << 8 == COUNTER);

@@ -74,7 +74,8 @@ pub fn write_state(fd: BorrowedFd<'_>, bytes: &[u8]) -> Result<(), Error> {
     rustix::fs::ftruncate(fd, bytes.len() as u64).map_err(Error::sys("ftruncate"))?;
     let mut done = 0;
     while done < bytes.len() {
-        done += rustix::io::pwrite(fd, &bytes[done..], done as u64).map_err(Error::sys("pwrite"))?;
+        done +=
+            rustix::io::pwrite(fd, &bytes[done..], done as u64).map_err(Error::sys("pwrite"))?;
     }
     Ok(())
 }
@@ -88,7 +89,8 @@ fn read_state(fd: BorrowedFd<'_>) -> Result<VmState, Error> {
     let mut buf = vec![0u8; len];
     let mut done = 0;
     while done < len {
-        let n = rustix::io::pread(fd, &mut buf[done..], done as u64).map_err(Error::sys("pread"))?;
+        let n =
+            rustix::io::pread(fd, &mut buf[done..], done as u64).map_err(Error::sys("pread"))?;
         if n == 0 {
             return Err(Error::State("length"));
         }
@@ -150,7 +152,10 @@ pub fn recv(sock: BorrowedFd<'_>, timeout: Duration) -> Result<String, Error> {
         if left.is_zero() {
             return Err(Error::Handoff("timed out".into()));
         }
-        let mut fds = [rustix::event::PollFd::new(&sock, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            &sock,
+            rustix::event::PollFlags::IN,
+        )];
         let ts = rustix::time::Timespec {
             tv_sec: left.as_secs() as i64,
             tv_nsec: i64::from(left.subsec_nanos()),

@@ -28,7 +28,10 @@ use luo_vmm::{Config, Outcome, Vm, Vmm};
 mod bench;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "A KVM VMM whose guest survives the VMM's upgrade through luod")]
+#[command(
+    version,
+    about = "A KVM VMM whose guest survives the VMM's upgrade through luod"
+)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -169,8 +172,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             let flag = sigusr1()?;
             let vm = Vm::prepare().context("Cannot create the VM")?;
             let device = Device::open_at(&config.luod_socket).context("Cannot open luod")?;
-            let (vmm, report) = Vmm::resume(config, vm, device, sock.as_ref(), mem.map(|m| (m, pages)))
-                .context("Cannot resume the guest")?;
+            let (vmm, report) =
+                Vmm::resume(config, vm, device, sock.as_ref(), mem.map(|m| (m, pages)))
+                    .context("Cannot resume the guest")?;
             eprintln!("luo-vmm {}: resumed: {report}", std::process::id());
             drop(sock);
             finish(vmm.serve(flag, binary)?)
@@ -188,7 +192,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { at } => {
-            println!("{}", luo_vmm::control::call(&at.config().control, "status")?);
+            println!(
+                "{}",
+                luo_vmm::control::call(&at.config().control, "status")?
+            );
             Ok(())
         }
         Cmd::Stop { at } => {

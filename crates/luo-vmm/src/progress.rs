@@ -22,7 +22,19 @@ pub fn now_ns() -> u64 {
 /// | `upgrades` | 40 | VMM upgrades the guest went through |
 ///
 /// Changing this bumps the state format version.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct Progress {
     /// Last reported value.

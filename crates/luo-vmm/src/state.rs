@@ -127,12 +127,17 @@ impl VmState {
         progress: Progress,
     ) -> Result<VmState, Error> {
         let mut irqchips = Vec::new();
-        for chip in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+        for chip in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
             let mut c = kvm_irqchip {
                 chip_id: chip,
                 ..Default::default()
             };
-            vm.get_irqchip(&mut c).map_err(Error::kvm("KVM_GET_IRQCHIP"))?;
+            vm.get_irqchip(&mut c)
+                .map_err(Error::kvm("KVM_GET_IRQCHIP"))?;
             irqchips.push(c);
         }
         let mut entries: Vec<kvm_msr_entry> = msrs
@@ -143,7 +148,9 @@ impl VmState {
             })
             .collect();
         let mut msr_list = Msrs::from_entries(&entries).map_err(|_| Error::State("MSR list"))?;
-        let n = vcpu.get_msrs(&mut msr_list).map_err(Error::kvm("KVM_GET_MSRS"))?;
+        let n = vcpu
+            .get_msrs(&mut msr_list)
+            .map_err(Error::kvm("KVM_GET_MSRS"))?;
         entries = msr_list.as_slice()[..n].to_vec();
         Ok(VmState {
             regs: vcpu.get_regs().map_err(Error::kvm("KVM_GET_REGS"))?,
@@ -165,7 +172,9 @@ impl VmState {
             events: vcpu
                 .get_vcpu_events()
                 .map_err(Error::kvm("KVM_GET_VCPU_EVENTS"))?,
-            mp_state: vcpu.get_mp_state().map_err(Error::kvm("KVM_GET_MP_STATE"))?,
+            mp_state: vcpu
+                .get_mp_state()
+                .map_err(Error::kvm("KVM_GET_MP_STATE"))?,
             debugregs: vcpu
                 .get_debug_regs()
                 .map_err(Error::kvm("KVM_GET_DEBUGREGS"))?,
@@ -185,8 +194,10 @@ impl VmState {
             ..Default::default()
         };
         vm.set_clock(&clock).map_err(Error::kvm("KVM_SET_CLOCK"))?;
-        vcpu.set_sregs(&self.sregs).map_err(Error::kvm("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&self.regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+        vcpu.set_sregs(&self.sregs)
+            .map_err(Error::kvm("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&self.regs)
+            .map_err(Error::kvm("KVM_SET_REGS"))?;
         vcpu.set_fpu(&self.fpu).map_err(Error::kvm("KVM_SET_FPU"))?;
         if let Some(bytes) = &self.xsave {
             let x = kvm_xsave::read_from_bytes(bytes).map_err(|_| Error::State("xsave size"))?;
@@ -289,7 +300,8 @@ impl VmState {
         let mut rest = &bytes[16..];
         let mut s = VmState::default();
         let mut seen = 0u32;
-        let (mut regs, mut sregs, mut fpu, mut progress, mut clock) = (false, false, false, false, false);
+        let (mut regs, mut sregs, mut fpu, mut progress, mut clock) =
+            (false, false, false, false, false);
         for _ in 0..count {
             if rest.len() < 8 {
                 return Err(Error::State("section header"));
@@ -442,7 +454,11 @@ mod tests {
         s.fpu.xmm[3][5] = 9;
         s.msrs = vec![(0x10, 12345), (0x277, 0x0007_0406_0007_0406)];
         s.progress.last = 77.into();
-        for chip in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+        for chip in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
             s.irqchips.push(kvm_irqchip {
                 chip_id: chip,
                 ..Default::default()
@@ -456,7 +472,10 @@ mod tests {
         assert_eq!(d.progress, s.progress);
         assert_eq!(d.encode(), bytes);
         for len in [0, 15, 16, bytes.len() - 1] {
-            assert!(VmState::decode(&bytes[..len]).is_err(), "truncated to {len}");
+            assert!(
+                VmState::decode(&bytes[..len]).is_err(),
+                "truncated to {len}"
+            );
         }
         let mut b = bytes.clone();
         b.push(0);

@@ -51,7 +51,8 @@ impl Vm {
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(Error::kvm("KVM_SET_CPUID2"))?;
         let supported = kvm
             .get_msr_index_list()
             .map_err(Error::kvm("KVM_GET_MSR_INDEX_LIST"))?;
@@ -183,7 +184,9 @@ impl Vm {
     pub fn run(&mut self) -> Result<Exit, Error> {
         match self.vcpu.run() {
             Ok(VcpuExit::IoOut(guest::PROGRESS_PORT, data)) if data.len() == 4 => {
-                Ok(Exit::Progress(u32::from_le_bytes([data[0], data[1], data[2], data[3]])))
+                Ok(Exit::Progress(u32::from_le_bytes([
+                    data[0], data[1], data[2], data[3],
+                ])))
             }
             Ok(other) => Err(Error::GuestExit(format!("{other:?}"))),
             Err(e) => Err(Error::Kvm {

@@ -211,7 +211,8 @@ impl Vmm {
         // Outside the blackout and while the guest runs: end the incoming session, start the
         // next outgoing one. An upgrade waits for it.
         let shared = Arc::new(Shared::new(inc.mem.size(), inc.mem.page_size()));
-        let ram = rustix::io::fcntl_dupfd_cloexec(inc.mem.ram_fd(), 3).map_err(Error::sys("dup"))?;
+        let ram =
+            rustix::io::fcntl_dupfd_cloexec(inc.mem.ram_fd(), 3).map_err(Error::sys("dup"))?;
         let desc = rustix::io::fcntl_dupfd_cloexec(inc.mem.descriptor_fd(), 3)
             .map_err(Error::sys("dup"))?;
         {
@@ -247,7 +248,8 @@ impl Vmm {
     pub fn serve(mut self, sigusr1: Arc<AtomicBool>, binary: PathBuf) -> Result<Outcome, Error> {
         let shared = Arc::clone(&self.shared);
         let (done_tx, done_rx) = channel::<()>();
-        let listener = rustix::io::fcntl_dupfd_cloexec(&self.listener, 3).map_err(Error::sys("dup"))?;
+        let listener =
+            rustix::io::fcntl_dupfd_cloexec(&self.listener, 3).map_err(Error::sys("dup"))?;
         {
             let shared = Arc::clone(&shared);
             let config = self.config.clone();
@@ -334,7 +336,11 @@ impl Vmm {
         self.vm.quiesce()?;
         let counter = self.vm.guest_counter().unwrap_or(0);
         let st = self.vm.save(self.progress)?;
-        let mut slot = self.shared.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self
+            .shared
+            .out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let out = slot
             .as_ref()
             .ok_or(Error::Handoff("no outgoing session yet".into()))?;

@@ -71,6 +71,19 @@ impl AttrMap {
         self.uniform(range.clone()) != Some(Attr::Shared)
     }
 
+    /// The private parts of `range`, clipped to it.
+    pub fn private_within(&self, range: Range<u64>) -> Vec<Range<u64>> {
+        let mut out: Vec<Range<u64>> = self
+            .private
+            .range(..range.end)
+            .rev()
+            .take_while(|&(_, &e)| e > range.start)
+            .map(|(&s, &e)| s.max(range.start)..e.min(range.end))
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// Sets `range` to `attr`, keeping ranges maximal. Cost: O(log n + ranges touched).
     pub fn set(&mut self, range: Range<u64>, attr: Attr) {
         if range.is_empty() {

@@ -56,6 +56,26 @@ impl Splits {
         self.pages.iter().copied()
     }
 
+    /// The split pages among those `range` touches (to undo a conversion).
+    pub(crate) fn touched(&self, page: PageSize, range: &Range<u64>) -> Vec<u64> {
+        if !page.is_huge() || range.is_empty() {
+            return Vec::new();
+        }
+        let p = page.bytes();
+        self.pages
+            .range(range.start / p..=(range.end - 1) / p)
+            .copied()
+            .collect()
+    }
+
+    /// Puts back the split pages `range` touches as `saved` says.
+    pub(crate) fn restore(&mut self, page: PageSize, range: &Range<u64>, saved: Vec<u64>) {
+        for i in self.touched(page, range) {
+            self.pages.remove(&i);
+        }
+        self.pages.extend(saved);
+    }
+
     /// Updates the tracking after `range` was converted in `attrs`: huge pages fully inside the
     /// range are uniform now and merge; the (at most two) pages the range's ends cut are split
     /// or merged by what they hold now.

@@ -240,15 +240,22 @@ impl GuestMemory {
                 end: range.end,
             });
         }
-        let before = (self.attrs.clone(), self.splits.clone());
+        // What the range held, to undo the conversion if the descriptor cannot be written.
+        let saved_attrs = self.attrs.private_within(range.clone());
+        let saved_splits = self.splits.touched(self.page, &range);
         self.attrs.set(range.clone(), attr);
-        if self.attrs.len() > MAX_RANGES {
-            (self.attrs, self.splits) = before;
-            return Err(Error::TooManyRanges(MAX_RANGES));
-        }
-        self.splits.converted(self.page, &self.attrs, range);
-        if let Err(e) = self.sync() {
-            (self.attrs, self.splits) = before;
+        self.splits.converted(self.page, &self.attrs, range.clone());
+        let result = if self.attrs.len() > MAX_RANGES {
+            Err(Error::TooManyRanges(MAX_RANGES))
+        } else {
+            self.sync()
+        };
+        if let Err(e) = result {
+            self.attrs.set(range.clone(), Attr::Shared);
+            for r in saved_attrs {
+                self.attrs.set(r, Attr::Private);
+            }
+            self.splits.restore(self.page, &range, saved_splits);
             return Err(e);
         }
         Ok(())
@@ -368,7 +375,8 @@ impl GuestMemory {
         }
     }
 
-    /// Rewrites the descriptor memfd under its sequence lock.
+    /// Rewrites the descriptor memfd under its sequence lock: the new bytes go in with an odd
+    /// sequence number, then the even one is stored (the CRC does not cover it).
     fn sync(&mut self) -> Result<(), Error> {
         let fd = self.descriptor.as_fd();
         let odd = self.seq + 1;
@@ -380,19 +388,16 @@ impl GuestMemory {
             self.ram_token,
             self.attrs.private_ranges(),
             self.splits.iter(),
-            even,
+            odd,
         );
         if self.desc_len >= SEQ_OFFSET + 8 {
             pwrite_all(fd, &odd.to_le_bytes(), SEQ_OFFSET)?;
         }
-        // Body first with the odd sequence still in place, then the even one.
-        let mut body = bytes.clone();
-        body[SEQ_OFFSET as usize..SEQ_OFFSET as usize + 8].copy_from_slice(&odd.to_le_bytes());
         let len = bytes.len() as u64;
         if len < self.desc_len {
             rustix::fs::ftruncate(fd, len).map_err(Error::sys("ftruncate"))?;
         }
-        pwrite_all(fd, &body, 0)?;
+        pwrite_all(fd, &bytes, 0)?;
         pwrite_all(fd, &even.to_le_bytes(), SEQ_OFFSET)?;
         self.desc_len = len;
         self.seq = even;

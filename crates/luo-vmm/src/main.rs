@@ -25,7 +25,11 @@ use luo_client::Device;
 use luo_guestmem::PageSize;
 use luo_vmm::{Config, Outcome, Vm, Vmm};
 
+mod alloc_count;
 mod bench;
+
+#[global_allocator]
+static ALLOC: alloc_count::Counting = alloc_count::Counting;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -163,6 +163,7 @@ impl Vmm {
             None => String::new(),
         };
         let t_go = now_ns();
+        let stamp = |k: &str| handoff::field(&go, k).unwrap_or(0);
         let inc = handoff::retrieve(&device, &config.name)?;
         let t_retrieved = now_ns();
         vm.attach(&inc.mem)?;
@@ -186,13 +187,17 @@ impl Vmm {
         let report = format!(
             "RESUMED blackout_ns={blackout} last_before={} first_after={first} \
              counter_at_pause={} counter_at_resume={counter} lost={} repeated={} \
-             pause_to_go_ns={} go_to_retrieved_ns={} attach_ns={} restore_ns={} \
+             pause_to_go_ns={} notice_ns={} save_ns={} handoff_ns={} \
+             go_to_retrieved_ns={} attach_ns={} restore_ns={} \
              restored_to_first_ns={} steps={} anomalies={} upgrades={} mem={} pages={} pid={}",
             before.last,
             handoff::field(&go, "counter").unwrap_or(u64::from(counter)),
             u64::from(!in_order && first > before.last.get() + 1),
             u64::from(!in_order && first <= before.last.get()),
             t_go.saturating_sub(before.last_ns.get()),
+            stamp("pause_ns").saturating_sub(before.last_ns.get()),
+            stamp("saved_ns").saturating_sub(stamp("pause_ns")),
+            stamp("handoff_ns").saturating_sub(stamp("saved_ns")),
             t_retrieved.saturating_sub(t_go),
             t_attached.saturating_sub(t_retrieved),
             t_restored.saturating_sub(t_attached),
@@ -294,6 +299,8 @@ impl Vmm {
                     }
                     Request::Stop(tx) => {
                         let _ = tx.send(format!("STOPPED {}", self.status()));
+                        // Let the control thread write the reply before the process ends.
+                        let _ = done_rx.recv_timeout(Duration::from_secs(2));
                         return Ok(Outcome::Stopped);
                     }
                     Request::Handoff(sock, tx) => match self.hand_off(&sock) {
@@ -419,7 +426,12 @@ fn control_loop(
         let mut words = line.split_whitespace();
         let reply = match words.next() {
             Some("status") => ask(&shared, Request::Status),
-            Some("stop") => ask(&shared, Request::Stop),
+            Some("stop") => {
+                let reply = ask(&shared, Request::Stop);
+                let _ = write_all(&conn, format!("{reply}\n").as_bytes());
+                let _ = done_tx.send(());
+                return;
+            }
             Some("upgrade") => {
                 let bin = words.next().map_or_else(|| binary.clone(), PathBuf::from);
                 let r = upgrade(&shared, &config, &bin);

@@ -71,6 +71,21 @@ pub struct Engine {
     pub(crate) limits: Limits,
     /// Descriptors the engine holds (held files and retrieved open files).
     pub(crate) fds_held: u64,
+    pub(crate) excluded: Excluded,
+}
+
+/// Descriptors no handler may take, whatever the handlers say (see [`Engine::set_excluded`]).
+#[derive(Default)]
+pub(crate) struct Excluded(Option<Box<dyn Fn(BorrowedFd<'_>) -> bool + Send + Sync>>);
+
+impl std::fmt::Debug for Excluded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Excluded(set)"
+        } else {
+            "Excluded(none)"
+        })
+    }
 }
 
 fn handler_err(compatible: &str, step: &'static str, source: HandlerError) -> Error {
@@ -109,7 +124,18 @@ impl Engine {
             frozen: false,
             limits: Limits::default(),
             fds_held: 0,
+            excluded: Excluded::default(),
         }
+    }
+
+    /// Descriptors for which `exclude` says yes are refused by PRESERVE_FD with `ENOENT`, as if
+    /// no handler took them. The daemon uses it for its own connections: the kernel does not
+    /// preserve session descriptors either.
+    pub fn set_excluded(
+        &mut self,
+        exclude: impl Fn(BorrowedFd<'_>) -> bool + Send + Sync + 'static,
+    ) {
+        self.excluded = Excluded(Some(Box::new(exclude)));
     }
 
     /// Sets the per-uid quotas (they apply to every uid, root included).
@@ -257,6 +283,9 @@ impl Engine {
             return Err(Error::TokenTaken);
         }
         let fd = fd.ok_or(Error::BadFd)?;
+        if self.excluded.0.as_ref().is_some_and(|exclude| exclude(fd)) {
+            return Err(Error::NoHandler);
+        }
         let registry = Arc::clone(&self.registry);
         let h = registry
             .handlers
@@ -584,12 +613,13 @@ impl Engine {
         let linked = &registry.handler_flbs[h];
         for (i, &f) in linked.iter().enumerate() {
             if self.flbs[f].out_count == 0
-                && let Err(e) = registry.flbs[f].preserve() {
-                    for &g in linked[..i].iter().rev() {
-                        self.flb_drop_out(g);
-                    }
-                    return Err(flb_err(registry.flbs[f].compatible(), "preserve", e));
+                && let Err(e) = registry.flbs[f].preserve()
+            {
+                for &g in linked[..i].iter().rev() {
+                    self.flb_drop_out(g);
                 }
+                return Err(flb_err(registry.flbs[f].compatible(), "preserve", e));
+            }
             self.flbs[f].out_count += 1;
         }
         Ok(())

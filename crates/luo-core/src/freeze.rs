@@ -56,10 +56,11 @@ impl Engine {
         };
         for token in session.tokens_fifo() {
             if let Some(file) = session.files.get_mut(&token)
-                && file.frozen {
-                    registry.handlers[file.handler].unfreeze(&mut file.data);
-                    file.frozen = false;
-                }
+                && file.frozen
+            {
+                registry.handlers[file.handler].unfreeze(&mut file.data);
+                file.frozen = false;
+            }
         }
     }
 

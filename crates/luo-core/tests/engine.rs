@@ -361,3 +361,18 @@ fn flbs_are_refcounted_by_their_files() {
     );
     assert_eq!(e.flb_counts("flb-x"), Some((0, 0)));
 }
+
+#[test]
+fn excluded_descriptors_have_no_handler() {
+    let fx = fixture();
+    let mut e = fx.engine();
+    let s = e.create_session(ROOT, b"s").unwrap();
+    let own = memfd("b-own", b"");
+    let own_ino = rustix::fs::fstat(&own).unwrap().st_ino;
+    e.set_excluded(move |fd| rustix::fs::fstat(fd).is_ok_and(|st| st.st_ino == own_ino));
+    assert_eq!(errno(e.preserve_fd(s, Some(own.as_fd()), 1)), Errno::ENOENT);
+    // The token check still comes first; other memfds are fine.
+    e.preserve_fd(s, Some(memfd("b-other", b"").as_fd()), 2)
+        .unwrap();
+    assert_eq!(errno(e.preserve_fd(s, Some(own.as_fd()), 2)), Errno::EEXIST);
+}

@@ -153,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         socket: socket.clone(),
         limits,
         binary,
+        pids: Vec::new(),
     };
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
     info!(socket = %socket.display(), fd_limit, "luod serving");

@@ -35,6 +35,9 @@ pub struct Settings {
     pub limits: Limits,
     /// The binary an upgrade runs when none is named.
     pub binary: PathBuf,
+    /// Every luod process that served this socket since it was bound (this one included): the
+    /// peers of luod's own connections, which PRESERVE_FD refuses.
+    pub pids: Vec<i32>,
 }
 
 /// A reply to send: errno, argument bytes and descriptors.
@@ -107,6 +110,14 @@ impl Server {
         signals: OwnedFd,
         fd_limit: u64,
     ) -> anyhow::Result<Server> {
+        let mut engine = engine;
+        let mut settings = settings;
+        let me = std::process::id() as i32;
+        if !settings.pids.contains(&me) {
+            settings.pids.push(me);
+        }
+        let pids: std::collections::HashSet<i32> = settings.pids.iter().copied().collect();
+        engine.set_excluded(move |fd| is_luod_connection(fd, &pids));
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &ep,
@@ -814,4 +825,14 @@ impl Server {
             .map(|d| d.count() as u64)
             .unwrap_or(0)
     }
+}
+
+/// True if `fd` is a client's end of one of luod's own connections (a device, control or
+/// session descriptor): a socket whose peer is a luod process of this socket's lineage. As the
+/// kernel refuses to preserve session descriptors, PRESERVE_FD refuses these with `ENOENT`.
+fn is_luod_connection(fd: BorrowedFd<'_>, pids: &std::collections::HashSet<i32>) -> bool {
+    let is_socket = rustix::fs::fstat(fd).is_ok_and(|st| st.st_mode & 0o170000 == 0o140000);
+    is_socket
+        && rustix::net::sockopt::socket_peercred(fd)
+            .is_ok_and(|c| pids.contains(&c.pid.as_raw_nonzero().get()))
 }

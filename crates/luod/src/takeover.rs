@@ -130,6 +130,8 @@ fn settings_text(s: &Settings, upgrades: u64, _keep_conns: bool) -> String {
     t.push_str(&format!("socket={}\n", s.socket.display()));
     t.push_str(&format!("binary={}\n", s.binary.display()));
     t.push_str(&format!("upgrades={upgrades}\n"));
+    let pids: Vec<String> = s.pids.iter().map(i32::to_string).collect();
+    t.push_str(&format!("pids={}\n", pids.join(",")));
     for (k, v) in [
         ("sessions", s.limits.sessions),
         ("files", s.limits.files),
@@ -464,6 +466,7 @@ fn build_successor(
         socket: Default::default(),
         limits: Default::default(),
         binary: Default::default(),
+        pids: Vec::new(),
     };
     let mut upgrades = 0;
     let mut listener = None;
@@ -481,6 +484,13 @@ fn build_successor(
             "socket" => settings.socket = v.into(),
             "binary" => settings.binary = v.into(),
             "upgrades" => upgrades = v.parse()?,
+            "pids" => {
+                settings.pids = v
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
             "limit.sessions" => settings.limits.sessions = Some(v.parse()?),
             "limit.files" => settings.limits.files = Some(v.parse()?),
             "limit.bytes" => settings.limits.bytes = Some(v.parse()?),

@@ -242,3 +242,37 @@ impl WaitRef for Child {
         (self.wait().unwrap(), err)
     }
 }
+
+#[test]
+fn luods_own_connections_cannot_be_preserved_even_after_an_upgrade() {
+    // The kernel has no handler for session descriptors; luod refuses its own connections the
+    // same way, while ordinary sockets are preserved by reference.
+    let d = start("own-conns", &[], &[]);
+    let device = Device::open_at(&d.socket).unwrap();
+    let a = device.create_session("a").unwrap();
+    let b = device.create_session("b").unwrap();
+    assert_eq!(
+        a.preserve(&b, 1).unwrap_err().errno,
+        Errno::ENOENT,
+        "a session descriptor"
+    );
+    assert_eq!(
+        a.preserve(&device, 2).unwrap_err().errno,
+        Errno::ENOENT,
+        "the device"
+    );
+    let control = Control::connect_at(&d.socket).unwrap();
+    let (x, _y) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    a.preserve(&x, 3).unwrap();
+    control.upgrade(None).unwrap();
+    // Sockets made by the old server (b) and by the new one (c) are both refused.
+    let c = device.create_session("c").unwrap();
+    assert_eq!(a.preserve(&b, 4).unwrap_err().errno, Errno::ENOENT);
+    assert_eq!(a.preserve(&c, 5).unwrap_err().errno, Errno::ENOENT);
+}

@@ -22,6 +22,8 @@ const TSS_ADDRESS: usize = 0xfffb_d000;
 pub enum Exit {
     /// The guest reported a step.
     Progress(u32),
+    /// A signal interrupted `KVM_RUN` (SIGUSR1 asking for an upgrade): nothing happened.
+    Interrupted,
 }
 
 /// A VM, its vCPU and (once attached) its guest memory mapping.
@@ -189,6 +191,7 @@ impl Vm {
                 ])))
             }
             Ok(other) => Err(Error::GuestExit(format!("{other:?}"))),
+            Err(e) if e.errno() == libc_eintr() => Ok(Exit::Interrupted),
             Err(e) => Err(Error::Kvm {
                 step: "KVM_RUN",
                 source: e,
@@ -240,9 +243,11 @@ fn libc_eintr() -> i32 {
     rustix::io::Errno::INTR.raw_os_error()
 }
 
-/// Runs until the next progress report and records it.
+/// Runs until the next progress report and records it; false if the step was out of order.
+/// A run interrupted by a signal records nothing.
 pub fn step(vm: &mut Vm, progress: &mut Progress) -> Result<bool, Error> {
     match vm.run()? {
         Exit::Progress(v) => Ok(progress.report(v, now_ns())),
+        Exit::Interrupted => Ok(true),
     }
 }

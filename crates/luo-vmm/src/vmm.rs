@@ -180,7 +180,11 @@ impl Vmm {
         let t_restored = now_ns();
         let mut progress = before;
         progress.upgrades = (progress.upgrades.get() + 1).into();
-        let in_order = step(&mut vm, &mut progress)?;
+        let steps = progress.steps.get();
+        let mut in_order = true;
+        while progress.steps.get() == steps {
+            in_order = step(&mut vm, &mut progress)?;
+        }
         let first = progress.last.get();
         let t_first = progress.last_ns.get();
         let blackout = t_first.saturating_sub(before.last_ns.get());

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`RAM_TOKEN`] (1) | guest RAM (memfd or hugetlb memfd) | `memfd-v1` / `memfd-hugetlb-v1`: held, never copied |
 //! | [`DESCRIPTOR_TOKEN`] (2) | the guest memory descriptor | `guestmem-v1`: validated and recorded at freeze |
-//! | [`STATE_TOKEN`] (3) | the state memfd ([`VmState`](crate::VmState)) | `memfd-v1`: size recorded at freeze |
+//! | [`STATE_TOKEN`] (3) | the state memfd ([`VmState`]) | `memfd-v1`: size recorded at freeze |
 //!
 //! **Handshake.** The predecessor starts its successor with one end of a `SOCK_SEQPACKET`
 //! socket pair and they exchange one-line messages:

@@ -1,16 +1,64 @@
-//! luo-vmm: a small real KVM VMM whose guest keeps running while the VMM is replaced.
+//! luo-vmm: a small but real KVM VMM whose guest keeps running while the VMM is replaced.
 //!
-//! See `crates/luo-vmm/src/main.rs` for the command line and the upgrade protocol.
+//! The guest ([`guest`]) is a real-mode program that counts forever in its own RAM and reports
+//! every step on an I/O port, so the VMM ([`Progress`]) knows exactly how far it got and whether
+//! a step was lost or repeated. Its RAM is a [`luo_guestmem::GuestMemory`]: a memfd of 4 KiB
+//! pages or a hugetlb memfd of 2 MiB or 1 GiB pages, plus the descriptor that carries page
+//! geometry and shared/private attributes.
 //!
-//! - [`Vm`]: one VM, one vCPU, guest RAM from a [`luo_guestmem::GuestMemory`].
-//! - [`guest`]: the guest program, which counts in guest RAM and reports every step on an I/O
-//!   port.
-//! - [`Progress`]: what the VMM saw of the guest's steps (the one device).
-//! - [`VmState`]: the vCPU and VM state saved into a memfd at an upgrade, and its format.
-//! - [`handoff`]: the session layout in luod and the messages between a VMM and its successor.
+//! The principal types:
 //!
-//! `unsafe` is allowed in this crate for the two calls that need it — registering guest memory
-//! with KVM and loading a full XSAVE area — each with its `SAFETY` argument.
+//! - [`Vm`]: one KVM VM with one vCPU. KVM binds VM and vCPU descriptors to the process that
+//!   created them, so each VMM generation builds its own; [`Vm::prepare`] and [`Vm::reserve`]
+//!   do everything that needs no guest RAM, before the predecessor stops its guest.
+//! - [`VmState`]: vCPU registers, special registers, FPU/XSAVE, XCRs, MSRs, LAPIC, pending
+//!   events, MP state, debug registers, PIC/IOAPIC, the KVM clock and the progress device, and
+//!   the state memfd that carries them (a versioned format).
+//! - [`handoff`]: the session layout in luod (RAM, descriptor, state under tokens 1, 2, 3) and
+//!   the READY / GO / RESUMED handshake between a VMM and its successor.
+//! - [`Vmm`]: a running VMM: boot, serve its control socket, upgrade, resume.
+//!
+//! An upgrade, as `luo-vmm upgrade` (or SIGUSR1) drives it:
+//!
+//! ```text
+//!  old VMM (guest running)                  new VMM
+//!  start `luo-vmm resume` ---------------->  create VM, irqchip, vCPU, CPUID; open luod;
+//!                                            register the memory slot on reserved space
+//!                          <---------------- READY
+//!  stop vCPU (immediate_exit), save state
+//!  into the state memfd, luod handoff
+//!                          ----------------> GO
+//!                                            retrieve session, descriptor, RAM, state;
+//!                                            mmap RAM over the slot; restore vCPU; KVM_RUN
+//!                          <---------------- RESUMED blackout_ns=... last_before=... first_after=...
+//!  exit                                      finish the session, preserve again (guest running)
+//! ```
+//!
+//! Booting a guest and reading its progress, as the `luo-vmm run` command does (it needs
+//! `/dev/kvm` and a luod):
+//!
+//! ```no_run
+//! use luo_guestmem::PageSize;
+//! use luo_vmm::{Config, Vmm};
+//!
+//! let config = Config {
+//!     name: "vm1".into(),
+//!     luod_socket: luo_client::default_socket(),
+//!     control: "/tmp/luo-vmm-vm1.sock".into(),
+//! };
+//! let vmm = Vmm::boot(config, 64 << 20, PageSize::Huge2M)?;
+//! let upgrade_on_sigusr1 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+//! vmm.serve(upgrade_on_sigusr1, std::env::current_exe()?)?; // until handed off or stopped
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! With `--guest-memfd`, guest RAM is a real KVM guest_memfd of the VM (mappable, initially
+//! shared). It runs the same, but it cannot cross an upgrade — the kernel binds a guest_memfd
+//! to the VM that created it — so the upgrade is refused and the guest keeps running.
+//!
+//! `unsafe` is allowed in this crate for what needs it — registering guest memory with KVM,
+//! loading a full XSAVE area, adopting the handshake descriptor and the guest_memfd — each block
+//! with its `SAFETY` argument.
 #![allow(unsafe_code)]
 
 pub mod control;

@@ -81,6 +81,10 @@ enum Cmd {
         /// Page size of guest RAM: 4k, 2m or 1g.
         #[arg(long, default_value = "4k")]
         pages: PageSize,
+        /// Back guest RAM with a KVM guest_memfd of the VM (4 KiB pages). It cannot cross an
+        /// upgrade: `upgrade` is then refused and the guest keeps running.
+        #[arg(long, conflicts_with = "pages")]
+        guest_memfd: bool,
     },
     /// Take over a handed-off session (started by `upgrade`, or by hand after a handoff).
     Resume {
@@ -150,10 +154,20 @@ fn sigusr1() -> anyhow::Result<Arc<AtomicBool>> {
 fn run(args: Args) -> anyhow::Result<()> {
     let binary = std::env::current_exe().context("Cannot find luo-vmm's own binary")?;
     match args.cmd {
-        Cmd::Run { at, mem, pages } => {
+        Cmd::Run {
+            at,
+            mem,
+            pages,
+            guest_memfd,
+        } => {
             let config = at.config();
             let flag = sigusr1()?;
-            let vmm = Vmm::boot(config.clone(), mem, pages).context("Cannot boot the guest")?;
+            let vmm = if guest_memfd {
+                Vmm::boot_guest_memfd(config.clone(), mem)
+            } else {
+                Vmm::boot(config.clone(), mem, pages)
+            }
+            .context("Cannot boot the guest")?;
             println!(
                 "luo-vmm: guest running: {} MiB on {pages} pages, session {:?}, control {}",
                 mem >> 20,

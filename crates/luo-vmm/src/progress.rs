@@ -56,8 +56,10 @@ const _: () = assert!(size_of::<Progress>() == 48);
 impl Progress {
     /// A guest that just booted with its counter at 0.
     pub fn boot() -> Progress {
+        let now = U64::new(now_ns());
         Progress {
-            boot_ns: U64::new(now_ns()),
+            boot_ns: now,
+            last_ns: now,
             ..Progress::default()
         }
     }

@@ -5,7 +5,12 @@
 //! upgrade. [`Vm::prepare`] does everything that needs no guest memory — and so can run while
 //! the predecessor's guest is still running.
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use kvm_bindings::{
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd,
+    kvm_userspace_memory_region, kvm_userspace_memory_region2,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use luo_guestmem::{GuestMemory, HostMapping, PageSize, Reservation};
 
@@ -85,9 +90,55 @@ impl Vm {
             && self.vm.check_extension_raw(CAP_GUEST_MEMFD_FLAGS as _) & 1 != 0
     }
 
-    /// The VM's descriptor (for creating a guest_memfd).
-    pub fn vm_fd(&self) -> &VmFd {
-        &self.vm
+    /// Creates a KVM guest_memfd of `size` bytes for this VM, mappable by the host and
+    /// initially shared (`GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED`).
+    pub fn create_guest_memfd(&self, size: u64) -> Result<OwnedFd, Error> {
+        /// `GUEST_MEMFD_FLAG_MMAP` (Linux 6.18).
+        const FLAG_MMAP: u64 = 1 << 0;
+        /// `GUEST_MEMFD_FLAG_INIT_SHARED` (Linux 6.18).
+        const FLAG_INIT_SHARED: u64 = 1 << 1;
+        if !self.guest_memfd_mmap_supported() {
+            return Err(Error::GuestExit(
+                "this KVM has no mappable guest_memfd (KVM_CAP_GUEST_MEMFD with the mmap flag)"
+                    .into(),
+            ));
+        }
+        let raw = self
+            .vm
+            .create_guest_memfd(kvm_create_guest_memfd {
+                size,
+                flags: FLAG_MMAP | FLAG_INIT_SHARED,
+                reserved: [0; 6],
+            })
+            .map_err(Error::kvm("KVM_CREATE_GUEST_MEMFD"))?;
+        // SAFETY: `raw` is a new descriptor the ioctl just returned; nothing else owns it.
+        #[allow(unsafe_code)]
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Maps all of `mem`, a guest_memfd of this VM, and registers it as guest memory from
+    /// address 0 with `KVM_SET_USER_MEMORY_REGION2` (guest_memfd slot, host mapping for shared
+    /// pages).
+    pub fn attach_guest_memfd(&mut self, mem: &GuestMemory) -> Result<(), Error> {
+        let mapping = mem.map(0..mem.size())?;
+        let region = kvm_userspace_memory_region2 {
+            slot: 0,
+            flags: KVM_MEM_GUEST_MEMFD,
+            guest_phys_addr: 0,
+            memory_size: mem.size(),
+            userspace_addr: mapping.as_ptr() as u64,
+            guest_memfd_offset: 0,
+            guest_memfd: mem.ram_fd().as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: the slot is exactly the live `HostMapping` of the guest_memfd, which this
+        // `Vm` keeps for as long as the VM exists, and the guest_memfd itself (held open by
+        // `mem` and the mapping) belongs to this VM.
+        #[allow(unsafe_code)]
+        unsafe { self.vm.set_user_memory_region2(region) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION2"))?;
+        self.mapping = Some(mapping);
+        Ok(())
     }
 
     /// Registers guest memory slot 0 for `size` bytes of `page` pages on reserved address

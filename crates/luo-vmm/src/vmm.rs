@@ -48,6 +48,8 @@ struct Shared {
     out_ready: Condvar,
     /// Guest memory size and page size, for the successor to prepare its memory slot.
     geometry: (u64, PageSize),
+    /// Why this VM cannot be upgraded, if it cannot.
+    refuse: Option<String>,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             out: Mutex::new(None),
             out_ready: Condvar::new(),
             geometry: (size, page),
+            refuse: None,
         }
     }
 
@@ -132,6 +135,34 @@ impl Vmm {
             mem,
             progress: Progress::boot(),
             shared,
+            listener,
+            max_gap_ns: 0,
+        })
+    }
+
+    /// Boots a guest whose RAM is a KVM guest_memfd of its VM (4 KiB pages). Such memory
+    /// cannot outlive the VM, so nothing is preserved in luod and an upgrade is refused (the
+    /// guest keeps running); see the `luo_guestmem` crate doc.
+    pub fn boot_guest_memfd(config: Config, size: u64) -> Result<Vmm, Error> {
+        let mut vm = Vm::prepare()?;
+        let gmem = vm.create_guest_memfd(size)?;
+        let mem = GuestMemory::from_guest_memfd(gmem, size)?;
+        vm.attach_guest_memfd(&mem)?;
+        vm.boot()?;
+        let mut shared = Shared::new(size, PageSize::Base4K);
+        shared.refuse = Some(
+            "guest RAM is a KVM guest_memfd, bound to this VM: it cannot cross a VMM upgrade \
+             (boot with a memfd or hugetlb memfd to upgrade)"
+                .into(),
+        );
+        let control = ControlSocket::bind(&config.control)?;
+        let listener = control.publish()?;
+        Ok(Vmm {
+            config,
+            vm,
+            mem,
+            progress: Progress::boot(),
+            shared: Arc::new(shared),
             listener,
             max_gap_ns: 0,
         })
@@ -327,7 +358,7 @@ impl Vmm {
 
     fn status(&self) -> String {
         format!(
-            "pid={} steps={} last={} counter={} anomalies={} upgrades={} max_gap_ns={} mem={} pages={}",
+            "pid={} steps={} last={} counter={} anomalies={} upgrades={} max_gap_ns={} mem={} pages={} backing={:?}",
             std::process::id(),
             self.progress.steps,
             self.progress.last,
@@ -337,6 +368,7 @@ impl Vmm {
             self.max_gap_ns,
             self.mem.size(),
             self.mem.page_size(),
+            self.mem.backing(),
         )
     }
 
@@ -472,6 +504,9 @@ fn write_all(fd: &OwnedFd, mut b: &[u8]) -> rustix::io::Result<()> {
 /// Starts `binary resume` as the successor, waits until it is ready, has the vCPU loop hand
 /// off, and returns the successor's report. Runs on a thread other than the vCPU's.
 fn upgrade(shared: &Shared, config: &Config, binary: &Path) -> Result<String, String> {
+    if let Some(why) = &shared.refuse {
+        return Err(why.clone());
+    }
     if !shared.wait_out(SUCCESSOR_TIMEOUT) {
         return Err("the guest is not preserved in luod (no outgoing session)".into());
     }

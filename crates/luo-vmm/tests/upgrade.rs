@@ -99,17 +99,14 @@ impl Setup {
     }
 
     fn boot(&mut self, mem: &str, pages: &str) {
+        self.boot_with(&["--mem", mem, "--pages", pages]);
+    }
+
+    fn boot_with(&mut self, args: &[&str]) {
         let log = File::create(self.dir.join("vmm.log")).expect("log");
         let child = Command::new(vmm_binary())
-            .args([
-                "run",
-                "--mem",
-                mem,
-                "--pages",
-                pages,
-                "--session",
-                "vm-test",
-            ])
+            .args(["run", "--session", "vm-test"])
+            .args(args)
             .arg("--control")
             .arg(self.dir.join("vmm.sock"))
             .env("LUOD_SOCKET", self.dir.join("luod.sock"))
@@ -293,4 +290,43 @@ fn guest_survives_vmm_upgrades_2m() {
     }
     let _restore = Restore(nr, prev);
     upgrade_many(TEST, "64M", "2m");
+}
+
+/// A guest whose RAM is a real KVM guest_memfd runs, but cannot be upgraded: the kernel binds
+/// the guest_memfd to its VM. The upgrade is refused with the reason and the guest keeps
+/// running, untouched.
+#[test]
+fn guest_memfd_guest_runs_and_refuses_upgrade() {
+    const TEST: &str = "guest_memfd_guest_runs_and_refuses_upgrade";
+    if !Path::new("/dev/kvm").exists() {
+        return skip(TEST, "no /dev/kvm");
+    }
+    let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+    if !kvm.check_extension(kvm_ioctls::Cap::GuestMemfd) {
+        return skip(TEST, "KVM has no KVM_CAP_GUEST_MEMFD");
+    }
+    let vm = kvm.create_vm().expect("vm");
+    if vm.check_extension_raw(244) & 1 == 0 {
+        return skip(
+            TEST,
+            "KVM's guest_memfd has no mmap flag (KVM_CAP_GUEST_MEMFD_FLAGS)",
+        );
+    }
+    drop(vm);
+    let mut setup = Setup::new("gmem");
+    setup.boot_with(&["--mem", "16M", "--guest-memfd"]);
+    let before = setup.status();
+    assert!(before.contains("backing=GuestMemfd"), "{before}");
+    let out = setup.vmm(&["upgrade"]);
+    assert!(!out.status.success(), "upgrade must be refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guest_memfd"), "{err}");
+    std::thread::sleep(Duration::from_millis(50));
+    let after = setup.status();
+    assert_eq!(field(&after, "pid"), field(&before, "pid"));
+    assert!(
+        field(&after, "steps") > field(&before, "steps"),
+        "still running: {after}"
+    );
+    assert_eq!(field(&after, "anomalies"), 0);
 }

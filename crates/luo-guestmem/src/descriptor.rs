@@ -61,7 +61,7 @@ pub(crate) const SEQ_OFFSET: u64 = 16;
 /// | `seq` | 16 | 8 | sequence lock: even when consistent; not covered by `crc` |
 /// | `size` | 24 | 8 | bytes of guest memory: a positive multiple of `page_size`, at most [`MAX_SIZE`] |
 /// | `page_size` | 32 | 8 | 4096, 2 MiB or 1 GiB |
-/// | `ram_token` | 40 | 8 | the luod token the RAM file is preserved under (valid with [`FLAG_RAM_TOKEN`]) |
+/// | `ram_token` | 40 | 8 | the luod token the RAM file is preserved under (with [`FLAG_RAM_TOKEN`]; zero without) |
 /// | `backing` | 48 | 4 | 0 shmem memfd, 1 hugetlb memfd, 2 KVM guest_memfd |
 /// | `flags` | 52 | 4 | bit 0 [`FLAG_RAM_TOKEN`]; other bits zero |
 /// | `range_count` | 56 | 4 | private ranges that follow, at most [`MAX_RANGES`] |
@@ -183,6 +183,9 @@ impl Descriptor {
         if h.flags.get() & !FLAG_RAM_TOKEN != 0 {
             return Err(bad("flags"));
         }
+        if h.flags.get() & FLAG_RAM_TOKEN == 0 && h.ram_token.get() != 0 {
+            return Err(bad("ram_token"));
+        }
         let page_size = PageSize::from_bytes(h.page_size.get()).ok_or(bad("page_size"))?;
         let backing = Backing::from_raw(h.backing.get()).ok_or(bad("backing"))?;
         if !backing.allows(page_size) {
@@ -282,6 +285,26 @@ pub fn read_bytes(fd: BorrowedFd<'_>) -> Result<(Descriptor, Vec<u8>), Error> {
         return Ok((d, buf));
     }
     Err(Error::DescriptorBusy)
+}
+
+/// The body of a fuzz target for [`Descriptor::parse`]: never panics on any input; parses
+/// `data` as given and again with its CRC repaired (so mutations reach the field checks), and
+/// checks that whatever is accepted re-encodes to exactly the same bytes. Returns whether the
+/// repaired copy was accepted.
+pub fn fuzz_one(data: &[u8]) -> bool {
+    let _ = Descriptor::parse(data);
+    let mut fixed = data.to_vec();
+    if fixed.len() >= HEADER_LEN {
+        let c = crc(&fixed);
+        fixed[64..68].copy_from_slice(&c.to_le_bytes());
+    }
+    match Descriptor::parse(&fixed) {
+        Ok((d, seq)) => {
+            assert_eq!(d.encode(seq), fixed, "an accepted descriptor is canonical");
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Serializes a descriptor.

@@ -14,6 +14,7 @@
 #include "luo_test.h"
 
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 

@@ -395,14 +395,11 @@ static void preserve_rules(int dev)
 			   "... and the file stayed preserved");
 		close(m3);
 	}
-	/*
-	 * luod bug: luod's fdref-v1 handler takes any socket, its own session and device
-	 * connections included, where the kernel answers ENOENT (no handler takes a session's
-	 * anon-inode file). Reported as a TODO rather than failed until luod refuses them; the
-	 * descriptors go into another session (s2) so that closing it breaks the reference.
-	 */
-	EXPECT_ERR_TODO(luo_preserve_fd(s2, s3, 7), ENOENT, "a session descriptor: ENOENT");
-	EXPECT_ERR_TODO(luo_preserve_fd(s2, dev, 8), ENOENT, "the device descriptor: ENOENT");
+	/* luod takes sockets (fdref-v1), but not its own connections: as in the kernel, a
+	 * session or device descriptor has no handler. */
+	EXPECT_ERR(luo_preserve_fd(s2, s3, 7), ENOENT, "a session descriptor: ENOENT");
+	EXPECT_ERR(luo_preserve_fd(s2, dev, 8), ENOENT, "the device descriptor: ENOENT");
+	EXPECT_ERR(luo_preserve_fd(s3, s3, 7), ENOENT, "a session into itself: ENOENT");
 	close(s2);
 	close(s3);
 	close(m);

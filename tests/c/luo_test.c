@@ -45,19 +45,6 @@ void luo_fail(const char *file, int line, const char *fmt, ...)
 	exit(1);
 }
 
-void luo_todo(const char *fmt, ...)
-{
-	va_list ap;
-
-	luo_checks++;
-	printf("ok %d - ", luo_checks);
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf(" # TODO luod bug\n");
-	fflush(stdout);
-}
-
 void luo_skip(const char *why)
 {
 	printf("SKIP: %s\n", why);

@@ -40,7 +40,6 @@ extern int luo_checks;
 void luo_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void luo_fail(const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4), noreturn));
-void luo_todo(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void luo_skip(const char *why) __attribute__((noreturn));
 void luo_passed(void) __attribute__((noreturn));
 const char *luo_errname(int e);
@@ -69,23 +68,6 @@ const char *luo_errname(int e);
 			FAIL("%s: expected %s, got %ld/%s", #call, luo_errname(e), \
 			     __r, __r == -1 ? luo_errname(__e) : "no error");    \
 		luo_ok(__VA_ARGS__);                                             \
-	} while (0)
-
-/*
- * EXPECT_ERR for a rule luod is known to break (each use says why, after "luod bug:"): a
- * mismatch prints "ok N - what # TODO luod bug: ..." instead of failing, and the driver
- * reports it. Once luod is fixed the check passes as an ordinary one.
- */
-#define EXPECT_ERR_TODO(call, e, ...)                                            \
-	do {                                                                     \
-		errno = 0;                                                       \
-		long __r = (long)(call);                                         \
-		int __e = errno;                                                 \
-		if (__r != -1 || __e != (e))                                     \
-			luo_todo("%s: expected %s, got %ld/%s", #call, luo_errname(e), \
-				 __r, __r == -1 ? luo_errname(__e) : "no error"); \
-		else                                                             \
-			luo_ok(__VA_ARGS__);                                     \
 	} while (0)
 
 #define CHECK(cond, ...)                                                         \

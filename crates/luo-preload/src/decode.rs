@@ -56,23 +56,38 @@ pub(crate) fn ioctl(fd: RawFd, kind: Kind, cmd: u32, arg: usize) -> Result<c_int
         Kind::Device => Target::Device,
         Kind::Session => Target::Session,
     };
-    // Step 1.
-    let row = uapi::lookup(target, cmd);
-    if row == Err(Errno::EINVAL) {
-        return Err(libc::EINVAL);
+    // Step 1, and step 3 decided early: a wrong command word still reads `size` (step 2,
+    // EFAULT) before it is ENOTTY.
+    let row = match uapi::lookup(target, cmd) {
+        Ok(row) => row,
+        Err(e) if e == Errno::EINVAL => return Err(libc::EINVAL),
+        Err(e) => {
+            user::read(arg, &mut [0u8; 4]).map_err(|_| libc::EFAULT)?;
+            return Err(e.raw());
+        }
+    };
+    let known = (row.known_size as usize).min(KNOWN_MAX);
+    let mut buf = [0u8; KNOWN_MAX];
+    // The usual case reads the whole known struct at once, if it lies in the page that holds
+    // `size` (a page the kernel reads anyway); otherwise `size` first, then what it covers.
+    let mut checked = None;
+    if user::one_page(arg, known) {
+        checked = user::read(arg, buf.get_mut(..known).ok_or(libc::EINVAL)?).ok();
     }
-    // Step 2.
-    let mut size = [0u8; 4];
-    user::read(arg, &mut size).map_err(|_| libc::EFAULT)?;
-    let size = u32::from_le_bytes(size) as usize;
-    // Step 3.
-    let row = row.map_err(Errno::raw)?;
+    if checked.is_none() {
+        // Step 2.
+        let size = buf.get_mut(..4).ok_or(libc::EINVAL)?;
+        user::read(arg, size).map_err(|_| libc::EFAULT)?;
+    }
+    let size = buf
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(0, u32::from_le_bytes) as usize;
     // Steps 4 and 5: both EINVAL.
     if size < row.min_size as usize {
         return Err(libc::EINVAL);
     }
     // Step 6.
-    let known = (row.known_size as usize).min(KNOWN_MAX);
     let head = size.min(known);
     let mut local: Option<i32> = None;
     if size > known {
@@ -82,11 +97,16 @@ pub(crate) fn ioctl(fd: RawFd, kind: Kind, cmd: u32, arg: usize) -> Result<c_int
             Err(_) => local = Some(libc::EFAULT),
         }
     }
-    let mut buf = [0u8; KNOWN_MAX];
-    if local.is_none() {
-        let dst = buf.get_mut(..head).ok_or(libc::EINVAL)?;
-        if user::read(arg, dst).is_err() {
-            local = Some(libc::EFAULT);
+    if checked.is_some() {
+        // Bytes past `size` were read with the rest but are not the caller's: zero them, as
+        // the kernel zero-fills a short struct.
+        if let Some(beyond) = buf.get_mut(head..) {
+            beyond.fill(0);
+        }
+    } else if local.is_none() {
+        match user::read(arg, buf.get_mut(..head).ok_or(libc::EINVAL)?) {
+            Ok(c) => checked = Some(c),
+            Err(_) => local = Some(libc::EFAULT),
         }
     }
     // The handler's first step: reserve the descriptor the answer needs.
@@ -114,7 +134,13 @@ pub(crate) fn ioctl(fd: RawFd, kind: Kind, cmd: u32, arg: usize) -> Result<c_int
     } else {
         conn::call(sock, cmd, request, None)?
     };
-    answer(cmd, arg, head, reply)
+    answer(
+        cmd,
+        arg,
+        head,
+        reply,
+        checked.unwrap_or(user::Checked { writable: false }),
+    )
 }
 
 /// PRESERVE_FD: the descriptor to preserve travels as `SCM_RIGHTS`. One that is not open is
@@ -155,7 +181,13 @@ fn probe(sock: std::os::fd::BorrowedFd<'_>, cmd: u32, known: usize) -> i32 {
 
 /// Turns luod's reply into the ioctl's result: the struct copied back (`min(size, known)`
 /// bytes, the new descriptor's number in `fd`), or the errno.
-fn answer(cmd: u32, arg: usize, head: usize, mut reply: Reply) -> Result<c_int, i32> {
+fn answer(
+    cmd: u32,
+    arg: usize,
+    head: usize,
+    mut reply: Reply,
+    checked: user::Checked,
+) -> Result<c_int, i32> {
     if reply.errno != 0 {
         return Err(reply.errno);
     }
@@ -180,7 +212,7 @@ fn answer(cmd: u32, arg: usize, head: usize, mut reply: Reply) -> Result<c_int, 
         new_fd = Some(fd);
     }
     let back = reply.arg.get(..n).ok_or(libc::EIO)?;
-    if user::write(arg, back).is_err() {
+    if user::write(arg, back, checked).is_err() {
         // As in the kernel, the new descriptor is released: a session made by CREATE_SESSION
         // is then destroyed, one retrieved by RETRIEVE_SESSION finished.
         drop(new_fd);

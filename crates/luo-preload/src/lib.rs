@@ -23,9 +23,11 @@
 //!   decoding order — the parts that need no state locally, the session-direction check in
 //!   luod — forwards the struct bytes, and copies the reply back with the received descriptor's
 //!   number in the struct's `fd` field. Anything else goes to the real `ioctl`.
-//! - The caller's struct is read and written with `process_vm_readv`/`process_vm_writev` on
-//!   the calling process (`user`), so a bad pointer is `EFAULT` at the step where the kernel
-//!   would fault, never a crash.
+//! - The caller's struct is only touched after the kernel has accessed it on the library's
+//!   behalf (a futex operation on one word per page, see `user`), so a bad pointer is `EFAULT`
+//!   at the step where the kernel would fault, never a crash.
+//! - Requests are made under a process-wide lock (`lock`): replies come back in order on a
+//!   connection, and two threads must not read each other's.
 //!
 //! # Rules the library keeps
 //!

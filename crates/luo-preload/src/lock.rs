@@ -5,74 +5,79 @@
 //! each read the other's reply, so a request and its reply are made under one process-wide
 //! lock (requests are short: luod never holds a reply back waiting for another client).
 //!
-//! The lock word holds the owner's thread id. That makes it robust to what a C program may do
-//! around it without telling this library:
-//!
-//! - `fork` or `clone` while another thread holds it: the child's copy names a thread that is
-//!   not in the child's process; the child sees that (`tgkill(pid, tid, 0)` fails with `ESRCH`)
-//!   and takes the lock over. No `pthread_atfork` handler is needed.
-//! - a signal handler that issues a request while its thread holds the lock: the handler gets
-//!   `EDEADLK` instead of waiting forever for itself.
+//! - A `pthread_atfork` child handler, registered before the lock is first taken, frees the
+//!   child's copy of the lock: a `fork` while another thread has a request in flight does not
+//!   leave the child's first request waiting for a thread that does not exist there.
+//! - A signal handler that issues a request while its own thread holds the lock gets
+//!   `EDEADLK` instead of waiting forever for itself (a thread-local flag says so).
+//! - A raw `clone` (which runs no fork handlers) while another thread holds the lock leaves
+//!   the child's copy held; the child's requests then fail with `EDEADLK` after five seconds
+//!   rather than hang. `docs/compat.md` says so.
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
 
 use rustix::thread::futex;
 
-/// The owner's thread id, 0 when free.
-static OWNER: AtomicU32 = AtomicU32::new(0);
-/// Threads sleeping on `OWNER`.
-static WAITERS: AtomicU32 = AtomicU32::new(0);
+/// 0: free, 1: held, 2: held with sleepers.
+static STATE: AtomicU32 = AtomicU32::new(0);
+static AT_FORK: Once = Once::new();
+
+thread_local! {
+    /// This thread holds the lock.
+    static HELD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The fork handler run in the child: the thread that held the lock (if any) was not copied.
+extern "C" fn child_after_fork() {
+    STATE.store(0, Ordering::SeqCst);
+    // The forking thread cannot have been inside a request (fork is not called from a hook),
+    // so its flag is already false.
+}
 
 /// Held while a request is in flight; dropping it releases the lock.
 #[derive(Debug)]
 pub(crate) struct Guard(());
 
-/// True if thread `tid` belongs to this process.
-fn in_this_process(tid: u32) -> bool {
-    let pid = rustix::process::getpid().as_raw_nonzero().get();
-    // SAFETY: tgkill with signal 0 only checks that the thread exists in the thread group.
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid as libc::c_int, 0) };
-    r == 0 || crate::user::errno() != libc::ESRCH
-}
-
 /// Takes the lock; `EDEADLK` if this thread already holds it (a signal handler interrupted
-/// one of its requests).
+/// one of its requests) or if no one released it for five seconds (see the module doc).
 pub(crate) fn lock() -> Result<Guard, i32> {
-    let me = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-    loop {
-        match OWNER.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => return Ok(Guard(())),
-            Err(owner) if owner == me => return Err(libc::EDEADLK),
-            Err(owner) => {
-                if !in_this_process(owner) {
-                    // A copy made by fork/clone in the middle of another thread's request.
-                    if OWNER
-                        .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return Ok(Guard(()));
-                    }
-                    continue;
-                }
-                WAITERS.fetch_add(1, Ordering::SeqCst);
-                // A bounded sleep: a wake-up lost to a fork or a dead owner costs 50 ms at
-                // most, never a hang.
-                let timeout = rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 50_000_000,
-                };
-                let _ = futex::wait(&OWNER, futex::Flags::PRIVATE, owner, Some(&timeout));
-                WAITERS.fetch_sub(1, Ordering::SeqCst);
+    AT_FORK.call_once(|| {
+        // SAFETY: registers a handler with no prepare or parent part; the child part only
+        // stores to an atomic, which is async-signal-safe as a fork child handler must be.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(child_after_fork)) };
+    });
+    if HELD.with(Cell::get) {
+        return Err(libc::EDEADLK);
+    }
+    if STATE
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        let timeout = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        let mut waits = 0u32;
+        // The classic three-state futex mutex: mark it contended, sleep while it is held.
+        while STATE.swap(2, Ordering::Acquire) != 0 {
+            if waits >= 50 {
+                return Err(libc::EDEADLK);
             }
+            waits = waits.saturating_add(1);
+            let _ = futex::wait(&STATE, futex::Flags::PRIVATE, 2, Some(&timeout));
         }
     }
+    HELD.with(|h| h.set(true));
+    Ok(Guard(()))
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        OWNER.store(0, Ordering::SeqCst);
-        if WAITERS.load(Ordering::SeqCst) > 0 {
-            let _ = futex::wake(&OWNER, futex::Flags::PRIVATE, 1);
+        HELD.with(|h| h.set(false));
+        if STATE.swap(0, Ordering::Release) == 2 {
+            let _ = futex::wake(&STATE, futex::Flags::PRIVATE, 1);
         }
     }
 }

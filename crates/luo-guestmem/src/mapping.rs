@@ -165,6 +165,8 @@ impl Drop for HostMapping {
 pub struct Reservation {
     ptr: NonNull<u8>,
     len: usize,
+    /// False once [`vacate`](Self::vacate) unmapped the placeholder.
+    placeholder: bool,
 }
 
 // SAFETY: an inaccessible address range with no thread affinity; see `HostMapping`.
@@ -214,7 +216,34 @@ impl Reservation {
             step: "mmap reservation",
             source: rustix::io::Errno::FAULT,
         })?;
-        Ok(Reservation { ptr, len })
+        Ok(Reservation {
+            ptr,
+            len,
+            placeholder: true,
+        })
+    }
+
+    /// Unmaps the inaccessible placeholder now, keeping the address. Mapping over a placeholder
+    /// replaces it, which makes the kernel invalidate the range for everyone watching it (KVM
+    /// walks its memory slot); mapping into an empty range invalidates nothing. So a VMM that
+    /// registered its memory slot on the reservation vacates it before its guest stops, and
+    /// [`GuestMemory::map_into`] then only adds a mapping. Until then the range is a hole that
+    /// another mapping of this process could take; `map_into` then fails (`EEXIST`) rather than
+    /// replace it.
+    ///
+    /// [`GuestMemory::map_into`]: crate::GuestMemory::map_into
+    #[allow(unsafe_code)]
+    pub fn vacate(&mut self) {
+        if self.placeholder {
+            // SAFETY: the placeholder is exactly `ptr..ptr + len`, owned by `self` alone.
+            let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+            self.placeholder = false;
+        }
+    }
+
+    /// True while the inaccessible placeholder is mapped (not [`vacate`](Self::vacate)d).
+    pub fn has_placeholder(&self) -> bool {
+        self.placeholder
     }
 
     /// The first reserved address.
@@ -240,9 +269,7 @@ impl Reservation {
 }
 
 impl Drop for Reservation {
-    #[allow(unsafe_code)]
     fn drop(&mut self) {
-        // SAFETY: the range is exactly what `new` kept, owned by `self` alone.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        self.vacate();
     }
 }

@@ -322,17 +322,25 @@ impl GuestMemory {
             });
         }
         let addr = reservation.as_ptr();
-        // SAFETY: MAP_FIXED replaces exactly the reserved range, which `reservation` owns and
-        // no Rust object points into (it was inaccessible); on success the range passes to the
-        // `HostMapping`, on failure the kernel leaves the reservation in place and it is
-        // unmapped by its drop.
+        // Over the placeholder (replacing it), or into the vacated hole without replacing
+        // anything that may have been mapped there since.
+        let fixed = if reservation.has_placeholder() {
+            rustix::mm::MapFlags::FIXED
+        } else {
+            rustix::mm::MapFlags::FIXED_NOREPLACE
+        };
+        // SAFETY: with MAP_FIXED the mapping replaces exactly the placeholder, which
+        // `reservation` owns and no Rust object points into (it is inaccessible); with
+        // MAP_FIXED_NOREPLACE it replaces nothing (the kernel fails with EEXIST if anything is
+        // mapped there). On success the range passes to the `HostMapping`; on failure the
+        // reservation is dropped, unmapping only its own placeholder.
         #[allow(unsafe_code)]
         let ptr = unsafe {
             rustix::mm::mmap(
                 addr.cast(),
                 reservation.len(),
                 rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED | rustix::mm::MapFlags::FIXED,
+                rustix::mm::MapFlags::SHARED | fixed,
                 &self.ram,
                 0,
             )

@@ -90,8 +90,18 @@ fn field(s: &str, key: &str) -> Option<u64> {
     luo_vmm::handoff::field(s, key)
 }
 
-/// One configuration: boots a VMM, upgrades it `n` times, returns the blackouts (ms) and the
-/// guest's ordinary step interval (µs).
+/// What one configuration measured.
+struct Measured {
+    /// Blackouts, sorted, in ms.
+    ms: Vec<f64>,
+    /// The guest's ordinary interval between steps, µs.
+    step_us: f64,
+    /// A cold start: from starting the VMM process to the guest's first step, ms (the guest
+    /// starts over: what a restart without luod would cost at best).
+    cold_ms: f64,
+}
+
+/// One configuration: boots a VMM, upgrades it `n` times.
 fn upgrades(
     dir: &Path,
     luod_socket: &Path,
@@ -99,8 +109,9 @@ fn upgrades(
     mem: &str,
     pages: &str,
     n: usize,
-) -> anyhow::Result<(Vec<f64>, f64)> {
+) -> anyhow::Result<Measured> {
     let exe = std::env::current_exe()?;
+    let t_spawn = Instant::now();
     let control = dir.join(format!("{tag}.sock"));
     let log = std::fs::File::create(dir.join(format!("{tag}.log")))?;
     let mut first: Child = Command::new(&exe)
@@ -125,6 +136,16 @@ fn upgrades(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let cold_ms = loop {
+        let s = luo_vmm::control::call(&control, "status")?;
+        if field(&s, "steps").unwrap_or(0) > 0 {
+            break t_spawn.elapsed().as_secs_f64() * 1e3;
+        }
+        if Instant::now() > deadline {
+            bail!("{tag}: the guest did not start");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     std::thread::sleep(Duration::from_millis(300));
     let s0 = luo_vmm::control::call(&control, "status")?;
     let t0 = Instant::now();
@@ -143,7 +164,7 @@ fn upgrades(
         }
         let b = field(&r, "blackout_ns").unwrap_or(0) as f64 / 1e6;
         eprintln!(
-            "  {tag} upgrade {:2}: blackout {b:.3} ms (notice {:.3}, save {:.3}, handoff {:.3}, go {:.3}, retrieve {:.3}, map {:.3}, restore {:.3}, first step {:.3})",
+            "  {tag} upgrade {:2}: blackout {b:.3} ms (notice {:.3}, save {:.3}, handoff {:.3}, go {:.3}, retrieve {:.3}, map {:.3}, restore {:.3}, first {:.3})",
             i + 1,
             field(&r, "notice_ns").unwrap_or(0) as f64 / 1e6,
             field(&r, "save_ns").unwrap_or(0) as f64 / 1e6,
@@ -170,7 +191,11 @@ fn upgrades(
         }
     }
     ms.sort_by(f64::total_cmp);
-    Ok((ms, step_us))
+    Ok(Measured {
+        ms,
+        step_us,
+        cold_ms,
+    })
 }
 
 fn vmm(args: &BenchArgs) -> anyhow::Result<()> {
@@ -208,55 +233,44 @@ fn vmm(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let result = (|| -> anyhow::Result<()> {
         let n = args.upgrades;
+        let pct = |ms: &[f64], p: f64| format!("{:.3}", percentile(ms, p));
         let mut p50_1g = None;
         match Pool::grow(1 << 20, 1) {
             Ok(_pool) => {
                 eprintln!("vmm: 1 GiB guest on one 1 GiB page, {n} upgrades");
-                let (ms, step) = upgrades(&dir, &socket, "vm-1g-huge", "1G", "1g", n)?;
+                let m = upgrades(&dir, &socket, "vm-1g-huge", "1G", "1g", n)?;
+                let p50 = percentile(&m.ms, 50.0);
+                out("vmm_blackout_1g_hugetlb_p50_ms", pct(&m.ms, 50.0));
+                out("vmm_blackout_1g_hugetlb_p99_ms", pct(&m.ms, 99.0));
+                out("vmm_blackout_1g_hugetlb_max_ms", pct(&m.ms, 100.0));
+                out("vmm_guest_step_us", format!("{:.1}", m.step_us));
+                out("vmm_cold_start_1g_hugetlb_ms", format!("{:.1}", m.cold_ms));
                 out(
-                    "vmm_blackout_1g_hugetlb_p50_ms",
-                    format!("{:.3}", percentile(&ms, 50.0)),
+                    "vmm_cold_start_over_upgrade_1g_hugetlb",
+                    format!("{:.0}", m.cold_ms / p50),
                 );
-                out(
-                    "vmm_blackout_1g_hugetlb_p99_ms",
-                    format!("{:.3}", percentile(&ms, 99.0)),
-                );
-                out(
-                    "vmm_blackout_1g_hugetlb_max_ms",
-                    format!("{:.3}", percentile(&ms, 100.0)),
-                );
-                out("vmm_guest_step_us", format!("{step:.1}"));
-                p50_1g = Some(percentile(&ms, 50.0));
+                p50_1g = Some(p50);
             }
             Err(why) => {
                 eprintln!("vmm: skipping the 1 GiB page guest: cannot reserve a 1 GiB page ({why})")
             }
         }
         eprintln!("vmm: 1 GiB guest on 4 KiB pages, {n} upgrades");
-        let (ms, _) = upgrades(&dir, &socket, "vm-1g-4k", "1G", "4k", n)?;
-        out(
-            "vmm_blackout_1g_4k_p50_ms",
-            format!("{:.3}", percentile(&ms, 50.0)),
-        );
-        out(
-            "vmm_blackout_1g_4k_p99_ms",
-            format!("{:.3}", percentile(&ms, 99.0)),
-        );
+        let m = upgrades(&dir, &socket, "vm-1g-4k", "1G", "4k", n)?;
+        out("vmm_blackout_1g_4k_p50_ms", pct(&m.ms, 50.0));
+        out("vmm_blackout_1g_4k_p99_ms", pct(&m.ms, 99.0));
         eprintln!("vmm: 64 MiB guest on 4 KiB pages, {n} upgrades");
-        let (ms, step) = upgrades(&dir, &socket, "vm-64m", "64M", "4k", n)?;
-        let p50_64m = percentile(&ms, 50.0);
-        out("vmm_blackout_64m_p50_ms", format!("{p50_64m:.3}"));
-        out(
-            "vmm_blackout_64m_p99_ms",
-            format!("{:.3}", percentile(&ms, 99.0)),
-        );
+        let m = upgrades(&dir, &socket, "vm-64m", "64M", "4k", n)?;
+        let p50_64m = percentile(&m.ms, 50.0);
+        out("vmm_blackout_64m_p50_ms", pct(&m.ms, 50.0));
+        out("vmm_blackout_64m_p99_ms", pct(&m.ms, 99.0));
         if let Some(p) = p50_1g {
             out(
                 "vmm_blackout_1g_hugetlb_over_64m",
                 format!("{:.2}", p / p50_64m),
             );
         } else {
-            out("vmm_guest_step_us", format!("{step:.1}"));
+            out("vmm_guest_step_us", format!("{:.1}", m.step_us));
         }
         Ok(())
     })();

@@ -147,13 +147,17 @@ impl Vm {
     /// still runs.
     pub fn reserve(&mut self, size: u64, page: PageSize) -> Result<(), Error> {
         let len = usize::try_from(size).map_err(|_| Error::State("memory size"))?;
-        let r = Reservation::new(len, page.bytes() as usize)?;
-        // SAFETY: the slot covers exactly the reservation, which this `Vm` owns and keeps
-        // reserved (inaccessible) until `attach` maps the guest RAM over it with a mapping the
-        // `Vm` then keeps for as long as the VM exists. A guest access to the still-reserved
-        // range fails in KVM (no page), it never reaches unrelated memory.
+        let mut r = Reservation::new(len, page.bytes() as usize)?;
+        // SAFETY: the slot covers exactly the reservation, which this `Vm` owns: first an
+        // inaccessible placeholder, then (vacated) a hole that `attach` fills with the guest RAM
+        // mapping, which the `Vm` keeps for as long as the VM exists. The vCPU never runs before
+        // `attach`: until then KVM has no reason to touch the range, and if something else was
+        // mapped into the hole meanwhile, `attach` deletes the slot instead of running on it.
         #[allow(unsafe_code)]
         unsafe { self.set_slot(r.as_ptr() as u64, size) }?;
+        // The slot's invalidation walk happens now, while the predecessor's guest still runs,
+        // rather than when the RAM is mapped during the pause.
+        r.vacate();
         self.reservation = Some((r, page));
         Ok(())
     }
@@ -163,8 +167,19 @@ impl Vm {
     pub fn attach(&mut self, mem: &GuestMemory) -> Result<(), Error> {
         if let Some((r, page)) = self.reservation.take() {
             if r.len() as u64 == mem.size() && page == mem.page_size() {
-                self.mapping = Some(mem.map_into(r)?);
-                return Ok(());
+                match mem.map_into(r) {
+                    Ok(m) => {
+                        self.mapping = Some(m);
+                        return Ok(());
+                    }
+                    // Something took the hole (or the mapping failed): no slot on it.
+                    Err(_) => {
+                        // SAFETY: deleting the slot (size 0) makes KVM forget the range.
+                        #[allow(unsafe_code)]
+                        unsafe { self.set_slot(0, 0) }?;
+                    }
+                }
+                return self.attach(mem);
             }
             // SAFETY: deleting the slot (size 0) makes KVM forget the reservation before it
             // is unmapped below.

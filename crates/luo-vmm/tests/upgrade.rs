@@ -258,10 +258,9 @@ fn guest_survives_vmm_and_luod_upgrades_4k() {
     upgrade_many("guest_survives_vmm_and_luod_upgrades_4k", "64M", "4k");
 }
 
-/// Reserves 2 MiB huge pages (under the shared pool lock) for the variant on huge pages.
-#[test]
-fn guest_survives_vmm_upgrades_2m() {
-    const TEST: &str = "guest_survives_vmm_upgrades_2m";
+/// Runs `f` with the pool of `kib`-KiB huge pages grown by `count`, under the shared pool lock
+/// (`/tmp/luo-hugepages.lock`), and puts the pool back afterwards, also on failure.
+fn with_huge_pages(test: &str, kib: u64, count: u64, f: impl FnOnce()) {
     const LOCK: &str = "/tmp/luo-hugepages.lock";
     let Ok(lock) = File::options()
         .create(true)
@@ -269,27 +268,58 @@ fn guest_survives_vmm_upgrades_2m() {
         .write(true)
         .open(LOCK)
     else {
-        return skip(TEST, "cannot open the huge page lock");
+        return skip(test, "cannot open the huge page lock");
     };
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).is_err() {
-        return skip(TEST, "cannot lock the huge page pool");
+        return skip(test, "cannot lock the huge page pool");
     }
-    let nr = Path::new("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages");
-    let Ok(prev) = std::fs::read_to_string(nr) else {
-        return skip(TEST, "no 2 MiB huge pages");
+    let dir = PathBuf::from(format!("/sys/kernel/mm/hugepages/hugepages-{kib}kB"));
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     };
-    let prev: u64 = prev.trim().parse().expect("nr_hugepages");
-    if std::fs::write(nr, format!("{}", prev + 32)).is_err() {
-        return skip(TEST, "cannot grow the 2 MiB pool (needs root)");
+    let (Some(prev), Some(free)) = (read("nr_hugepages"), read("free_hugepages")) else {
+        return skip(test, &format!("no {kib} KiB huge pages"));
+    };
+    let nr = dir.join("nr_hugepages");
+    if std::fs::write(&nr, format!("{}", prev + count)).is_err() {
+        return skip(
+            test,
+            &format!("cannot grow the {kib} KiB pool (needs root)"),
+        );
     }
-    struct Restore<'a>(&'a Path, u64);
-    impl Drop for Restore<'_> {
+    struct Restore(PathBuf, u64);
+    impl Drop for Restore {
         fn drop(&mut self) {
-            let _ = std::fs::write(self.0, format!("{}", self.1));
+            let _ = std::fs::write(&self.0, format!("{}", self.1));
         }
     }
-    let _restore = Restore(nr, prev);
-    upgrade_many(TEST, "64M", "2m");
+    let _restore = Restore(nr.clone(), prev);
+    if read("free_hugepages").unwrap_or(0) < free + count {
+        let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
+        let _ = std::fs::write(&nr, format!("{prev}"));
+        let _ = std::fs::write(&nr, format!("{}", prev + count));
+        if read("free_hugepages").unwrap_or(0) < free + count {
+            return skip(test, "not enough contiguous free memory for the huge pages");
+        }
+    }
+    f();
+}
+
+#[test]
+fn guest_survives_vmm_upgrades_2m() {
+    const TEST: &str = "guest_survives_vmm_upgrades_2m";
+    with_huge_pages(TEST, 2048, 32, || upgrade_many(TEST, "64M", "2m"));
+}
+
+/// A 1 GiB guest on one 1 GiB page.
+#[test]
+fn guest_survives_vmm_upgrades_1g() {
+    const TEST: &str = "guest_survives_vmm_upgrades_1g";
+    with_huge_pages(TEST, 1 << 20, 1, || upgrade_many(TEST, "1G", "1g"));
 }
 
 /// A guest whose RAM is a real KVM guest_memfd runs, but cannot be upgraded: the kernel binds

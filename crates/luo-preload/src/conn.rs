@@ -19,7 +19,6 @@ use core::ffi::c_int;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use luo_abi::wire::Op;
 use rustix::event::{PollFd, PollFlags};
@@ -281,8 +280,8 @@ pub(crate) fn open_device(flags: c_int) -> Result<c_int, i32> {
         }
     }
     mark(sock.as_fd(), Kind::Device)?;
-    let _guard = crate::lock::lock()?;
-    let reply = call(sock.as_fd(), Op::OpenDevice as u32, &[], None).map_err(|e| {
+    let guard = crate::lock::lock()?;
+    let reply = call(&guard, sock.as_fd(), Op::OpenDevice as u32, &[], None).map_err(|e| {
         if e == libc::ECONNRESET {
             libc::ENOENT
         } else {
@@ -332,8 +331,6 @@ impl FdList {
     }
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 /// Waits until `fd` is ready for `what` (for a socket the program made non-blocking).
 fn wait(fd: BorrowedFd<'_>, what: PollFlags) {
     let mut pfd = [PollFd::new(&fd, what)];
@@ -346,17 +343,18 @@ fn wait(fd: BorrowedFd<'_>, what: PollFlags) {
 }
 
 /// Sends one request (`op`, `arg`, and `pass` as `SCM_RIGHTS`) on `sock` and waits for its
-/// reply. Must be called under [`crate::lock::lock`].
+/// reply, under the request lock `guard`.
 ///
 /// A `pass` descriptor that is not open fails the send with `EBADF` (nothing is sent); the
 /// caller decides what that means. A closed connection is `ECONNRESET`.
 pub(crate) fn call(
+    guard: &crate::lock::Guard,
     sock: BorrowedFd<'_>,
     op: u32,
     arg: &[u8],
     pass: Option<BorrowedFd<'_>>,
 ) -> Result<Reply, i32> {
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let id = guard.next_id();
     let arg_len = u32::try_from(arg.len()).map_err(|_| libc::E2BIG)?;
     let mut header = [0u8; 16];
     for (dst, src) in header.iter_mut().zip(

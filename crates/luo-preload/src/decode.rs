@@ -32,6 +32,7 @@ use luo_abi::Errno;
 use luo_abi::uapi::{self, Target};
 
 use crate::conn::{self, Kind, Reply};
+use crate::lock::Guard;
 use crate::user::{self, Tail};
 
 /// Largest known struct.
@@ -117,10 +118,10 @@ pub(crate) fn ioctl(fd: RawFd, kind: Kind, cmd: u32, arg: usize) -> Result<c_int
             Err(e) => local = Some(e.raw_os_error()),
         }
     }
-    let _guard = crate::lock::lock()?;
+    let guard = crate::lock::lock()?;
     if let Some(e) = local {
         if target == Target::Session {
-            match probe(sock, cmd, known) {
+            match probe(&guard, sock, cmd, known) {
                 libc::E2BIG => {}
                 other => return Err(other),
             }
@@ -130,9 +131,9 @@ pub(crate) fn ioctl(fd: RawFd, kind: Kind, cmd: u32, arg: usize) -> Result<c_int
     let request = buf.get(..head).ok_or(libc::EINVAL)?;
     drop(reserved); // free the slot for the descriptor the reply brings
     let reply = if cmd == uapi::LIVEUPDATE_SESSION_PRESERVE_FD {
-        preserve(sock, cmd, request)?
+        preserve(&guard, sock, cmd, request)?
     } else {
-        conn::call(sock, cmd, request, None)?
+        conn::call(&guard, sock, cmd, request, None)?
     };
     answer(
         cmd,
@@ -146,7 +147,12 @@ pub(crate) fn ioctl(fd: RawFd, kind: Kind, cmd: u32, arg: usize) -> Result<c_int
 /// PRESERVE_FD: the descriptor to preserve travels as `SCM_RIGHTS`. One that is not open is
 /// sent as no descriptor at all, and luod answers `EBADF` at the step where the kernel's
 /// `fget` fails (after the token check).
-fn preserve(sock: std::os::fd::BorrowedFd<'_>, cmd: u32, request: &[u8]) -> Result<Reply, i32> {
+fn preserve(
+    guard: &Guard,
+    sock: std::os::fd::BorrowedFd<'_>,
+    cmd: u32,
+    request: &[u8],
+) -> Result<Reply, i32> {
     let target = request
         .get(4..8)
         .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -154,17 +160,17 @@ fn preserve(sock: std::os::fd::BorrowedFd<'_>, cmd: u32, request: &[u8]) -> Resu
     if target >= 0 {
         // SAFETY: non-negative, borrowed for this sendmsg only; EBADF if it is not open.
         let file = unsafe { conn::borrow(target) };
-        match conn::call(sock, cmd, request, Some(file)) {
+        match conn::call(guard, sock, cmd, request, Some(file)) {
             Err(libc::EBADF) => {}
             other => return other,
         }
     }
-    conn::call(sock, cmd, request, None)
+    conn::call(guard, sock, cmd, request, None)
 }
 
 /// Asks luod whether step 4 (the session's direction) fails for `cmd`: `EINVAL` if it does,
 /// `E2BIG` if it does not (see the module doc), or the transport's errno.
-fn probe(sock: std::os::fd::BorrowedFd<'_>, cmd: u32, known: usize) -> i32 {
+fn probe(guard: &Guard, sock: std::os::fd::BorrowedFd<'_>, cmd: u32, known: usize) -> i32 {
     let mut struct_ = [0u8; KNOWN_MAX + 1];
     let len = known.saturating_add(1).min(struct_.len());
     if let Some(size) = struct_.get_mut(..4) {
@@ -173,7 +179,13 @@ fn probe(sock: std::os::fd::BorrowedFd<'_>, cmd: u32, known: usize) -> i32 {
     if let Some(last) = struct_.get_mut(len.saturating_sub(1)) {
         *last = 1;
     }
-    match conn::call(sock, cmd, struct_.get(..len).unwrap_or_default(), None) {
+    match conn::call(
+        guard,
+        sock,
+        cmd,
+        struct_.get(..len).unwrap_or_default(),
+        None,
+    ) {
         Ok(reply) => reply.errno,
         Err(e) => e,
     }

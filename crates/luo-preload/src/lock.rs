@@ -11,8 +11,12 @@
 //! - A signal handler that issues a request while its own thread holds the lock gets
 //!   `EDEADLK` instead of waiting forever for itself (a thread-local flag says so).
 //! - A raw `clone` (which runs no fork handlers) while another thread holds the lock leaves
-//!   the child's copy held; the child's requests then fail with `EDEADLK` after five seconds
+//!   the child's copy held; the child's requests then fail with `EDEADLK` after 30 seconds
 //!   rather than hang. `docs/compat.md` says so.
+//!
+//! The lock also hands out request ids: the process id in the high half (updated in fork
+//! children), a counter in the low half, so that two processes sharing a connection never send
+//! the same id.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -23,6 +27,10 @@ use rustix::thread::futex;
 /// 0: free, 1: held, 2: held with sleepers.
 static STATE: AtomicU32 = AtomicU32::new(0);
 static AT_FORK: Once = Once::new();
+/// This process's id, for request ids.
+static PID: AtomicU32 = AtomicU32::new(0);
+/// The low half of the next request id.
+static NEXT: AtomicU32 = AtomicU32::new(1);
 
 thread_local! {
     /// This thread holds the lock.
@@ -32,6 +40,10 @@ thread_local! {
 /// The fork handler run in the child: the thread that held the lock (if any) was not copied.
 extern "C" fn child_after_fork() {
     STATE.store(0, Ordering::SeqCst);
+    PID.store(
+        rustix::process::getpid().as_raw_nonzero().get() as u32,
+        Ordering::SeqCst,
+    );
     // The forking thread cannot have been inside a request (fork is not called from a hook),
     // so its flag is already false.
 }
@@ -41,9 +53,13 @@ extern "C" fn child_after_fork() {
 pub(crate) struct Guard(());
 
 /// Takes the lock; `EDEADLK` if this thread already holds it (a signal handler interrupted
-/// one of its requests) or if no one released it for five seconds (see the module doc).
+/// one of its requests) or if no one released it for 30 seconds (see the module doc).
 pub(crate) fn lock() -> Result<Guard, i32> {
     AT_FORK.call_once(|| {
+        PID.store(
+            rustix::process::getpid().as_raw_nonzero().get() as u32,
+            Ordering::SeqCst,
+        );
         // SAFETY: registers a handler with no prepare or parent part; the child part only
         // stores to an atomic, which is async-signal-safe as a fork child handler must be.
         let _ = unsafe { libc::pthread_atfork(None, None, Some(child_after_fork)) };
@@ -62,7 +78,7 @@ pub(crate) fn lock() -> Result<Guard, i32> {
         let mut waits = 0u32;
         // The classic three-state futex mutex: mark it contended, sleep while it is held.
         while STATE.swap(2, Ordering::Acquire) != 0 {
-            if waits >= 50 {
+            if waits >= 300 {
                 return Err(libc::EDEADLK);
             }
             waits = waits.saturating_add(1);
@@ -71,6 +87,14 @@ pub(crate) fn lock() -> Result<Guard, i32> {
     }
     HELD.with(|h| h.set(true));
     Ok(Guard(()))
+}
+
+impl Guard {
+    /// A request id no other process sharing the connection uses.
+    pub(crate) fn next_id(&self) -> u64 {
+        let low = NEXT.fetch_add(1, Ordering::Relaxed);
+        (u64::from(PID.load(Ordering::Relaxed)) << 32) | u64::from(low)
+    }
 }
 
 impl Drop for Guard {

@@ -73,5 +73,9 @@ int main(void)
 			   "%s of a missing path: ENOENT from libc", names[which]);
 	}
 	close(dev_dir);
+	fd = EXPECT_OK(open(LUO_DEVICE, O_RDWR | O_NONBLOCK), "open with O_NONBLOCK");
+	CHECK(fcntl(fd, F_GETFL) & O_NONBLOCK, "O_NONBLOCK honoured");
+	close(EXPECT_OK(luo_create_session(fd, "nonblocking"), "a non-blocking device answers"));
+	close(fd);
 	luo_passed();
 }

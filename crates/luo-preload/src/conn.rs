@@ -259,25 +259,22 @@ pub(crate) fn open_device(flags: c_int) -> Result<c_int, i32> {
     if flags & libc::O_CLOEXEC != 0 {
         sock_flags |= SocketFlags::CLOEXEC;
     }
-    if flags & libc::O_NONBLOCK != 0 {
-        sock_flags |= SocketFlags::NONBLOCK;
-    }
+    // Connected blocking (an AF_UNIX connect waits only for room in the listen backlog), made
+    // non-blocking afterwards if the caller asked: the ioctls wait for their replies anyway.
     let sock =
         rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, sock_flags, None)
             .map_err(raw)?;
     loop {
         match rustix::net::connect(&sock, &addr) {
-            Ok(()) => break,
+            Ok(()) | Err(Errno::ISCONN) => break,
             Err(Errno::INTR) => continue,
             // No socket file, a stale one, or a path through a non-directory: no luod here.
             Err(Errno::NOENT | Errno::CONNREFUSED | Errno::NOTDIR) => return Err(libc::ENOENT),
-            // A non-blocking connect to a busy listener: wait for it.
-            Err(Errno::AGAIN | Errno::INPROGRESS) => {
-                wait(sock.as_fd(), PollFlags::OUT);
-                break;
-            }
             Err(e) => return Err(raw(e)),
         }
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        rustix::io::ioctl_fionbio(&sock, true).map_err(raw)?;
     }
     mark(sock.as_fd(), Kind::Device)?;
     let guard = crate::lock::lock()?;

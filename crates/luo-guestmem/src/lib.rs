@@ -12,6 +12,9 @@
 //! - [`Geometry`]: which huge pages are intact and which are tracked split into 4 KiB units.
 //!   [`GuestMemory::convert`] splits a huge page when a conversion covers part of it and merges
 //!   it back when the page is uniform again.
+//! - [`Reservation`]: address space a VMM reserves for guest RAM before it has the RAM file, so
+//!   it can register its KVM memory slot while its predecessor's guest still runs;
+//!   [`GuestMemory::map_into`] then maps the RAM there.
 //! - [`Descriptor`]: geometry and attributes serialized into a small memfd (named
 //!   `luo-guestmem`) that the object rewrites on every change. It is a contract: luod's
 //!   `guestmem-v1` handler validates it and carries it in the handover image.

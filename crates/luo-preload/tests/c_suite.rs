@@ -207,3 +207,23 @@ fn no_luod_is_enoent() {
     assert_eq!(out.code(), 4, "stale socket:\n{}{}", out.stdout, out.stderr);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The fallback mark (an abstract socket name, for a kernel that would refuse the peek-offset
+/// mark), forced with `LUO_PRELOAD_NAME_MARK`: descriptors are still recognised, in this
+/// process, across fork and exec, and over SCM_RIGHTS.
+#[test]
+fn fallback_mark() {
+    if !have_gcc("fallback_mark") {
+        return;
+    }
+    let luod = Luod::start("name-mark");
+    for program in ["luo_open_family", "luo_foreign"] {
+        let mut cmd = std::process::Command::new(build(program, Flavor::O2));
+        cmd.env("LUOD_SOCKET", &luod.socket)
+            .env("LD_PRELOAD", &common::binaries().preload)
+            .env("LUO_PRELOAD_NAME_MARK", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        common::run_command(cmd, program).assert_passed(&format!("{program} with name marks"));
+    }
+}

@@ -118,8 +118,8 @@ enum Cmd {
         #[command(flatten)]
         at: Where,
     },
-    /// Benchmarks: VMM upgrade blackouts and attribute conversions (needs a running luod or
-    /// starts one from --luod).
+    /// Benchmarks: VMM upgrade blackouts and attribute conversions (starts its own luod: the
+    /// `luod` beside this binary, or --luod).
     Bench(bench::BenchArgs),
 }
 

@@ -676,7 +676,8 @@ impl Flb for PciFlb {
     }
 
     fn restore_outgoing(&self, data: &[u8]) -> Result<(), HandlerError> {
-        self.restore_outgoing_state(data).map_err(HandlerError::from)
+        self.restore_outgoing_state(data)
+            .map_err(HandlerError::from)
     }
 }
 

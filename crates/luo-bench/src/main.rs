@@ -1,1 +1,140 @@
-fn main() {}
+//! luod's benchmark programs.
+//!
+//! Each benchmark is a program, not a timed test: it runs the real code path, checks that the
+//! path did what it should (a benchmark of a broken path exits non-zero instead of printing a
+//! figure), and prints its figures as `key=value` lines on stdout, with ratios against a
+//! baseline measured in the same run. Commentary goes to stderr. `docs/PERFORMANCE.md` records
+//! what they printed and on what machine.
+//!
+//! ```text
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|all>
+//! ```
+//!
+//! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
+//!   ([`Image::parse`], then every session and file through the accessors, checking each
+//!   value) an image of 1,000,000 sessions without files, and one of a single session with
+//!   1,000,000 files (a 40-byte record each, the first one with a descriptor); the same at
+//!   100,000. Best of 3 runs of write + read, each run in a fresh process of this program
+//!   (`image-run`), so every run starts from cold memory as in luod, where one process writes
+//!   or reads one image. Prints `image_sessions_1000000_ms`,
+//!   `image_files_1000000_ms`, `image_sessions_100000_ms`, `image_files_100000_ms` (and the
+//!   write and read halves of each), `image_bytes_per_session`, `image_linearity_ratio`
+//!   (sessions, 1M / 100k) and `image_files_linearity_ratio`.
+//! - **`engine`** — the whole engine cycle on real memfds, in one process: N sessions each
+//!   preserving one memfd with the `memfd-v1` handler of luod's registry (untimed setup), then
+//!   timed: `freeze_all` (writes the image), `into_image_fds`, `Engine::restore`, and for
+//!   every session `retrieve_session`, `retrieve_fd` (reading the memfd's bytes back) and
+//!   `finish`. N = 8,000 and 800, best of 3. Prints `engine_cycle_8000_ms`,
+//!   `engine_cycle_800_ms`, `engine_cycle_ratio` (8000 / 800) and `engine_us_per_session`.
+//! - **`upgrade`** — luod's orchestrator upgrade end to end, through the real daemon
+//!   (`target/release/luod`, next to this program: build it first with
+//!   `cargo build --release -p luod`). A fresh luod gets 100 control connections and 2,000
+//!   sessions holding 15,000 descriptors (memfds and both ends of socket pairs) plus one memfd
+//!   of 4 GiB with every page written; a thread hammers it with STATUS requests while it is
+//!   upgraded three times (`Control::upgrade(None)`), each upgrade checked (new pid, every
+//!   session and file listed, every client answering). The blackout of an upgrade is the gap
+//!   between the last STATUS answered by the old process and the first answered by the new one
+//!   (told apart by the pid in the reply). The same again with a 16 MiB memfd. Then, on a
+//!   fresh luod, the PING and PRESERVE_FD rates of one client (5,000 memfds per run) against
+//!   the round-trip rate of a bare socket pair to an echo thread, without and with a
+//!   descriptor attached, best of 3 each; and a plain restart (SIGTERM, start, first PING) as
+//!   the baseline of the blackout. Prints `upgrade_blackout_ms` (median of 3; `_max_ms` the
+//!   worst), `upgrade_blackout_small_ms`, `upgrade_blackout_ratio` (large / small),
+//!   `upgrade_status_gap_ms` (median gap between STATUS answers outside upgrades: the
+//!   resolution of the blackout), `upgrade_call_ms`, `rpc_raw_roundtrip_per_s`,
+//!   `rpc_raw_fd_roundtrip_per_s`, `rpc_ping_per_s`, `rpc_preserve_per_s` and their ratios,
+//!   `restart_ms`, `upgrade_blackout_vs_restart_ratio`, and what was held
+//!   (`upgrade_sessions`, `upgrade_fds`, `upgrade_clients`, `upgrade_luod_fds`). Set
+//!   `LUO_BENCH_LUOD_LOG=info` to pass a log filter to luod and see its log after each run.
+//! - **`all`** — `image` then `engine` (not `upgrade`, which needs the release luod binary).
+//!
+//! [`ImageWriter`]: luo_abi::image::ImageWriter
+//! [`Image::parse`]: luo_abi::image::Image::parse
+#![forbid(unsafe_code)]
+
+mod engine;
+mod image;
+mod upgrade;
+
+use std::fmt::Display;
+use std::time::Duration;
+
+/// Every benchmark's result: a failed step or a failed check.
+pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Fails with `what` unless `ok`.
+pub(crate) fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("Check failed: {}", what()).into())
+    }
+}
+
+/// Prints one figure.
+pub(crate) fn put(key: &str, value: impl Display) {
+    println!("{key}={value}");
+}
+
+/// Milliseconds, one decimal.
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+/// A ratio, two decimals.
+pub(crate) fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "inf".to_owned()
+    }
+}
+
+/// The shortest of `runs` runs of `f`.
+pub(crate) fn best_of<T>(
+    runs: usize,
+    mut f: impl FnMut() -> Result<(Duration, T)>,
+) -> Result<(Duration, T)> {
+    let mut best: Option<(Duration, T)> = None;
+    for _ in 0..runs {
+        let (d, extra) = f()?;
+        if best.as_ref().is_none_or(|(b, _)| d < *b) {
+            best = Some((d, extra));
+        }
+    }
+    best.ok_or_else(|| "No run".into())
+}
+
+/// Raises the soft descriptor limit to the hard one and returns it.
+pub(crate) fn raise_nofile() -> Result<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim)?;
+    }
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
+}
+
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|all>";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args.first().cloned().unwrap_or_default();
+    let result = match name.as_str() {
+        "image" => image::run(),
+        "engine" => engine::run(),
+        "upgrade" => upgrade::run(),
+        "all" => image::run().and_then(|()| engine::run()),
+        // Internal: one run of `image`, in its own process.
+        "image-run" => image::run_one(args.get(1..).unwrap_or_default()),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("luo-bench {name}: {e}");
+        std::process::exit(1);
+    }
+}

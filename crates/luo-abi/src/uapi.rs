@@ -200,15 +200,39 @@ pub struct IoctlDesc {
 }
 
 const DEVICE_TABLE: [IoctlDesc; 2] = [
-    IoctlDesc { cmd: LIVEUPDATE_IOCTL_CREATE_SESSION, min_size: 72, known_size: 72 },
-    IoctlDesc { cmd: LIVEUPDATE_IOCTL_RETRIEVE_SESSION, min_size: 72, known_size: 72 },
+    IoctlDesc {
+        cmd: LIVEUPDATE_IOCTL_CREATE_SESSION,
+        min_size: 72,
+        known_size: 72,
+    },
+    IoctlDesc {
+        cmd: LIVEUPDATE_IOCTL_RETRIEVE_SESSION,
+        min_size: 72,
+        known_size: 72,
+    },
 ];
 
 const SESSION_TABLE: [IoctlDesc; 4] = [
-    IoctlDesc { cmd: LIVEUPDATE_SESSION_PRESERVE_FD, min_size: 16, known_size: 16 },
-    IoctlDesc { cmd: LIVEUPDATE_SESSION_RETRIEVE_FD, min_size: 16, known_size: 16 },
-    IoctlDesc { cmd: LIVEUPDATE_SESSION_FINISH, min_size: 8, known_size: 8 },
-    IoctlDesc { cmd: LIVEUPDATE_SESSION_GET_NAME, min_size: 72, known_size: 72 },
+    IoctlDesc {
+        cmd: LIVEUPDATE_SESSION_PRESERVE_FD,
+        min_size: 16,
+        known_size: 16,
+    },
+    IoctlDesc {
+        cmd: LIVEUPDATE_SESSION_RETRIEVE_FD,
+        min_size: 16,
+        known_size: 16,
+    },
+    IoctlDesc {
+        cmd: LIVEUPDATE_SESSION_FINISH,
+        min_size: 8,
+        known_size: 8,
+    },
+    IoctlDesc {
+        cmd: LIVEUPDATE_SESSION_GET_NAME,
+        min_size: 72,
+        known_size: 72,
+    },
 ];
 
 /// Steps 1 and 3 of the kernel's decoding: find the table row for `cmd` on `target`.
@@ -267,9 +291,18 @@ mod tests {
     fn copy_struct_zero_extends_and_rejects_dirty_tails() {
         let desc = lookup(Target::Session, LIVEUPDATE_SESSION_FINISH).unwrap();
         let mut out = [0xffu8; 8];
-        assert_eq!(copy_struct(&desc, &[8, 0, 0, 0, 0, 0, 0, 0, 0, 0], &mut out), Ok(()));
-        assert_eq!(copy_struct(&desc, &[8, 0, 0, 0, 0, 0, 0, 0, 1], &mut out), Err(Errno::E2BIG));
-        assert_eq!(copy_struct(&desc, &[8, 0, 0, 0], &mut out), Err(Errno::EINVAL));
+        assert_eq!(
+            copy_struct(&desc, &[8, 0, 0, 0, 0, 0, 0, 0, 0, 0], &mut out),
+            Ok(())
+        );
+        assert_eq!(
+            copy_struct(&desc, &[8, 0, 0, 0, 0, 0, 0, 0, 1], &mut out),
+            Err(Errno::E2BIG)
+        );
+        assert_eq!(
+            copy_struct(&desc, &[8, 0, 0, 0], &mut out),
+            Err(Errno::EINVAL)
+        );
     }
 
     #[test]

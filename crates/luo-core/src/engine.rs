@@ -559,6 +559,24 @@ impl Engine {
         })
     }
 
+    /// The direction of session `id` (O(1)), `None` for a stale handle.
+    pub fn direction(&self, id: SessionId) -> Option<Direction> {
+        self.sessions.get(&id).map(|s| s.direction)
+    }
+
+    /// How many sessions are (outgoing, incoming), without building a list.
+    pub fn session_counts(&self) -> (u64, u64) {
+        let outgoing = self.sessions.values().filter(|s| s.is_outgoing()).count() as u64;
+        (outgoing, self.sessions.len() as u64 - outgoing)
+    }
+
+    /// The session `name` of `owner` going the given way, if any (O(1)).
+    pub fn find_session(&self, owner: u32, incoming: bool, name: &[u8]) -> Option<SessionId> {
+        let ns = self.namespaces.get(&owner)?;
+        let map = if incoming { &ns.incoming } else { &ns.outgoing };
+        map.get(name).copied()
+    }
+
     /// Every session, in creation order.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let mut ids: Vec<(u64, SessionId)> =

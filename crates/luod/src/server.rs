@@ -19,6 +19,9 @@ use crate::conn::{Conn, Cred, Kind};
 /// Fixed descriptors of the process (stdio, epoll, listener, lock, signal pipe, spares) that
 /// the descriptor budget keeps free.
 const FD_RESERVE: u64 = 64;
+/// Descriptors luod holds besides connections and preserved files: stdin, stdout, stderr,
+/// epoll, listener, lock, and the signal pipe's three ends.
+const FD_FIXED: u64 = 9;
 /// Messages read from one connection before the loop looks at the others.
 const BURST: usize = 32;
 /// epoll key of the listening socket.
@@ -607,10 +610,7 @@ impl Server {
         // descriptor accepts nothing.
         if target == Target::Session {
             let outgoing = match kind {
-                Kind::Session(id) => self
-                    .engine
-                    .session_info(id)
-                    .map(|i| i.direction == Direction::Outgoing),
+                Kind::Session(id) => self.engine.direction(id).map(|d| d == Direction::Outgoing),
                 _ => None,
             };
             let wrong = match outgoing {
@@ -819,11 +819,10 @@ impl Server {
         Reply::ok(arg)
     }
 
-    /// Descriptors the process holds now (for status).
-    pub fn fds_open() -> u64 {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count() as u64)
-            .unwrap_or(0)
+    /// Descriptors the process holds (for status): its fixed ones (stdio, epoll, listener,
+    /// lock, signal pipe), one per connection, and the engine's.
+    pub fn fds_used(&self) -> u64 {
+        FD_FIXED + self.conns.len() as u64 + self.engine.fds_held()
     }
 }
 

@@ -17,15 +17,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The STATUS reply.
 pub fn status(server: &Server) -> Vec<u8> {
-    let mut out = 0u64;
-    let mut inc = 0u64;
-    for s in server.engine.sessions() {
-        if s.direction == Direction::Outgoing {
-            out += 1;
-        } else {
-            inc += 1;
-        }
-    }
+    let (out, inc) = server.engine.session_counts();
     let usage = server.engine.total_usage();
     let mut version = [0u8; 32];
     let v = VERSION.as_bytes();
@@ -41,7 +33,7 @@ pub fn status(server: &Server) -> Vec<u8> {
         clients: U64::new(server.conns.len() as u64),
         uptime_ms: U64::new(server.started.elapsed().as_millis() as u64),
         fd_limit: U64::new(server.fd_limit),
-        fd_used: U64::new(Server::fds_open()),
+        fd_used: U64::new(server.fds_used()),
         upgrades: U64::new(server.upgrades),
         version,
     };

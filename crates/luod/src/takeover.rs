@@ -376,45 +376,64 @@ fn adopt_rest(channel: &OwnedFd) -> anyhow::Result<(Vec<u8>, Vec<Option<OwnedFd>
         done += n;
     }
     let parsed = Image::parse(&image).map_err(|e| anyhow!("Invalid handover image: {e}"))?;
-    let mut seen = std::collections::HashSet::new();
-    seen.insert(channel.as_raw_fd());
-    seen.insert(memfd.as_raw_fd());
+    // Everything this process inherited becomes close-on-exec at once.
+    close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)?;
+    let mut keep = vec![channel.as_raw_fd(), memfd.as_raw_fd()];
     let mut fds = Vec::with_capacity(parsed.fds().len());
     for (i, entry) in parsed.fds().iter().enumerate() {
         let raw = entry.fd.get();
-        ensure!(
-            seen.insert(raw),
-            "Descriptor {raw} is listed twice (slot {i})"
-        );
-        let fd = adopt_raw(raw).with_context(|| format!("fd-table slot {i}"))?;
-        let mode = rustix::fs::fstat(&fd)?.st_mode & 0o170000;
-        ensure!(
-            mode == entry.mode_type.get(),
-            "Descriptor {raw} (slot {i}) has file type {mode:o}, the image says {:o}",
-            entry.mode_type.get()
-        );
-        fds.push(Some(fd));
+        ensure!(raw > 2, "Descriptor {raw} (slot {i}) cannot be inherited");
+        let fd = {
+            // SAFETY: fstat only reads the descriptor table entry; a closed number gives EBADF.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+            let st = rustix::fs::fstat(borrowed)
+                .with_context(|| format!("Descriptor {raw} (slot {i}) is not open"))?;
+            let mode = st.st_mode & 0o170000;
+            ensure!(
+                mode == entry.mode_type.get(),
+                "Descriptor {raw} (slot {i}) has file type {mode:o}, the image says {:o}",
+                entry.mode_type.get()
+            );
+            keep.push(raw);
+            raw
+        };
+        fds.push(fd);
     }
-    close_strays(&seen);
+    keep.sort_unstable();
+    if let Some(w) = keep.windows(2).find(|w| w[0] == w[1]) {
+        bail!("Descriptor {} is listed twice", w[0]);
+    }
+    close_strays(&keep)?;
+    // SAFETY: every number was checked open above, is listed once (no duplicates, and neither
+    // the channel nor the image), and this process has opened nothing since it started, so no
+    // other owner exists; from here each is owned by exactly one OwnedFd.
+    let fds = fds.into_iter().map(|raw| Some(unsafe { OwnedFd::from_raw_fd(raw) })).collect();
     Ok((image, fds))
 }
 
-/// Closes every inherited descriptor above stderr that is not in `keep`.
-fn close_strays(keep: &std::collections::HashSet<i32>) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let strays: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|n| *n > 2 && !keep.contains(n))
-        .collect();
-    for raw in strays {
-        // The directory handle itself is gone by now; anything else not kept was leaked into
-        // this process and is closed, as the image contract requires.
-        if let Ok(fd) = adopt_raw(raw) {
-            drop(fd);
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// `close_range(2)`, which rustix lacks.
+fn close_range(first: u32, last: u32, flags: u32) -> anyhow::Result<()> {
+    // SAFETY: close_range takes three integers and touches only this process's descriptor
+    // table. Closing (flags 0) is used only on numbers no OwnedFd owns (see `close_strays`).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+    ensure!(rc == 0, "close_range: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Closes every descriptor above stderr that is not in `keep` (sorted): whatever was leaked
+/// into this process is closed, as the image contract requires. One system call per gap.
+fn close_strays(keep: &[i32]) -> anyhow::Result<()> {
+    let mut next = 3u32;
+    for &k in keep {
+        let k = k as u32;
+        if k > next {
+            close_range(next, k - 1, 0)?;
         }
+        next = next.max(k + 1);
     }
+    close_range(next, u32::MAX, 0)
 }
 
 /// Successor, second step: restore the engine and the connections, and confirm to the
@@ -529,14 +548,7 @@ fn build_successor(
             2 => {
                 let id = server
                     .engine
-                    .sessions()
-                    .into_iter()
-                    .find(|s| {
-                        s.owner == cred.uid
-                            && s.name == name
-                            && (s.direction == Direction::Outgoing) == (dir == "out")
-                    })
-                    .map(|s| s.id)
+                    .find_session(cred.uid, dir != "out", &name)
                     .context("A connection's session is not in the image")?;
                 Kind::Session(id)
             }

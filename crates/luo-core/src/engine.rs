@@ -293,9 +293,25 @@ impl Engine {
             .position(|h| h.can_preserve(fd))
             .ok_or(Error::NoHandler)?;
         let handler = &registry.handlers[h];
-        let identity = handler
-            .identity(fd)
-            .map_err(|e| handler_err(handler.compatible(), "identify", e))?;
+        let st = rustix::fs::fstat(fd).map_err(|e| {
+            handler_err(
+                handler.compatible(),
+                "stat",
+                HandlerError::from_io("fstat", e),
+            )
+        })?;
+        let mode = st.st_mode & crate::freeze::S_IFMT;
+        let identity = if handler.inode_identity() {
+            Identity {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            }
+        } else {
+            handler
+                .identity(fd)
+                .map_err(|e| handler_err(handler.compatible(), "identify", e))?
+        };
+
         if self.identities.contains(&identity) {
             return Err(Error::AlreadyPreserved);
         }
@@ -340,6 +356,7 @@ impl Engine {
                 record: preserved.record,
             },
             bytes: preserved.bytes,
+            mode,
             identity: Some(identity),
             frozen: false,
             status: RetrieveStatus::NotRetrieved,

@@ -188,7 +188,7 @@ impl Engine {
                 let Some(file) = session.files.get(&token) else {
                     continue;
                 };
-                let mode = fd_mode_type(file.data.fd.as_fd())?;
+                let mode = file.mode;
                 let fd_index = w.add_fd(file.data.fd.as_raw_fd(), mode);
                 fds.push(file.data.fd.as_fd());
                 specs.push(FileSpec {
@@ -238,10 +238,13 @@ impl Engine {
             self.sessions.iter().map(|(id, s)| (s.seq, *id)).collect();
         ids.sort_unstable();
         let mut specs = Vec::new();
-        let mut add = |w: &mut ImageWriter, fd: BorrowedFd<'a>| -> Result<u32, Error> {
-            let mode = fd_mode_type(fd)?;
+        let mut add = |w: &mut ImageWriter, fd: BorrowedFd<'a>, mode: Option<u32>| {
+            let mode = match mode {
+                Some(m) => m,
+                None => fd_mode_type(fd)?,
+            };
             fds.push(fd);
-            Ok(w.add_fd(fd.as_raw_fd(), mode))
+            Ok::<u32, Error>(w.add_fd(fd.as_raw_fd(), mode))
         };
         for (seq, id) in ids {
             let Some(session) = self.sessions.get(&id) else {
@@ -252,9 +255,9 @@ impl Engine {
                 let Some(file) = session.files.get(&token) else {
                     continue;
                 };
-                let fd_index = add(w, file.data.fd.as_fd())?;
+                let fd_index = add(w, file.data.fd.as_fd(), Some(file.mode))?;
                 let open_fd_index = match &file.retrieved {
-                    Some(open) => add(w, open.as_fd())?,
+                    Some(open) => add(w, open.as_fd(), None)?,
                     None => NO_FD,
                 };
                 specs.push(FileSpec {

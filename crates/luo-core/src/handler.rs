@@ -149,6 +149,21 @@ pub trait FileHandler: Send + Sync + std::fmt::Debug {
         Identity::of(fd)
     }
 
+    /// Optional. True when [`identity`](Self::identity) is the default (the inode): the engine
+    /// then derives it from a `fstat` it makes anyway, saving a system call per file on
+    /// preserve and restore. A handler that overrides `identity` must return false.
+    fn inode_identity(&self) -> bool {
+        true
+    }
+
+    /// Optional. The identity this handler wrote into a file's `record` at preserve, if it
+    /// keeps one there: on restore the engine takes it from the record instead of asking the
+    /// descriptor, saving system calls per file. The default keeps none.
+    fn recorded_identity(&self, record: &[u8]) -> Option<Identity> {
+        let _ = record;
+        None
+    }
+
     /// Required. Runs on PRESERVE_FD after the identity and FLB steps: takes hold of the file
     /// and writes its record. Undone by [`unpreserve`](Self::unpreserve); on failure it must
     /// leave nothing behind.

@@ -11,10 +11,11 @@ use luo_abi::image::{
 
 use crate::engine::{Engine, FlbState};
 use crate::error::Error;
-use crate::freeze::{S_IFMT, fd_mode_type};
-use crate::handler::{FileData, Identity, RetrieveStatus};
+use crate::freeze::S_IFMT;
+use crate::handler::{FileData, HandlerError, Identity, RetrieveStatus};
 use crate::registry::Registry;
 use crate::session::{Direction, File, Session};
+use rustix::fs::Stat;
 
 const S_IFREG: u32 = 0o100000;
 
@@ -35,8 +36,29 @@ impl Engine {
         image: &[u8],
         fds: &mut [Option<OwnedFd>],
     ) -> Result<Engine, Error> {
-        let plan = plan(&registry, image, fds)?;
-        Ok(build(registry, image, plan, fds))
+        let stats = fds
+            .iter()
+            .map(|fd| fd.as_ref().map(rustix::fs::fstat).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Handler {
+                compatible: "engine".into(),
+                step: "stat an inherited descriptor",
+                source: HandlerError::from_io("fstat", e),
+            })?;
+        Engine::restore_with_stats(registry, image, fds, &stats)
+    }
+
+    /// [`restore`](Self::restore) for a caller that has just `fstat`ed every descriptor
+    /// (`stats[i]` of `fds[i]`, `None` where the slot is empty): the engine uses those instead
+    /// of asking again, which matters when tens of thousands of descriptors cross an upgrade.
+    pub fn restore_with_stats(
+        registry: Arc<Registry>,
+        image: &[u8],
+        fds: &mut [Option<OwnedFd>],
+        stats: &[Option<Stat>],
+    ) -> Result<Engine, Error> {
+        let plan = plan(&registry, image, fds, stats)?;
+        Ok(build(registry, image, plan, fds, stats))
     }
 }
 
@@ -48,7 +70,12 @@ struct Plan {
     flbs: Vec<(usize, FlbState)>,
 }
 
-fn plan(registry: &Registry, bytes: &[u8], fds: &[Option<OwnedFd>]) -> Result<Plan, Error> {
+fn plan(
+    registry: &Registry,
+    bytes: &[u8],
+    fds: &[Option<OwnedFd>],
+    stats: &[Option<Stat>],
+) -> Result<Plan, Error> {
     let image = Image::parse(bytes).map_err(Error::Image)?;
     let table = image.fds();
     if table.len() != fds.len() {
@@ -61,9 +88,17 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[Option<OwnedFd>]) -> Result<Pl
             ),
         });
     }
-    for (index, (entry, fd)) in table.iter().zip(fds).enumerate() {
-        let Some(fd) = fd else { continue };
-        let mode = fd_mode_type(fd.as_fd())?;
+    if stats.len() != fds.len() {
+        return Err(Error::FdMismatch {
+            index: stats.len().min(fds.len()),
+            reason: "one stat per descriptor is needed".into(),
+        });
+    }
+    for (index, ((entry, fd), st)) in table.iter().zip(fds).zip(stats).enumerate() {
+        let (Some(_), Some(st)) = (fd, st) else {
+            continue;
+        };
+        let mode = st.st_mode & S_IFMT;
         if mode != entry.mode_type.get() {
             return Err(Error::FdMismatch {
                 index,
@@ -75,9 +110,9 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[Option<OwnedFd>]) -> Result<Pl
             });
         }
     }
-    let fd_at = |index: Option<u32>, token: u64| -> Result<&OwnedFd, Error> {
+    let fd_at = |index: Option<u32>, token: u64| -> Result<(usize, &OwnedFd), Error> {
         index
-            .and_then(|i| fds.get(i as usize)?.as_ref())
+            .and_then(|i| Some((i as usize, fds.get(i as usize)?.as_ref()?)))
             .ok_or_else(|| Error::FdMismatch {
                 index: index.map_or(usize::MAX, |i| i as usize),
                 reason: format!("the descriptor of file {token} is missing"),
@@ -107,13 +142,24 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[Option<OwnedFd>]) -> Result<Pl
             } else {
                 None
             };
+            let held_slot = file.fd_index.map(|i| i as usize);
             let identity = match holder {
-                Some(fd) => {
-                    let id = handler.identity(fd.as_fd()).map_err(|e| Error::Handler {
-                        compatible: handler.compatible().to_owned(),
-                        step: "identify",
-                        source: e,
-                    })?;
+                Some((slot, fd)) => {
+                    let recorded = (Some(slot) == held_slot)
+                        .then(|| handler.recorded_identity(file.record))
+                        .flatten();
+                    let id = match (recorded, stats.get(slot).and_then(Option::as_ref)) {
+                        (Some(id), _) => id,
+                        (None, Some(st)) if handler.inode_identity() => Identity {
+                            dev: st.st_dev,
+                            ino: st.st_ino,
+                        },
+                        _ => handler.identity(fd.as_fd()).map_err(|e| Error::Handler {
+                            compatible: handler.compatible().to_owned(),
+                            step: "identify",
+                            source: e,
+                        })?,
+                    };
                     if !identities.insert(id) {
                         return Err(Error::AlreadyPreserved);
                     }
@@ -169,7 +215,13 @@ fn plan(registry: &Registry, bytes: &[u8], fds: &[Option<OwnedFd>]) -> Result<Pl
     Ok(Plan { files, flbs })
 }
 
-fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: &mut [Option<OwnedFd>]) -> Engine {
+fn build(
+    registry: Arc<Registry>,
+    bytes: &[u8],
+    plan: Plan,
+    fds: &mut [Option<OwnedFd>],
+    stats: &[Option<Stat>],
+) -> Engine {
     let mut engine = Engine::new(registry);
     // `plan` parsed this image already; parsing cannot fail now.
     let Ok(image) = Image::parse(bytes) else {
@@ -193,7 +245,9 @@ fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: &mut [Option<Ow
         let mut held = 0;
         for file in view.files() {
             let p = planned.next();
-            let fd = file.fd_index.and_then(|i| fds.get_mut(i as usize)?.take());
+            let slot = file.fd_index.map_or(usize::MAX, |i| i as usize);
+            let fd = fds.get_mut(slot).and_then(Option::take);
+            let st = stats.get(slot).and_then(Option::as_ref);
             let (Some((h, identity)), Some(fd)) = (p, fd) else {
                 continue;
             };
@@ -204,8 +258,9 @@ fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: &mut [Option<Ow
                     .and_then(|i| fds.get_mut(i as usize)?.take()),
                 _ => None,
             };
-            let bytes = match rustix::fs::fstat(&fd) {
-                Ok(st) if st.st_mode & S_IFMT == S_IFREG => st.st_size as u64,
+            let mode = st.map_or(0, |st| st.st_mode & S_IFMT);
+            let bytes = match st {
+                Some(st) if mode == S_IFREG => st.st_size as u64,
                 _ => 0,
             };
             held += 1 + u64::from(retrieved.is_some());
@@ -220,6 +275,7 @@ fn build(registry: Arc<Registry>, bytes: &[u8], plan: Plan, fds: &mut [Option<Ow
                     record: file.record.to_vec(),
                 },
                 bytes,
+                mode,
                 identity,
                 frozen: file.flags & FILE_FROZEN != 0 && direction == Direction::Outgoing,
                 status,

@@ -33,6 +33,8 @@ pub(crate) struct File {
     pub data: FileData,
     /// Memory the file keeps alive.
     pub bytes: u64,
+    /// The `S_IFMT` bits of the held descriptor, recorded when it was taken.
+    pub mode: u32,
     /// The identity this file holds in the engine's set, if any.
     pub identity: Option<Identity>,
     /// The handler's `freeze` ran.

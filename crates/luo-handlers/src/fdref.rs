@@ -235,6 +235,14 @@ impl FileHandler for FdrefHandler {
         FdKind::of(fd).is_some()
     }
 
+    fn recorded_identity(&self, record: &[u8]) -> Option<Identity> {
+        FdrefRecord::parse(record).ok().map(|r| r.identity())
+    }
+
+    fn inode_identity(&self) -> bool {
+        false
+    }
+
     fn identity(&self, fd: BorrowedFd<'_>) -> Result<Identity, HandlerError> {
         let kind = FdKind::of(fd).ok_or(Error::NotPreservable)?;
         Ok(identity_of(fd, kind)?)

@@ -312,6 +312,10 @@ impl FileHandler for PciDeviceHandler {
         resolve(self.flb.sysfs_root(), fd).is_some()
     }
 
+    fn inode_identity(&self) -> bool {
+        false
+    }
+
     fn identity(&self, fd: BorrowedFd<'_>) -> Result<Identity, HandlerError> {
         let target = resolve(self.flb.sysfs_root(), fd).ok_or(Error::NotPreservable)?;
         Ok(PciDeviceHandler::identity_of(&target, fd)?)

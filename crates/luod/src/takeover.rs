@@ -69,9 +69,11 @@ pub fn upgrade(server: &mut Server, binary: &Path) -> anyhow::Result<()> {
     let image = w
         .finish()
         .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;
+    let written = t0.elapsed().as_secs_f64() * 1e3;
     let channel = hand_over(binary, &image, &fds)?;
     info!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
+        image_ms = written,
         fds = fds.len(),
         bytes = image.len(),
         "successor ready"
@@ -153,20 +155,28 @@ fn add_daemon_fds<'a>(
     text: &mut String,
     with_conns: bool,
 ) -> anyhow::Result<()> {
-    let mut add = |fd: BorrowedFd<'a>| -> anyhow::Result<u32> {
-        let st = rustix::fs::fstat(fd)?;
-        let i = w.add_fd(fd.as_raw_fd(), st.st_mode & 0o170000);
+    // Connections and the listener are sockets by construction; only the lock is looked at.
+    const S_IFSOCK: u32 = 0o140000;
+    let mut add = |fd: BorrowedFd<'a>, mode: Option<u32>| -> anyhow::Result<u32> {
+        let mode = match mode {
+            Some(m) => m,
+            None => rustix::fs::fstat(fd)?.st_mode & 0o170000,
+        };
+        let i = w.add_fd(fd.as_raw_fd(), mode);
         fds.push(fd);
         Ok(i)
     };
-    text.push_str(&format!("listener={}\n", add(server.listener.as_fd())?));
-    text.push_str(&format!("lock={}\n", add(server.lock.as_fd())?));
+    text.push_str(&format!(
+        "listener={}\n",
+        add(server.listener.as_fd(), Some(S_IFSOCK))?
+    ));
+    text.push_str(&format!("lock={}\n", add(server.lock.as_fd(), None)?));
     if with_conns {
         let mut keys: Vec<&u64> = server.conns.keys().collect();
         keys.sort();
         for key in keys {
             let conn = &server.conns[key];
-            let index = add(conn.fd.as_fd())?;
+            let index = add(conn.fd.as_fd(), Some(S_IFSOCK))?;
             let (owner_dir, name) = match conn.kind {
                 Kind::Session(id) => {
                     let info = server
@@ -245,9 +255,14 @@ fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Res
             Ok(())
         });
     }
+    let t_spawn = Instant::now();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("Cannot start {}", binary.display()))?;
+    info!(
+        ms = t_spawn.elapsed().as_secs_f64() * 1e3,
+        "successor spawned"
+    );
     drop(theirs);
     let header = format!("IMAGE {}", memfd.as_raw_fd());
     if let Err(e) = transport::send(ours.as_fd(), header.as_bytes(), &[]) {
@@ -306,6 +321,7 @@ pub struct Adopted {
     channel: OwnedFd,
     image: Vec<u8>,
     fds: Vec<Option<OwnedFd>>,
+    stats: Vec<Option<rustix::fs::Stat>>,
 }
 
 /// What a successor starts from.
@@ -335,11 +351,18 @@ fn adopt_raw(raw: i32) -> anyhow::Result<OwnedFd> {
 /// inherited descriptor.
 pub fn adopt(channel_raw: i32) -> anyhow::Result<Adopted> {
     let channel = adopt_raw(channel_raw)?;
-    match adopt_rest(&channel) {
-        Ok((image, fds)) => Ok(Adopted {
+    let t0 = Instant::now();
+    let adopted = adopt_rest(&channel);
+    info!(
+        ms = t0.elapsed().as_secs_f64() * 1e3,
+        "inherited descriptors adopted"
+    );
+    match adopted {
+        Ok((image, fds, stats)) => Ok(Adopted {
             channel,
             image,
             fds,
+            stats,
         }),
         Err(e) => {
             let _ = transport::send(channel.as_fd(), format!("{e:#}").as_bytes(), &[]);
@@ -348,7 +371,9 @@ pub fn adopt(channel_raw: i32) -> anyhow::Result<Adopted> {
     }
 }
 
-fn adopt_rest(channel: &OwnedFd) -> anyhow::Result<(Vec<u8>, Vec<Option<OwnedFd>>)> {
+type AdoptedParts = (Vec<u8>, Vec<Option<OwnedFd>>, Vec<Option<rustix::fs::Stat>>);
+
+fn adopt_rest(channel: &OwnedFd) -> anyhow::Result<AdoptedParts> {
     let first = match transport::recv(channel.as_fd(), true)? {
         Recv::Message(m) => m,
         _ => bail!("The predecessor closed the channel"),
@@ -380,6 +405,7 @@ fn adopt_rest(channel: &OwnedFd) -> anyhow::Result<(Vec<u8>, Vec<Option<OwnedFd>
     close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)?;
     let mut keep = vec![channel.as_raw_fd(), memfd.as_raw_fd()];
     let mut fds = Vec::with_capacity(parsed.fds().len());
+    let mut stats = Vec::with_capacity(parsed.fds().len());
     for (i, entry) in parsed.fds().iter().enumerate() {
         let raw = entry.fd.get();
         ensure!(raw > 2, "Descriptor {raw} (slot {i}) cannot be inherited");
@@ -395,6 +421,7 @@ fn adopt_rest(channel: &OwnedFd) -> anyhow::Result<(Vec<u8>, Vec<Option<OwnedFd>
                 entry.mode_type.get()
             );
             keep.push(raw);
+            stats.push(Some(st));
             raw
         };
         fds.push(fd);
@@ -407,8 +434,11 @@ fn adopt_rest(channel: &OwnedFd) -> anyhow::Result<(Vec<u8>, Vec<Option<OwnedFd>
     // SAFETY: every number was checked open above, is listed once (no duplicates, and neither
     // the channel nor the image), and this process has opened nothing since it started, so no
     // other owner exists; from here each is owned by exactly one OwnedFd.
-    let fds = fds.into_iter().map(|raw| Some(unsafe { OwnedFd::from_raw_fd(raw) })).collect();
-    Ok((image, fds))
+    let fds = fds
+        .into_iter()
+        .map(|raw| Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+        .collect();
+    Ok((image, fds, stats))
 }
 
 const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
@@ -443,8 +473,9 @@ pub fn takeover(adopted: Adopted, signals: OwnedFd, fd_limit: u64) -> anyhow::Re
         channel,
         image,
         mut fds,
+        stats,
     } = adopted;
-    match build_successor(&image, &mut fds, signals, fd_limit) {
+    match build_successor(&image, &mut fds, &stats, signals, fd_limit) {
         Ok(server) => {
             transport::send(channel.as_fd(), b"READY", &[])?;
             Ok(Inherited { server, channel })
@@ -464,6 +495,7 @@ pub fn wait_go(channel: &OwnedFd) {
 fn build_successor(
     image: &[u8],
     fds: &mut [Option<OwnedFd>],
+    stats: &[Option<rustix::fs::Stat>],
     signals: OwnedFd,
     fd_limit: u64,
 ) -> anyhow::Result<Server> {
@@ -480,7 +512,10 @@ fn build_successor(
         .context("Daemon part is not UTF-8")?
         .to_owned();
     let registry = crate::registry()?;
-    let engine = Engine::restore(registry, image, fds).context("Restoring the sessions")?;
+    let t0 = Instant::now();
+    let engine = Engine::restore_with_stats(registry, image, fds, stats)
+        .context("Restoring the sessions")?;
+    info!(ms = t0.elapsed().as_secs_f64() * 1e3, "engine restored");
     let mut settings = Settings {
         socket: Default::default(),
         limits: Default::default(),

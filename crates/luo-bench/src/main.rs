@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -46,6 +46,13 @@
 //!   `restart_ms`, `upgrade_blackout_vs_restart_ratio`, and what was held
 //!   (`upgrade_sessions`, `upgrade_fds`, `upgrade_clients`, `upgrade_luod_fds`). Set
 //!   `LUO_BENCH_LUOD_LOG=info` to pass a log filter to luod and see its log after each run.
+//! - **`preload`** — builds and runs luo-preload's `bench_preload`: PRESERVE_FD + RETRIEVE_FD
+//!   pairs per second through the `LD_PRELOAD` library and through luo-client, printing
+//!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.
+//! - **`vmm`** — builds luod and luo-vmm and runs `luo-vmm bench` (extra arguments pass
+//!   through, e.g. `--only convert`): VMM upgrades under a running KVM guest
+//!   (`vmm_blackout_*`) and attribute conversions (`convert_pages_per_s`,
+//!   `attr_bytes_per_range`). Needs root and `/dev/kvm`.
 //! - **`all`** — `image` then `engine` (not `upgrade`, which needs the release luod binary).
 //!
 //! [`ImageWriter`]: luo_abi::image::ImageWriter
@@ -53,6 +60,7 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+mod external;
 mod image;
 mod upgrade;
 
@@ -116,7 +124,7 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|preload|vmm|all>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -125,6 +133,8 @@ fn main() {
         "image" => image::run(),
         "engine" => engine::run(),
         "upgrade" => upgrade::run(),
+        "preload" => external::preload(),
+        "vmm" => external::vmm(args.get(1..).unwrap_or_default()),
         "all" => image::run().and_then(|()| engine::run()),
         // Internal: one run of `image`, in its own process.
         "image-run" => image::run_one(args.get(1..).unwrap_or_default()),

@@ -15,15 +15,7 @@ const TOKEN: u64 = 42;
 
 /// luod's registry: the default handlers and their FLB links, in luod's order.
 pub(crate) fn registry() -> Result<Arc<Registry>> {
-    let defaults = luo_handlers::default_handlers();
-    let mut registry = Registry::new();
-    for handler in &defaults.handlers {
-        registry.register_handler(handler.clone())?;
-    }
-    for (handler, flb) in defaults.flb_links() {
-        registry.register_flb(handler, flb)?;
-    }
-    Ok(Arc::new(registry))
+    Ok(Arc::new(luo_handlers::default_registry()?))
 }
 
 /// What session `i`'s memfd holds.

@@ -21,22 +21,38 @@ fn cargo_build(args: &[&str]) -> Result<()> {
         .args(["build", "--release", "--quiet"])
         .args(args)
         .status()?;
-    crate::check(status.success(), || format!("cargo build {args:?} failed: {status}"))
+    crate::check(status.success(), || {
+        format!("cargo build {args:?} failed: {status}")
+    })
 }
 
 fn run(binary: PathBuf, args: &[&str]) -> Result<()> {
     let status = Command::new(&binary).args(args).status()?;
-    crate::check(status.success(), || format!("{} failed: {status}", binary.display()))
+    crate::check(status.success(), || {
+        format!("{} failed: {status}", binary.display())
+    })
 }
 
 fn release_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    Ok(exe.parent().ok_or("No directory for luo-bench")?.to_path_buf())
+    Ok(exe
+        .parent()
+        .ok_or("No directory for luo-bench")?
+        .to_path_buf())
 }
 
 /// `preload`: PRESERVE_FD + RETRIEVE_FD pairs per second through the library and natively.
 pub fn preload() -> Result<()> {
-    cargo_build(&["-p", "luod", "-p", "luoctl", "-p", "luo-preload", "--example", "bench_preload"])?;
+    cargo_build(&[
+        "-p",
+        "luod",
+        "-p",
+        "luoctl",
+        "-p",
+        "luo-preload",
+        "--example",
+        "bench_preload",
+    ])?;
     run(release_dir()?.join("examples/bench_preload"), &[])
 }
 

@@ -126,6 +126,19 @@ pub fn default_handlers() -> Defaults {
     Defaults::new()
 }
 
+/// luod's registry: [`default_handlers`] registered in order, with their FLB links.
+pub fn default_registry() -> Result<luo_core::Registry, luo_core::Error> {
+    let defaults = default_handlers();
+    let mut registry = luo_core::Registry::new();
+    for handler in &defaults.handlers {
+        registry.register_handler(handler.clone())?;
+    }
+    for (handler, flb) in defaults.flb_links() {
+        registry.register_flb(handler, flb)?;
+    }
+    Ok(registry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

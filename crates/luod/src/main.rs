@@ -68,15 +68,7 @@ struct Args {
 
 /// The handlers and FLBs every luod registers, in this order.
 pub fn registry() -> anyhow::Result<Arc<Registry>> {
-    let defaults = luo_handlers::default_handlers();
-    let mut registry = Registry::new();
-    for handler in &defaults.handlers {
-        registry.register_handler(handler.clone())?;
-    }
-    for (handler, flb) in defaults.flb_links() {
-        registry.register_flb(handler, flb)?;
-    }
-    Ok(Arc::new(registry))
+    Ok(Arc::new(luo_handlers::default_registry()?))
 }
 
 fn raise_fd_limit() -> u64 {

@@ -696,21 +696,7 @@ impl Server {
             Ok(id) => id,
             Err(e) => return Reply::err_msg(e.errno(), &e.to_string()),
         };
-        match self.session_socket(id, cred) {
-            Ok(theirs) => {
-                let mut arg = buf.to_vec();
-                arg[4..8].copy_from_slice(&(-1i32).to_le_bytes());
-                Reply {
-                    errno: 0,
-                    arg,
-                    fds: vec![theirs],
-                }
-            }
-            Err(e) => {
-                let _ = self.engine.close_session(id);
-                Reply::err(e)
-            }
-        }
+        self.session_reply(id, cred, buf)
     }
 
     fn retrieve_session(&mut self, cred: Cred, buf: &[u8; 72]) -> Reply {
@@ -727,6 +713,13 @@ impl Server {
             Ok(id) => id,
             Err(e) => return Reply::err(e.errno()),
         };
+        self.session_reply(id, cred, buf)
+    }
+
+    /// The reply to CREATE/RETRIEVE_SESSION: the struct with `fd` -1 (the client writes the
+    /// number it receives) and the client's end of the new session connection. If that cannot
+    /// be made the session is closed again (for a retrieved one, as in the kernel: finished).
+    fn session_reply(&mut self, id: SessionId, cred: Cred, buf: &[u8; 72]) -> Reply {
         match self.session_socket(id, cred) {
             Ok(theirs) => {
                 let mut arg = buf.to_vec();
@@ -738,7 +731,6 @@ impl Server {
                 }
             }
             Err(e) => {
-                // As in the kernel, a session whose descriptor could not be made is finished.
                 let _ = self.engine.close_session(id);
                 Reply::err(e)
             }

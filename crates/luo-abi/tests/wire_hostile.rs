@@ -1,5 +1,6 @@
 //! The `wire` fuzz target's body, run on stable over truncated, bit-flipped and random
 //! messages so CI exercises it: decoding never panics, and well-formed requests are accepted.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use luo_abi::uapi::{CreateSession, PreserveFd};
 use luo_abi::wire::{self, MAX_MESSAGE, NATIVE_BASE, fuzz_one};

@@ -74,9 +74,12 @@ pub struct Engine {
     pub(crate) excluded: Excluded,
 }
 
+/// A predicate over descriptors.
+type FdPredicate = Box<dyn Fn(BorrowedFd<'_>) -> bool + Send + Sync>;
+
 /// Descriptors no handler may take, whatever the handlers say (see [`Engine::set_excluded`]).
 #[derive(Default)]
-pub(crate) struct Excluded(Option<Box<dyn Fn(BorrowedFd<'_>) -> bool + Send + Sync>>);
+pub(crate) struct Excluded(Option<FdPredicate>);
 
 impl std::fmt::Debug for Excluded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

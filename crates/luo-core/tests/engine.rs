@@ -1,4 +1,5 @@
 //! The engine's rules, one test per rule, on real memfds.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 mod common;
 

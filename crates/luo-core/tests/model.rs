@@ -1,6 +1,7 @@
 //! Random operation sequences against the engine and against a plain model of the kernel's
 //! rules; both must agree on every result and on the state after every step, including across
 //! freeze, image write and restore.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Freeze, image write and restore: the reboot path, the upgrade snapshot, and every way a
 //! restore refuses an image without losing a descriptor.
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 mod common;
 

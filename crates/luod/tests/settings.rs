@@ -19,10 +19,10 @@ struct Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         // An upgrade replaces the process we started: stop whichever one serves now.
-        if let Ok(status) = Control::connect_at(&self.socket).and_then(|c| c.status()) {
-            if let Some(pid) = rustix::process::Pid::from_raw(status.pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
+        if let Ok(status) = Control::connect_at(&self.socket).and_then(|c| c.status())
+            && let Some(pid) = rustix::process::Pid::from_raw(status.pid as i32)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

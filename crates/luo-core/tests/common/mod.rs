@@ -1,4 +1,5 @@
 //! A test handler and FLB on real memfds, with injectable failures and a call log.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::collections::HashSet;

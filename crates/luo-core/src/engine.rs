@@ -75,7 +75,7 @@ pub struct Engine {
 }
 
 /// A predicate over descriptors.
-type FdPredicate = Box<dyn Fn(BorrowedFd<'_>) -> bool + Send + Sync>;
+type FdPredicate = Box<dyn Fn(BorrowedFd<'_>, &rustix::fs::Stat) -> bool + Send + Sync>;
 
 /// Descriptors no handler may take, whatever the handlers say (see [`Engine::set_excluded`]).
 #[derive(Default)]
@@ -131,12 +131,12 @@ impl Engine {
         }
     }
 
-    /// Descriptors for which `exclude` says yes are refused by PRESERVE_FD with `ENOENT`, as if
-    /// no handler took them. The daemon uses it for its own connections: the kernel does not
-    /// preserve session descriptors either.
+    /// Descriptors for which `exclude` (given the descriptor and its `fstat`) says yes are
+    /// refused by PRESERVE_FD with `ENOENT`, as if no handler took them. The daemon uses it
+    /// for its own connections: the kernel does not preserve session descriptors either.
     pub fn set_excluded(
         &mut self,
-        exclude: impl Fn(BorrowedFd<'_>) -> bool + Send + Sync + 'static,
+        exclude: impl Fn(BorrowedFd<'_>, &rustix::fs::Stat) -> bool + Send + Sync + 'static,
     ) {
         self.excluded = Excluded(Some(Box::new(exclude)));
     }
@@ -286,7 +286,13 @@ impl Engine {
             return Err(Error::TokenTaken);
         }
         let fd = fd.ok_or(Error::BadFd)?;
-        if self.excluded.0.as_ref().is_some_and(|exclude| exclude(fd)) {
+        let st = rustix::fs::fstat(fd).map_err(|_| Error::BadFd)?;
+        if self
+            .excluded
+            .0
+            .as_ref()
+            .is_some_and(|exclude| exclude(fd, &st))
+        {
             return Err(Error::NoHandler);
         }
         let registry = Arc::clone(&self.registry);
@@ -296,13 +302,6 @@ impl Engine {
             .position(|h| h.can_preserve(fd))
             .ok_or(Error::NoHandler)?;
         let handler = &registry.handlers[h];
-        let st = rustix::fs::fstat(fd).map_err(|e| {
-            handler_err(
-                handler.compatible(),
-                "stat",
-                HandlerError::from_io("fstat", e),
-            )
-        })?;
         let mode = st.st_mode & crate::freeze::S_IFMT;
         let identity = if handler.inode_identity() {
             Identity {

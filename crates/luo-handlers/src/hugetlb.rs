@@ -154,11 +154,7 @@ impl FileHandler for HugetlbHandler {
     }
 
     fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Preserved, HandlerError> {
-        if !self.can_preserve(fd) {
-            return Err(Error::NotPreservable.into());
-        }
-        let state = State::capture(fd)?;
-        let page = page_size(fd)?;
+        let (state, page) = State::capture_unlinked_on(fd, fd::HUGETLBFS_MAGIC)?;
         let held = fd::dup(fd)?;
         Ok(Preserved {
             fd: held,

@@ -133,10 +133,7 @@ impl FileHandler for MemfdHandler {
     }
 
     fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Preserved, HandlerError> {
-        if !self.can_preserve(fd) {
-            return Err(Error::NotPreservable.into());
-        }
-        let state = State::capture(fd)?;
+        let (state, _) = State::capture_unlinked_on(fd, fd::TMPFS_MAGIC)?;
         let held = fd::dup(fd)?;
         Ok(Preserved {
             fd: held,

@@ -40,6 +40,29 @@ impl State {
     /// description's, so through a duplicate it is the client's).
     pub(crate) fn capture(fd: BorrowedFd<'_>) -> Result<State, Error> {
         let st = rustix::fs::fstat(fd).map_err(Error::sys("fstat"))?;
+        State::from_stat(fd, &st)
+    }
+
+    /// For `preserve`: the checks of [`is_unlinked_file_on`] and [`State::capture`] in one
+    /// pass (one `fstat`, one `fstatfs`). Returns the state and the filesystem's block size
+    /// (the page size, on hugetlbfs).
+    pub(crate) fn capture_unlinked_on(
+        fd: BorrowedFd<'_>,
+        magic: i64,
+    ) -> Result<(State, u64), Error> {
+        let st = rustix::fs::fstat(fd).map_err(Error::sys("fstat"))?;
+        if fd::file_type(&st) != rustix::fs::FileType::RegularFile || st.st_nlink != 0 {
+            return Err(Error::NotPreservable);
+        }
+        let sfs = rustix::fs::fstatfs(fd).map_err(Error::sys("fstatfs"))?;
+        if sfs.f_type != magic {
+            return Err(Error::NotPreservable);
+        }
+        let state = State::from_stat(fd, &st)?;
+        Ok((state, u64::try_from(sfs.f_bsize).unwrap_or(0)))
+    }
+
+    fn from_stat(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<State, Error> {
         let pos = rustix::fs::seek(fd, SeekFrom::Current(0)).map_err(Error::sys("lseek"))?;
         let (seals, flags) = match rustix::fs::fcntl_get_seals(fd) {
             Ok(s) => (s.bits(), 0),

@@ -120,7 +120,7 @@ impl Server {
             settings.pids.push(me);
         }
         let pids: std::collections::HashSet<i32> = settings.pids.iter().copied().collect();
-        engine.set_excluded(move |fd| is_luod_connection(fd, &pids));
+        engine.set_excluded(move |fd, st| is_luod_connection(fd, st, &pids));
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &ep,
@@ -821,9 +821,12 @@ impl Server {
 /// True if `fd` is a client's end of one of luod's own connections (a device, control or
 /// session descriptor): a socket whose peer is a luod process of this socket's lineage. As the
 /// kernel refuses to preserve session descriptors, PRESERVE_FD refuses these with `ENOENT`.
-fn is_luod_connection(fd: BorrowedFd<'_>, pids: &std::collections::HashSet<i32>) -> bool {
-    let is_socket = rustix::fs::fstat(fd).is_ok_and(|st| st.st_mode & 0o170000 == 0o140000);
-    is_socket
+fn is_luod_connection(
+    fd: BorrowedFd<'_>,
+    st: &rustix::fs::Stat,
+    pids: &std::collections::HashSet<i32>,
+) -> bool {
+    st.st_mode & 0o170000 == 0o140000
         && rustix::net::sockopt::socket_peercred(fd)
             .is_ok_and(|c| pids.contains(&c.pid.as_raw_nonzero().get()))
 }

@@ -359,6 +359,29 @@ int luo_detect_stage(int argc, char **argv, int dev, const char *state_name, int
 	return stage;
 }
 
+int luo_two_stage_main(int argc, char **argv, const char *state_name, void (*stage_1)(int dev),
+		       void (*stage_2)(int dev, int state))
+{
+	int dev, state;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	dev = luo_open_or_skip();
+	switch (luo_detect_stage(argc, argv, dev, state_name, &state)) {
+	case 1: stage_1(dev); break;
+	case 2: stage_2(dev, state); break;
+	default: break;
+	}
+	FAIL("unknown stage, or a stage that returned");
+}
+
+void luo_stage_2_done(int dev, int state)
+{
+	EXPECT_OK(luo_finish(state), "finish the state session");
+	close(state);
+	close(dev);
+	luo_passed();
+}
+
 static int kept(int fd, const int *fds, int n)
 {
 	for (int i = 0; i < n; i++)

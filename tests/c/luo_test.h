@@ -130,6 +130,16 @@ void luo_save_next_stage(int dev, const char *state_name, int next, int *state_f
 int luo_detect_stage(int argc, char **argv, int dev, const char *state_name, int *state);
 
 /*
+ * The whole main() of a two-stage program: line-buffered stdout, open the device (or skip),
+ * detect the stage, run stage_1(dev) or stage_2(dev, state). Each stage ends the process.
+ */
+int luo_two_stage_main(int argc, char **argv, const char *state_name, void (*stage_1)(int dev),
+		       void (*stage_2)(int dev, int state)) __attribute__((noreturn));
+
+/* Stage 2's end: finish and close the state session, close the device, print TEST PASSED. */
+void luo_stage_2_done(int dev, int state) __attribute__((noreturn));
+
+/*
  * Stage 1's end: fork a child that keeps `fds` open (so the sessions survive this process's
  * exit, until the update), print "CHILD <pid>" and return in the parent. The child closes
  * stdio and every descriptor not in `fds`, then sleeps until killed.

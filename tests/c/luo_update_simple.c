@@ -83,22 +83,10 @@ static void stage_2(int dev, int state)
 		EXPECT_OK(luo_finish(fds[i]), "finish %s", sessions[i]);
 		close(fds[i]);
 	}
-	EXPECT_OK(luo_finish(state), "finish the state session");
-	close(state);
-	close(dev);
-	luo_passed();
+	luo_stage_2_done(dev, state);
 }
 
 int main(int argc, char **argv)
 {
-	int dev, state;
-
-	setvbuf(stdout, NULL, _IOLBF, 0);
-	dev = luo_open_or_skip();
-	switch (luo_detect_stage(argc, argv, dev, STATE, &state)) {
-	case 1: stage_1(dev); break;
-	case 2: stage_2(dev, state); break;
-	default: FAIL("unknown stage");
-	}
-	return 1;
+	luo_two_stage_main(argc, argv, STATE, stage_1, stage_2);
 }

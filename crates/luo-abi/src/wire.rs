@@ -43,7 +43,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::Errno;
 
 /// Version of this framing. Changing any layout here bumps it.
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 /// Largest message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most descriptors attached to one message (the kernel's `SCM_MAX_FD`).
@@ -211,8 +211,18 @@ pub struct StatusReply {
     pub upgrades: U64,
     /// The daemon's version, NUL-padded.
     pub version: [u8; 32],
+    /// How the last upgrade went: successors started for it (1 when the first one, prepared
+    /// while the old server kept serving, was taken; 0 before any upgrade).
+    pub last_upgrade_rounds: U32,
+    /// [`UPGRADE_STOP_AND_COPY`] if the last upgrade fell back to stopping the old server
+    /// while its successor prepared.
+    pub last_upgrade_flags: U32,
 }
-const _: () = assert!(core::mem::size_of::<StatusReply>() == 120);
+const _: () = assert!(core::mem::size_of::<StatusReply>() == 128);
+
+/// [`StatusReply::last_upgrade_flags`]: the state kept changing while successors prepared in
+/// the background, so the last one prepared with the old server stopped.
+pub const UPGRADE_STOP_AND_COPY: u32 = 1;
 
 /// Splits a message into its request header and argument; `EPROTO` for a message too short,
 /// longer than [`MAX_MESSAGE`], or whose `len` disagrees with its length.

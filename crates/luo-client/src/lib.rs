@@ -359,6 +359,12 @@ pub struct Status {
     pub fd_used: u64,
     /// Upgrades in this generation.
     pub upgrades: u64,
+    /// Successors the last upgrade started (1: the first one, prepared while the old daemon
+    /// kept serving, was taken; 0: no upgrade yet).
+    pub last_upgrade_rounds: u32,
+    /// The last upgrade fell back to stop and copy (the state kept changing while successors
+    /// prepared).
+    pub last_upgrade_stop_and_copy: bool,
 }
 
 /// One session, as `luoctl sessions` shows it.
@@ -425,6 +431,10 @@ impl Control {
             fd_limit: s.fd_limit.get(),
             fd_used: s.fd_used.get(),
             upgrades: s.upgrades.get(),
+            last_upgrade_rounds: s.last_upgrade_rounds.get(),
+            last_upgrade_stop_and_copy: s.last_upgrade_flags.get()
+                & luo_abi::wire::UPGRADE_STOP_AND_COPY
+                != 0,
         })
     }
 

@@ -63,7 +63,7 @@ fn json_str(s: &str) -> String {
 fn print_status(s: &Status, json: bool) {
     if json {
         println!(
-            "{{\"pid\":{},\"version\":{},\"generation\":{},\"sessions_outgoing\":{},\"sessions_incoming\":{},\"files\":{},\"bytes\":{},\"clients\":{},\"uptime_ms\":{},\"fd_limit\":{},\"fd_used\":{},\"upgrades\":{}}}",
+            "{{\"pid\":{},\"version\":{},\"generation\":{},\"sessions_outgoing\":{},\"sessions_incoming\":{},\"files\":{},\"bytes\":{},\"clients\":{},\"uptime_ms\":{},\"fd_limit\":{},\"fd_used\":{},\"upgrades\":{},\"last_upgrade_rounds\":{},\"last_upgrade_stop_and_copy\":{}}}",
             s.pid,
             json_str(&s.version),
             s.generation,
@@ -75,7 +75,9 @@ fn print_status(s: &Status, json: bool) {
             s.uptime_ms,
             s.fd_limit,
             s.fd_used,
-            s.upgrades
+            s.upgrades,
+            s.last_upgrade_rounds,
+            s.last_upgrade_stop_and_copy
         );
         return;
     }
@@ -90,6 +92,17 @@ fn print_status(s: &Status, json: bool) {
     println!("clients:     {}", s.clients);
     println!("descriptors: {} of {}", s.fd_used, s.fd_limit);
     println!("upgrades:    {}", s.upgrades);
+    if s.last_upgrade_rounds > 0 {
+        let how = if s.last_upgrade_stop_and_copy {
+            "stop and copy"
+        } else {
+            "prepared while serving"
+        };
+        println!(
+            "last upgrade: {how}, {} successor(s) started",
+            s.last_upgrade_rounds
+        );
+    }
     println!("uptime:      {:.1} s", s.uptime_ms as f64 / 1000.0);
 }
 

@@ -111,7 +111,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let adopted = takeover::adopt(fd)?;
         let signals = signal_pipe()?;
         let inherited = takeover::takeover(adopted, signals, fd_limit)?;
-        takeover::wait_go(&inherited.channel);
+        takeover::wait_go(&inherited.channel)?;
         drop(inherited.channel);
         let mut server = inherited.server;
         info!(

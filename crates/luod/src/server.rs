@@ -28,6 +28,8 @@ const BURST: usize = 32;
 const KEY_LISTENER: u64 = 0;
 /// epoll key of the signal pipe.
 const KEY_SIGNAL: u64 = 1;
+/// epoll key of the handover channel of a staged upgrade.
+const KEY_SUCCESSOR: u64 = u64::MAX;
 
 /// What luod was started with, carried across upgrades.
 #[derive(Clone, Debug)]
@@ -98,8 +100,18 @@ pub struct Server {
     pub sessions: HashMap<SessionId, u64>,
     pub started: Instant,
     pub upgrades: u64,
+    /// Rounds and flags of the upgrade that started this process (see `StatusReply`).
+    pub last_upgrade: (u32, u32),
     pub fd_limit: u64,
     pub stop: bool,
+    /// Moves whenever something an upgrade image records may have changed (a request that is
+    /// not read-only, a connection opened or closed): a staged successor is used only if its
+    /// image was written at the current epoch.
+    pub epoch: u64,
+    /// The upgrade in progress, if any.
+    pub staging: Option<crate::takeover::Staging>,
+    /// Discarded successors not yet reaped.
+    zombies: Vec<std::process::Child>,
     reaping: bool,
 }
 
@@ -147,14 +159,19 @@ impl Server {
             sessions: HashMap::new(),
             started: Instant::now(),
             upgrades: 0,
+            last_upgrade: (0, 0),
             fd_limit,
             stop: false,
+            epoch: 0,
+            staging: None,
+            zombies: Vec::new(),
             reaping: false,
         })
     }
 
     /// Adds a connection to the loop and returns its key.
     pub fn add_conn(&mut self, fd: OwnedFd, kind: Kind, cred: Cred) -> anyhow::Result<u64> {
+        self.epoch += 1;
         let key = self.next_key;
         self.next_key += 1;
         epoll::add(
@@ -189,10 +206,15 @@ impl Server {
         let mut events = Vec::with_capacity(256);
         while !self.stop {
             events.clear();
+            self.reap_zombies();
+            let timeout = self.staging.as_ref().map(|s| rustix::event::Timespec {
+                tv_sec: i64::from(s.timeout_ms() / 1000),
+                tv_nsec: i64::from(s.timeout_ms() % 1000) * 1_000_000,
+            });
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                timeout.as_ref(),
             ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -203,15 +225,44 @@ impl Server {
                 match key {
                     KEY_LISTENER => self.accept_all(),
                     KEY_SIGNAL => self.on_signal(),
+                    KEY_SUCCESSOR => crate::takeover::on_successor(self),
                     _ => self.on_conn(key, ev.flags),
                 }
                 if self.stop {
                     break;
                 }
             }
+            crate::takeover::on_timeout(self);
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// Watches the handover channel of a staged upgrade.
+    pub fn watch_successor(&self, channel: &OwnedFd) -> rustix::io::Result<()> {
+        epoll::add(
+            &self.epoll,
+            channel,
+            epoll::EventData::new_u64(KEY_SUCCESSOR),
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+        )
+    }
+
+    /// Stops watching it.
+    pub fn unwatch_successor(&self, channel: &OwnedFd) {
+        let _ = epoll::delete(&self.epoll, channel);
+    }
+
+    /// Keeps a discarded successor until it has exited.
+    pub fn reap_later(&mut self, child: std::process::Child) {
+        self.zombies.push(child);
+    }
+
+    fn reap_zombies(&mut self) {
+        if !self.zombies.is_empty() {
+            self.zombies
+                .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+        }
     }
 
     fn on_signal(&mut self) {
@@ -336,21 +387,7 @@ impl Server {
     fn after(&mut self, key: u64, id: u64, after: After) {
         match after {
             After::Nothing => {}
-            After::Upgrade(path) => {
-                let reply = match crate::takeover::upgrade(self, &path) {
-                    Ok(()) => {
-                        info!(binary = %path.display(), "upgrade confirmed by the new server; exiting");
-                        self.send_reply(key, id, Reply::ok(Vec::new()));
-                        crate::takeover::release_successor(self);
-                        std::process::exit(0);
-                    }
-                    Err(e) => {
-                        warn!(error = %format!("{e:#}"), "upgrade refused; this server keeps running");
-                        Reply::err_msg(Errno::EAGAIN, &format!("{e:#}"))
-                    }
-                };
-                self.send_reply(key, id, reply);
-            }
+            After::Upgrade(path) => crate::takeover::begin_upgrade(self, key, id, path),
             After::Reboot => {
                 let reply = match crate::takeover::reboot(self) {
                     Ok(()) => {
@@ -374,6 +411,7 @@ impl Server {
         let Some(conn) = self.conns.remove(&key) else {
             return;
         };
+        self.epoch += 1;
         let _ = epoll::delete(&self.epoll, &conn.fd);
         match conn.kind {
             Kind::Device => {
@@ -419,7 +457,7 @@ impl Server {
         any
     }
 
-    fn send_reply(&mut self, key: u64, id: u64, reply: Reply) {
+    pub fn send_reply(&mut self, key: u64, id: u64, reply: Reply) {
         let Some(conn) = self.conns.get(&key) else {
             return;
         };
@@ -456,6 +494,9 @@ impl Server {
             return;
         }
         let op = hdr.op.get();
+        if !read_only(op) {
+            self.epoch += 1;
+        }
         let Some(conn) = self.conns.get(&key) else {
             return;
         };
@@ -816,6 +857,14 @@ impl Server {
     pub fn fds_used(&self) -> u64 {
         FD_FIXED + self.conns.len() as u64 + self.engine.fds_held()
     }
+}
+
+/// True for the requests that change nothing an upgrade image records.
+fn read_only(op: u32) -> bool {
+    matches!(
+        Op::from_raw(op),
+        Some(Op::Ping | Op::Status | Op::List | Op::Upgrade)
+    ) || op == uapi::LIVEUPDATE_SESSION_GET_NAME
 }
 
 /// True if `fd` is a client's end of one of luod's own connections (a device, control or

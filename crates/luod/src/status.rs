@@ -36,6 +36,8 @@ pub fn status(server: &Server) -> Vec<u8> {
         fd_used: U64::new(server.fds_used()),
         upgrades: U64::new(server.upgrades),
         version,
+        last_upgrade_rounds: U32::new(server.last_upgrade.0),
+        last_upgrade_flags: U32::new(server.last_upgrade.1),
     };
     reply.as_bytes().to_vec()
 }

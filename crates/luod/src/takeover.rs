@@ -28,34 +28,39 @@
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail, ensure};
+use luo_abi::Errno;
 use luo_abi::image::{Image, ImageWriter, MAX_IMAGE_LEN};
+use luo_abi::wire::UPGRADE_STOP_AND_COPY;
 use luo_client::transport::{self, Recv};
 use luo_core::{Direction, Engine, WRITER_VERSION};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::conn::{Cred, Kind};
-use crate::server::{Server, Settings};
+use crate::server::{Reply, Server, Settings};
 
 /// Image part holding the daemon's own state.
 pub const DAEMON_PART: &str = "luod";
 /// Its compatible; changing the text layout below bumps it.
 pub const DAEMON_PART_COMPATIBLE: &str = "luod-daemon-v1";
 /// How long the old server waits for the successor's verdict.
-const READY_TIMEOUT_MS: i32 = 20_000;
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The successor of the last successful handover, waiting for "GO".
 static SUCCESSOR: std::sync::Mutex<Option<OwnedFd>> = std::sync::Mutex::new(None);
 
-/// Orchestrator upgrade: hand everything, connections included, to `binary`.
-pub fn upgrade(server: &mut Server, binary: &Path) -> anyhow::Result<()> {
-    let t0 = Instant::now();
+/// The upgrade image: the engine's state, the listener, the lock and every connection.
+fn upgrade_image(
+    server: &Server,
+    round: u32,
+    flags: u32,
+) -> anyhow::Result<(Vec<u8>, Vec<BorrowedFd<'_>>)> {
     let mut w = ImageWriter::new(server.engine.generation(), WRITER_VERSION);
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     server
@@ -63,24 +68,241 @@ pub fn upgrade(server: &mut Server, binary: &Path) -> anyhow::Result<()> {
         .write_snapshot(&mut w, &mut fds)
         .context("Cannot write the engine's state")?;
     let mut text = settings_text(&server.settings, server.upgrades + 1, true);
+    text.push_str(&format!("last_upgrade={round} {flags}\n"));
     add_daemon_fds(server, &mut w, &mut fds, &mut text, true)?;
     w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
         .map_err(|e| anyhow!("{e}"))?;
     let image = w
         .finish()
         .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;
+    Ok((image, fds))
+}
+
+/// Orchestrator upgrade, stop and copy: hand everything, connections included, to `binary`
+/// while this server waits. The last resort of [`begin_upgrade`]'s rounds.
+pub fn upgrade(server: &mut Server, binary: &Path, round: u32) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let (image, fds) = upgrade_image(server, round, UPGRADE_STOP_AND_COPY)?;
     let written = t0.elapsed().as_secs_f64() * 1e3;
-    let channel = hand_over(binary, &image, &fds)?;
+    let (child, channel) = spawn_successor(binary, &image, &fds)?;
+    drop(fds);
+    let channel = await_verdict(child, channel, READY_TIMEOUT)?;
     info!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         image_ms = written,
-        fds = fds.len(),
         bytes = image.len(),
-        "successor ready"
+        "successor ready (stop and copy)"
     );
-    drop(fds);
     *SUCCESSOR.lock().map_err(|_| anyhow!("poisoned"))? = Some(channel);
     Ok(())
+}
+
+/// An upgrade in progress: a successor prepares itself from an image of this server's state
+/// while this server keeps serving. The image stays true as long as [`Server::epoch`] does not
+/// move; the successor's "READY" is taken only then.
+#[derive(Debug)]
+pub struct Staging {
+    /// The connection that asked for the upgrade, and its request id.
+    requester: u64,
+    id: u64,
+    binary: PathBuf,
+    /// 1 for the first successor, 2 for the next one after a change, …
+    round: u32,
+    /// [`Server::epoch`] when the image was written.
+    epoch: u64,
+    /// The handover channel, watched by the server's epoll loop.
+    pub channel: OwnedFd,
+    child: Child,
+    /// When the upgrade was asked for, and when this round's successor must have answered.
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Staging {
+    /// Milliseconds left before the successor of this round is given up on.
+    pub fn timeout_ms(&self) -> i32 {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+    }
+}
+
+/// Rounds of preparation in the background before an upgrade falls back to stop and copy.
+const STAGED_ROUNDS: u32 = 3;
+
+/// Starts an upgrade asked for by request `id` of connection `requester`: writes the image,
+/// starts `binary` on it and returns to serving. The answer is sent later, by
+/// [`on_successor`] or [`on_timeout`].
+pub fn begin_upgrade(server: &mut Server, requester: u64, id: u64, binary: PathBuf) {
+    if server.staging.is_some() {
+        server.send_reply(
+            requester,
+            id,
+            Reply::err_msg(Errno::EBUSY, "An upgrade is already in progress"),
+        );
+        return;
+    }
+    stage_round(server, requester, id, binary, 1, Instant::now());
+}
+
+fn stage_round(
+    server: &mut Server,
+    requester: u64,
+    id: u64,
+    binary: PathBuf,
+    round: u32,
+    started: Instant,
+) {
+    let t0 = Instant::now();
+    let mut image_ms = 0.0;
+    let spawned = upgrade_image(server, round, 0).and_then(|(image, fds)| {
+        image_ms = t0.elapsed().as_secs_f64() * 1e3;
+        spawn_successor(&binary, &image, &fds)
+    });
+    match spawned {
+        Ok((child, channel)) => {
+            info!(
+                round,
+                image_ms,
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                "successor started; serving while it prepares"
+            );
+            let staging = Staging {
+                requester,
+                id,
+                binary,
+                round,
+                epoch: server.epoch,
+                channel,
+                child,
+                started,
+                deadline: Instant::now() + READY_TIMEOUT,
+            };
+            if let Err(e) = server.watch_successor(&staging.channel) {
+                fail(
+                    server,
+                    staging,
+                    anyhow!("Cannot watch the handover channel: {e}"),
+                );
+                return;
+            }
+            server.staging = Some(staging);
+        }
+        Err(e) => refuse(server, requester, id, &e),
+    }
+}
+
+/// The successor of the staged upgrade said something (or went away).
+pub fn on_successor(server: &mut Server) {
+    let Some(mut staging) = server.staging.take() else {
+        return;
+    };
+    let msg = match transport::recv(staging.channel.as_fd(), false) {
+        Ok(Recv::WouldBlock) => {
+            server.staging = Some(staging);
+            return;
+        }
+        Ok(Recv::Message(m)) => m,
+        Ok(Recv::Closed) | Err(_) => {
+            let status = staging
+                .child
+                .wait()
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let e = anyhow!("The new server exited before confirming ({status})");
+            server.unwatch_successor(&staging.channel);
+            refuse(server, staging.requester, staging.id, &e);
+            return;
+        }
+    };
+    server.unwatch_successor(&staging.channel);
+    if msg.bytes != b"READY" {
+        let _ = staging.child.wait();
+        let e = anyhow!(
+            "The new server refused the image: {}",
+            String::from_utf8_lossy(&msg.bytes)
+        );
+        refuse(server, staging.requester, staging.id, &e);
+        return;
+    }
+    if staging.epoch == server.epoch {
+        // Nothing changed since the image was written: the successor is exact. Answer,
+        // let it go, and leave.
+        info!(
+            round = staging.round,
+            ms = staging.started.elapsed().as_secs_f64() * 1e3,
+            binary = %staging.binary.display(),
+            "upgrade confirmed by the new server; exiting"
+        );
+        server.send_reply(staging.requester, staging.id, Reply::ok(Vec::new()));
+        let _ = transport::send(staging.channel.as_fd(), b"GO", &[]);
+        std::mem::forget(staging.child);
+        std::process::exit(0);
+    }
+    // The state moved on while the successor prepared: its image is stale. Start over, or
+    // stop and copy after enough rounds.
+    info!(
+        round = staging.round,
+        "state changed while the successor prepared; discarding it"
+    );
+    let Staging {
+        requester,
+        id,
+        binary,
+        round,
+        started,
+        child,
+        channel,
+        ..
+    } = staging;
+    discard(server, child, channel);
+    if round < STAGED_ROUNDS {
+        stage_round(server, requester, id, binary, round + 1, started);
+        return;
+    }
+    match upgrade(server, &binary, round + 1) {
+        Ok(()) => {
+            info!(binary = %binary.display(), "upgrade confirmed by the new server; exiting");
+            server.send_reply(requester, id, Reply::ok(Vec::new()));
+            release_successor(server);
+            std::process::exit(0);
+        }
+        Err(e) => refuse(server, requester, id, &e),
+    }
+}
+
+/// The successor of the staged upgrade did not answer in time.
+pub fn on_timeout(server: &mut Server) {
+    if let Some(staging) = server.staging.take_if(|s| s.deadline <= Instant::now()) {
+        server.unwatch_successor(&staging.channel);
+        let e = anyhow!(
+            "The new server did not confirm within {} s",
+            READY_TIMEOUT.as_secs()
+        );
+        fail(server, staging, e);
+    }
+}
+
+/// Gives up on a staged successor and answers the requester with `e`.
+fn fail(server: &mut Server, staging: Staging, e: anyhow::Error) {
+    let (requester, id) = (staging.requester, staging.id);
+    discard(server, staging.child, staging.channel);
+    refuse(server, requester, id, &e);
+}
+
+/// Ends a successor that will not be used; it is reaped later, without waiting here.
+fn discard(server: &mut Server, mut child: Child, channel: OwnedFd) {
+    let _ = child.kill();
+    drop(channel);
+    server.reap_later(child);
+}
+
+fn refuse(server: &mut Server, requester: u64, id: u64, e: &anyhow::Error) {
+    warn!(error = %format!("{e:#}"), "upgrade refused; this server keeps running");
+    server.send_reply(
+        requester,
+        id,
+        Reply::err_msg(Errno::EAGAIN, &format!("{e:#}")),
+    );
 }
 
 /// Reboot emulation: freeze every outgoing session, hand them (and only them) to a fresh
@@ -104,7 +326,9 @@ pub fn reboot(server: &mut Server) -> anyhow::Result<()> {
         let image = w
             .finish()
             .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;
-        hand_over(&server.settings.binary, &image, &fds)
+        let (child, channel) = spawn_successor(&server.settings.binary, &image, &fds)?;
+        drop(fds);
+        await_verdict(child, channel, READY_TIMEOUT)
     })();
     match result {
         Ok(channel) => {
@@ -215,9 +439,13 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Starts `binary --takeover` with `fds` inherited, tells it where the image is, and waits for
-/// its verdict.
-fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Result<OwnedFd> {
+/// Starts `binary --takeover` with `fds` inherited and tells it where the image is. Returns at
+/// once; the verdict arrives on the returned channel.
+fn spawn_successor(
+    binary: &Path,
+    image: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> anyhow::Result<(Child, OwnedFd)> {
     let memfd = rustix::fs::memfd_create(
         "luod-image",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -235,6 +463,7 @@ fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Res
         SocketFlags::CLOEXEC,
         None,
     )?;
+    info!(bytes = image.len(), "image sealed in a memfd");
     let mut inherit: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     inherit.push(memfd.as_raw_fd());
     inherit.push(theirs.as_raw_fd());
@@ -278,21 +507,31 @@ fn hand_over(binary: &Path, image: &[u8], fds: &[BorrowedFd<'_>]) -> anyhow::Res
         }
         bail!("The new server exited before confirming ({status}; {e})");
     }
+    Ok((child, ours))
+}
+
+/// Waits up to `timeout` for the successor's verdict on `channel`: the channel back on
+/// "READY", the reason otherwise.
+fn await_verdict(
+    mut child: Child,
+    ours: OwnedFd,
+    timeout: std::time::Duration,
+) -> anyhow::Result<OwnedFd> {
     let mut pfd = [rustix::event::PollFd::new(
         &ours,
         rustix::event::PollFlags::IN,
     )];
-    let timeout = rustix::event::Timespec {
-        tv_sec: i64::from(READY_TIMEOUT_MS / 1000),
+    let limit = rustix::event::Timespec {
+        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
-    let ready = rustix::event::poll(&mut pfd, Some(&timeout)).unwrap_or(0);
+    let ready = rustix::event::poll(&mut pfd, Some(&limit)).unwrap_or(0);
     if ready == 0 {
         let _ = child.kill();
         let _ = child.wait();
         bail!(
             "The new server did not confirm within {} s",
-            READY_TIMEOUT_MS / 1000
+            timeout.as_secs()
         );
     }
     match transport::recv(ours.as_fd(), true) {
@@ -487,9 +726,17 @@ pub fn takeover(adopted: Adopted, signals: OwnedFd, fd_limit: u64) -> anyhow::Re
     }
 }
 
-/// Blocks until the predecessor says "GO" or goes away.
-pub fn wait_go(channel: &OwnedFd) {
-    let _ = transport::recv(channel.as_fd(), true);
+/// Blocks until the predecessor says "GO". Anything else (it went away, or discarded this
+/// successor because its state moved on) means this process must not serve.
+pub fn wait_go(channel: &OwnedFd) -> anyhow::Result<()> {
+    match transport::recv(channel.as_fd(), true) {
+        Ok(Recv::Message(m)) if m.bytes == b"GO" => Ok(()),
+        Ok(Recv::Message(m)) => bail!(
+            "The predecessor kept serving ({})",
+            String::from_utf8_lossy(&m.bytes)
+        ),
+        _ => bail!("The predecessor went away without handing over; not serving"),
+    }
 }
 
 fn build_successor(
@@ -523,6 +770,7 @@ fn build_successor(
         pids: Vec::new(),
     };
     let mut upgrades = 0;
+    let mut last_upgrade = (0, 0);
     let mut listener = None;
     let mut lock = None;
     let mut conns = Vec::new();
@@ -538,6 +786,10 @@ fn build_successor(
             "socket" => settings.socket = v.into(),
             "binary" => settings.binary = v.into(),
             "upgrades" => upgrades = v.parse()?,
+            "last_upgrade" => {
+                let (r, f) = v.split_once(' ').context("Malformed last_upgrade")?;
+                last_upgrade = (r.parse()?, f.parse()?);
+            }
             "pids" => {
                 settings.pids = v
                     .split(',')
@@ -576,6 +828,7 @@ fn build_successor(
     let lock = lock.context("No lock in the image")?;
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
     server.upgrades = upgrades;
+    server.last_upgrade = last_upgrade;
     for (fd, code, cred, dir, name) in conns {
         let kind = match code {
             0 => Kind::Control,

@@ -362,6 +362,129 @@ fn upgrade_to_a_missing_or_refusing_binary_leaves_the_old_luod_serving() {
     assert_eq!(pread_all(back.retrieve(1).expect("fd"), 0, 6), b"intact");
 }
 
+/// A wrapper around luod that records each start in `starts` and waits `delay` before
+/// becoming the real luod (the descriptors luod inherits pass through bash's exec).
+fn slow_luod(dir: &Path, delay: &str) -> (PathBuf, PathBuf) {
+    let starts = dir.join("starts");
+    let wrapper = dir.join("slow-luod.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\necho start >> '{}'\nsleep {delay}\nexec '{}' \"$@\"\n",
+            starts.display(),
+            common::luod_binary().display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    (wrapper, starts)
+}
+
+/// Waits until `starts` has `n` lines.
+fn wait_starts(starts: &Path, n: usize) {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let seen = std::fs::read_to_string(starts)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if seen >= n {
+            assert_eq!(seen, n, "more successors started than expected");
+            return;
+        }
+        assert!(Instant::now() < deadline, "successor {n} did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn upgrade_prepares_the_successor_while_serving_and_redoes_it_when_the_state_moves() {
+    let luod = Luod::start("upgrade-staged");
+    let (wrapper, starts) = slow_luod(&luod.dir, "0.6");
+    let first = luod.status();
+    let dev = luod.device();
+    let s = dev.create_session("moving").expect("create");
+    s.preserve(memfd_with("m0", b"before"), 0)
+        .expect("preserve");
+
+    // Upgrade 1: one change while the first successor prepares.
+    let socket = luod.socket.clone();
+    let target = wrapper.clone();
+    let upgrade = std::thread::spawn(move || {
+        Control::connect_at(&socket)
+            .expect("connect")
+            .upgrade(Some(&target))
+    });
+    wait_starts(&starts, 1);
+    // The old server keeps serving while its successor prepares…
+    let during = luod.status();
+    assert_eq!(during.pid, first.pid, "the old server answers meanwhile");
+    assert_eq!(
+        errno(luod.control().upgrade(None)),
+        Errno::EBUSY,
+        "a second upgrade while one is in progress"
+    );
+    // …and a change it makes is not lost: that successor is discarded and another prepares.
+    s.preserve(memfd_with("m1", b"during round 1"), 1)
+        .expect("preserve while the successor prepares");
+    upgrade
+        .join()
+        .expect("upgrade thread")
+        .unwrap_or_else(|e| panic!("upgrade: {e}\n{}", luod.log_text()));
+    wait_starts(&starts, 2);
+    let after = luod.status();
+    assert_ne!(after.pid, first.pid);
+    assert_eq!(after.upgrades, 1);
+    assert_eq!(
+        (after.last_upgrade_rounds, after.last_upgrade_stop_and_copy),
+        (2, false),
+        "the second successor, prepared while serving, took over"
+    );
+    assert_eq!(after.files, 2);
+
+    // Upgrade 2: a change during every round; after three rounds the old server stops and
+    // copies, and still loses nothing.
+    let socket = luod.socket.clone();
+    let target = wrapper.clone();
+    let upgrade = std::thread::spawn(move || {
+        Control::connect_at(&socket)
+            .expect("connect")
+            .upgrade(Some(&target))
+    });
+    for round in 1..=3u64 {
+        wait_starts(&starts, 2 + round as usize);
+        let text = format!("during upgrade 2 round {round}");
+        s.preserve(memfd_with("mr", text.as_bytes()), 1 + round)
+            .expect("preserve while a successor prepares");
+    }
+    upgrade
+        .join()
+        .expect("upgrade thread")
+        .unwrap_or_else(|e| panic!("upgrade: {e}\n{}", luod.log_text()));
+    wait_starts(&starts, 6);
+    let last = luod.status();
+    assert_ne!(last.pid, after.pid);
+    assert_eq!(last.upgrades, 2);
+    assert_eq!(
+        (last.last_upgrade_rounds, last.last_upgrade_stop_and_copy),
+        (4, true)
+    );
+    assert_eq!(last.files, 5);
+    // Every file preserved during the rounds crossed both upgrades.
+    s.handoff().expect("handoff");
+    let back = dev.retrieve_session("moving").expect("retrieve");
+    assert_eq!(pread_all(back.retrieve(0).expect("fd 0"), 0, 6), b"before");
+    assert_eq!(
+        pread_all(back.retrieve(1).expect("fd 1"), 0, 14),
+        b"during round 1"
+    );
+    for round in 1..=3u64 {
+        let text = format!("during upgrade 2 round {round}");
+        let fd = back.retrieve(1 + round).expect("fd of a round");
+        assert_eq!(pread_all(fd, 0, text.len()), text.as_bytes());
+    }
+    back.finish().expect("finish");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Reboot emulation.
 

@@ -32,7 +32,7 @@ const SMALL: u64 = 16 << 20;
 /// Its token (in session 0).
 const BIG_TOKEN: u64 = 1 << 40;
 /// Upgrades per run.
-const UPGRADES: usize = 3;
+const UPGRADES: usize = 5;
 /// Steady-state STATUS traffic before and after each upgrade.
 const SETTLE: Duration = Duration::from_millis(300);
 /// PRESERVE_FD calls of the RPC benchmark (and PINGs of its baseline).
@@ -214,6 +214,11 @@ impl Drop for Daemon {
 struct Run {
     blackouts: Vec<Duration>,
     calls: Vec<Duration>,
+    /// Per upgrade: the longest wait between two STATUS answers of the old server while the
+    /// upgrade call was open (the old server's own pause: image, start of the successor).
+    stalls: Vec<Duration>,
+    /// Per upgrade: successors started, and whether it fell back to stop and copy.
+    rounds: Vec<(u32, bool)>,
     steady_gaps: Vec<Duration>,
     sessions: usize,
     fds: usize,
@@ -451,15 +456,23 @@ fn load_and_upgrade(daemon: &mut Daemon, big_len: u64) -> Result<Run> {
         thread::spawn(move || hammer(hammer_control, epoch, stop))
     };
     let mut pids = Vec::new();
+    let mut windows: Vec<(Duration, Duration)> = Vec::new();
     let upgrades = (|| -> Result<()> {
         let admin = controls.first().ok_or("no control connection")?;
         for _ in 0..UPGRADES {
             thread::sleep(SETTLE);
             let old = admin.status()?.pid;
             let t = Instant::now();
+            let opened = epoch.elapsed();
             admin.upgrade(None)?;
             run.calls.push(t.elapsed());
-            let new = daemon.control()?.status()?.pid;
+            windows.push((opened, epoch.elapsed()));
+            let status = daemon.control()?.status()?;
+            run.rounds.push((
+                status.last_upgrade_rounds,
+                status.last_upgrade_stop_and_copy,
+            ));
+            let new = status.pid;
             check(new != old, || {
                 format!("still served by {old} after the upgrade")
             })?;
@@ -477,11 +490,15 @@ fn load_and_upgrade(daemon: &mut Daemon, big_len: u64) -> Result<Run> {
         .map_err(|e| format!("STATUS failed: {e}"))?;
     upgrades?;
 
+    run.stalls = vec![Duration::ZERO; windows.len()];
     for pair in samples.windows(2) {
         if let [(t0, p0), (t1, p1)] = pair {
             let gap = t1.saturating_sub(*t0);
             if p0 == p1 {
-                run.steady_gaps.push(gap);
+                match windows.iter().position(|(a, b)| t1 > a && t0 < b) {
+                    Some(i) => run.stalls[i] = run.stalls[i].max(gap),
+                    None => run.steady_gaps.push(gap),
+                }
             } else {
                 check(pids.contains(&(*p0, *p1)), || {
                     format!("STATUS answered by {p0} then {p1}, which is no upgrade")
@@ -497,10 +514,13 @@ fn load_and_upgrade(daemon: &mut Daemon, big_len: u64) -> Result<Run> {
         )
     })?;
     eprintln!(
-        "upgrade: {} STATUS answers; blackouts {:?} ms; upgrade calls {:?} ms",
+        "upgrade: {} STATUS answers; blackouts {:?} ms; old server's stalls {:?} ms; upgrade \
+         calls {:?} ms; successors started (stop and copy) {:?}",
         samples.len(),
         run.blackouts.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-        run.calls.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+        run.stalls.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        run.calls.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        run.rounds
     );
     verify_contents(&device, &sessions, preserved, big_len)?;
     drop(sessions);
@@ -641,6 +661,27 @@ fn run_all(luod: &Path, dir: &Path) -> Result<()> {
     put(
         "upgrade_blackout_ratio",
         ratio(blackout.as_secs_f64(), blackout_small.as_secs_f64()),
+    );
+    put("upgrade_stall_ms", ms(median(&large.stalls)));
+    put("upgrade_stall_max_ms", ms(max(&large.stalls)));
+    put(
+        "upgrade_rounds_max",
+        large
+            .rounds
+            .iter()
+            .chain(&small.rounds)
+            .map(|r| r.0)
+            .max()
+            .unwrap_or(0),
+    );
+    put(
+        "upgrade_stop_and_copy",
+        large
+            .rounds
+            .iter()
+            .chain(&small.rounds)
+            .filter(|r| r.1)
+            .count(),
     );
     put("upgrade_call_ms", ms(median(&large.calls)));
     put("upgrade_status_gap_ms", ms(median(&large.steady_gaps)));

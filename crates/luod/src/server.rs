@@ -111,7 +111,7 @@ pub struct Server {
     /// The upgrade in progress, if any.
     pub staging: Option<crate::takeover::Staging>,
     /// Discarded successors not yet reaped.
-    zombies: Vec<std::process::Child>,
+    zombies: Vec<crate::takeover::Successor>,
     reaping: bool,
 }
 
@@ -254,14 +254,13 @@ impl Server {
     }
 
     /// Keeps a discarded successor until it has exited.
-    pub fn reap_later(&mut self, child: std::process::Child) {
+    pub fn reap_later(&mut self, child: crate::takeover::Successor) {
         self.zombies.push(child);
     }
 
     fn reap_zombies(&mut self) {
         if !self.zombies.is_empty() {
-            self.zombies
-                .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+            self.zombies.retain(|c| !c.try_reap());
         }
     }
 

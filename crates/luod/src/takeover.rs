@@ -27,9 +27,7 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail, ensure};
@@ -86,7 +84,7 @@ pub fn upgrade(server: &mut Server, binary: &Path, round: u32) -> anyhow::Result
     let written = t0.elapsed().as_secs_f64() * 1e3;
     let (child, channel) = spawn_successor(binary, &image, &fds)?;
     drop(fds);
-    let channel = await_verdict(child, channel, READY_TIMEOUT)?;
+    let channel = await_verdict(binary, child, channel, READY_TIMEOUT)?;
     info!(
         ms = t0.elapsed().as_secs_f64() * 1e3,
         image_ms = written,
@@ -112,7 +110,7 @@ pub struct Staging {
     epoch: u64,
     /// The handover channel, watched by the server's epoll loop.
     pub channel: OwnedFd,
-    child: Child,
+    child: Successor,
     /// When the upgrade was asked for, and when this round's successor must have answered.
     started: Instant,
     deadline: Instant,
@@ -193,7 +191,7 @@ fn stage_round(
 
 /// The successor of the staged upgrade said something (or went away).
 pub fn on_successor(server: &mut Server) {
-    let Some(mut staging) = server.staging.take() else {
+    let Some(staging) = server.staging.take() else {
         return;
     };
     let msg = match transport::recv(staging.channel.as_fd(), false) {
@@ -203,11 +201,7 @@ pub fn on_successor(server: &mut Server) {
         }
         Ok(Recv::Message(m)) => m,
         Ok(Recv::Closed) | Err(_) => {
-            let status = staging
-                .child
-                .wait()
-                .map(|s| s.to_string())
-                .unwrap_or_default();
+            let status = staging.child.wait();
             let e = anyhow!("The new server exited before confirming ({status})");
             server.unwatch_successor(&staging.channel);
             refuse(server, staging.requester, staging.id, &e);
@@ -216,11 +210,8 @@ pub fn on_successor(server: &mut Server) {
     };
     server.unwatch_successor(&staging.channel);
     if msg.bytes != b"READY" {
-        let _ = staging.child.wait();
-        let e = anyhow!(
-            "The new server refused the image: {}",
-            String::from_utf8_lossy(&msg.bytes)
-        );
+        staging.child.wait();
+        let e = refusal(&staging.binary, &msg.bytes);
         refuse(server, staging.requester, staging.id, &e);
         return;
     }
@@ -233,9 +224,12 @@ pub fn on_successor(server: &mut Server) {
             binary = %staging.binary.display(),
             "upgrade confirmed by the new server; exiting"
         );
-        server.send_reply(staging.requester, staging.id, Reply::ok(Vec::new()));
+        // The successor first: from here on it serves. Then the answer (the requester waits
+        // on its connection and sends nothing else meanwhile), at the lowest priority, so
+        // that this process's exit (closing every descriptor) does not take a CPU from it.
         let _ = transport::send(staging.channel.as_fd(), b"GO", &[]);
-        std::mem::forget(staging.child);
+        let _ = rustix::process::setpriority_process(None, 19);
+        server.send_reply(staging.requester, staging.id, Reply::ok(Vec::new()));
         std::process::exit(0);
     }
     // The state moved on while the successor prepared: its image is stale. Start over, or
@@ -290,8 +284,8 @@ fn fail(server: &mut Server, staging: Staging, e: anyhow::Error) {
 }
 
 /// Ends a successor that will not be used; it is reaped later, without waiting here.
-fn discard(server: &mut Server, mut child: Child, channel: OwnedFd) {
-    let _ = child.kill();
+fn discard(server: &mut Server, child: Successor, channel: OwnedFd) {
+    child.kill();
     drop(channel);
     server.reap_later(child);
 }
@@ -328,7 +322,7 @@ pub fn reboot(server: &mut Server) -> anyhow::Result<()> {
             .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;
         let (child, channel) = spawn_successor(&server.settings.binary, &image, &fds)?;
         drop(fds);
-        await_verdict(child, channel, READY_TIMEOUT)
+        await_verdict(&server.settings.binary, child, channel, READY_TIMEOUT)
     })();
     match result {
         Ok(channel) => {
@@ -439,13 +433,78 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Starts `binary --takeover` with `fds` inherited and tells it where the image is. Returns at
-/// once; the verdict arrives on the returned channel.
+/// A started successor process, which this server may still have to stop and reap. Its
+/// parent is this server; once this server exits it is reparented.
+#[derive(Debug)]
+pub struct Successor {
+    pid: rustix::process::Pid,
+}
+
+impl Successor {
+    fn kill(&self) {
+        let _ = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
+    }
+
+    /// Waits for it to exit and says how it did.
+    fn wait(&self) -> String {
+        loop {
+            match rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::empty()) {
+                Ok(Some((_, status))) => return describe(status),
+                Ok(None) => return String::new(),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return format!("cannot wait for it: {e}"),
+            }
+        }
+    }
+
+    /// Reaps it if it has exited; true once it is gone.
+    pub fn try_reap(&self) -> bool {
+        !matches!(
+            rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::NOHANG),
+            Ok(None)
+        )
+    }
+}
+
+fn describe(status: rustix::process::WaitStatus) -> String {
+    if let Some(code) = status.exit_status() {
+        format!("exit status: {code}")
+    } else if let Some(sig) = status.terminating_signal() {
+        format!("signal: {sig}")
+    } else {
+        format!("wait status {:#x}", status.as_raw())
+    }
+}
+
+/// First bytes of the message a child whose exec failed leaves on the channel, followed by
+/// the errno (4 bytes, little endian).
+const EXEC_FAILED: &[u8] = b"EXEC-FAILED ";
+
+/// The error for a successor's message other than "READY".
+fn refusal(binary: &Path, bytes: &[u8]) -> anyhow::Error {
+    if let Some(errno) = bytes
+        .strip_prefix(EXEC_FAILED)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+    {
+        let e = std::io::Error::from_raw_os_error(i32::from_le_bytes(errno));
+        return anyhow!("Cannot start {}: {e}", binary.display());
+    }
+    anyhow!(
+        "The new server refused the image: {}",
+        String::from_utf8_lossy(bytes)
+    )
+}
+
+/// Starts `binary --takeover` with `fds` inherited and tells it where the image is. Returns
+/// right after the fork: this server does not wait for the child's exec (the child clears
+/// close-on-exec on one descriptor after another, which takes milliseconds with thousands of
+/// them); a failed exec is reported on the channel.
 fn spawn_successor(
     binary: &Path,
     image: &[u8],
     fds: &[BorrowedFd<'_>],
-) -> anyhow::Result<(Child, OwnedFd)> {
+) -> anyhow::Result<(Successor, OwnedFd)> {
+    use std::os::unix::ffi::OsStrExt;
     let memfd = rustix::fs::memfd_create(
         "luod-image",
         MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -463,47 +522,77 @@ fn spawn_successor(
         SocketFlags::CLOEXEC,
         None,
     )?;
-    info!(bytes = image.len(), "image sealed in a memfd");
+    let devnull = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
     let mut inherit: Vec<i32> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     inherit.push(memfd.as_raw_fd());
     inherit.push(theirs.as_raw_fd());
-    let mut cmd = Command::new(binary);
-    cmd.arg("--takeover")
-        .arg(theirs.as_raw_fd().to_string())
-        .stdin(Stdio::null());
-    // SAFETY: the closure runs in the forked child between fork and exec. It only reads the
-    // vector allocated before the fork and makes fcntl system calls (async-signal-safe, through
-    // rustix's raw syscalls) on descriptor numbers that are open in the child, since the child
-    // inherited the parent's whole table; it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            for &raw in &inherit {
-                let fd = BorrowedFd::borrow_raw(raw);
-                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            }
-            Ok(())
-        });
-    }
+    // Everything the child needs is made before the fork: it allocates nothing.
+    let path = std::ffi::CString::new(binary.as_os_str().as_bytes())
+        .with_context(|| format!("Cannot start {}: NUL in the path", binary.display()))?;
+    let channel_arg = std::ffi::CString::new(theirs.as_raw_fd().to_string())?;
+    let argv = [
+        path.as_ptr(),
+        c"--takeover".as_ptr(),
+        channel_arg.as_ptr(),
+        std::ptr::null(),
+    ];
+    let (theirs_raw, devnull_raw) = (theirs.as_raw_fd(), devnull.as_raw_fd());
     let t_spawn = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("Cannot start {}", binary.display()))?;
+    // SAFETY: luod is single-threaded, so the child is a full copy with no lock held by another
+    // thread. The child only makes system calls (fcntl, dup2, execv, send, _exit: all
+    // async-signal-safe) on descriptor numbers open in it (it inherited the whole table) and
+    // on memory prepared above, and leaves with execv or _exit, never returning into Rust.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; this is the child, which never returns from this block.
+        unsafe {
+            let mut failed = 0;
+            for &raw in &inherit {
+                if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                    failed = *libc::__errno_location();
+                }
+            }
+            if failed == 0 && libc::dup2(devnull_raw, 0) == 0 {
+                libc::execv(path.as_ptr(), argv.as_ptr());
+                failed = *libc::__errno_location();
+            }
+            let mut msg = [0u8; EXEC_FAILED.len() + 4];
+            msg[..EXEC_FAILED.len()].copy_from_slice(EXEC_FAILED);
+            msg[EXEC_FAILED.len()..].copy_from_slice(&failed.to_le_bytes());
+            libc::send(
+                theirs_raw,
+                msg.as_ptr().cast(),
+                msg.len(),
+                libc::MSG_NOSIGNAL,
+            );
+            libc::_exit(127);
+        }
+    }
+    let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| {
+        anyhow!(
+            "Cannot start {}: {}",
+            binary.display(),
+            std::io::Error::last_os_error()
+        )
+    })?;
+    let child = Successor { pid };
     info!(
         ms = t_spawn.elapsed().as_secs_f64() * 1e3,
-        "successor spawned"
+        "successor forked"
     );
-    drop(theirs);
+    drop((theirs, devnull));
     let header = format!("IMAGE {}", memfd.as_raw_fd());
     if let Err(e) = transport::send(ours.as_fd(), header.as_bytes(), &[]) {
         // Usually the new binary already exited (EPIPE). If it said why before exiting, that
         // is the answer; otherwise report how it exited, as when it exits later.
-        let _ = child.kill();
-        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        child.kill();
+        let status = child.wait();
         if let Ok(Recv::Message(m)) = transport::recv(ours.as_fd(), false) {
-            bail!(
-                "The new server refused the image: {}",
-                String::from_utf8_lossy(&m.bytes)
-            );
+            return Err(refusal(binary, &m.bytes));
         }
         bail!("The new server exited before confirming ({status}; {e})");
     }
@@ -513,7 +602,8 @@ fn spawn_successor(
 /// Waits up to `timeout` for the successor's verdict on `channel`: the channel back on
 /// "READY", the reason otherwise.
 fn await_verdict(
-    mut child: Child,
+    binary: &Path,
+    child: Successor,
     ours: OwnedFd,
     timeout: std::time::Duration,
 ) -> anyhow::Result<OwnedFd> {
@@ -527,8 +617,8 @@ fn await_verdict(
     };
     let ready = rustix::event::poll(&mut pfd, Some(&limit)).unwrap_or(0);
     if ready == 0 {
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill();
+        child.wait();
         bail!(
             "The new server did not confirm within {} s",
             timeout.as_secs()
@@ -541,14 +631,11 @@ fn await_verdict(
             Ok(ours)
         }
         Ok(Recv::Message(m)) => {
-            let _ = child.wait();
-            bail!(
-                "The new server refused the image: {}",
-                String::from_utf8_lossy(&m.bytes)
-            )
+            child.wait();
+            Err(refusal(binary, &m.bytes))
         }
         _ => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let status = child.wait();
             bail!("The new server exited before confirming ({status})")
         }
     }

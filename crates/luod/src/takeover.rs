@@ -10,20 +10,35 @@
 //!  exactly the descriptors the image lists, the
 //!  image memfd and one end of a socket pair;
 //!  exec `luod --takeover FD`                     --> "IMAGE <memfd number>" arrives;
-//!                                                    validate the image; adopt every listed
+//!  (upgrade: back to serving clients)                validate the image; adopt every listed
 //!                                                    descriptor (number and type checked),
 //!                                                    close any other; restore the engine,
 //!                                                    rebuild connections
 //!                                  <-- "READY" (or the reason it refuses, then exits)
-//!  answer the requester; send "GO"; exit         --> start serving
+//!  upgrade: has anything the image records
+//!  changed since it was written? if so, kill
+//!  the successor and start another one (at most
+//!  three rounds, then stop and copy)
+//!  send "GO"; answer the requester; exit         --> start serving
 //! ```
 //!
 //! No descriptor is copied or sent: they are inherited across the exec, under the numbers the
 //! image's fd table records.
 //!
-//! Until "READY" arrives the old server owns everything: if the successor cannot be started,
-//! refuses the image, or dies, the old one unfreezes (for a reboot) and keeps serving. The
-//! successor serves nothing until "GO" (or until the old server's end closes).
+//! **Preparing while serving.** For an upgrade the old server does not wait for the successor:
+//! after the fork it goes back to its loop and keeps answering while the successor adopts,
+//! validates and restores (the slow part: tens of milliseconds with thousands of descriptors).
+//! Every request that is not read-only, and every connection opened or closed, moves
+//! [`Server::epoch`]; the successor's "READY" is taken only if the epoch is still the one the
+//! image was written at, so the successor is an exact copy of the server at the moment it
+//! takes over, and the pause clients see is the "GO" exchange alone. Otherwise the successor
+//! is killed and another one prepares from a new image; after three such rounds the old server
+//! stops serving until the next successor is ready (stop and copy), which always converges.
+//! A reboot is always stop and copy: it freezes every session first.
+//!
+//! Until "GO" the old server owns everything: if the successor cannot be started, refuses the
+//! image, or dies, the old one unfreezes (for a reboot) and keeps serving. The successor serves
+//! nothing until "GO"; if the old server goes away without sending it, the successor exits.
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -625,11 +640,8 @@ fn await_verdict(
         );
     }
     match transport::recv(ours.as_fd(), true) {
-        Ok(Recv::Message(m)) if m.bytes == b"READY" => {
-            // Reaped by init once we exit; never waited for here.
-            std::mem::forget(child);
-            Ok(ours)
-        }
+        // Reaped by whoever adopts it once this server exits; never waited for here.
+        Ok(Recv::Message(m)) if m.bytes == b"READY" => Ok(ours),
         Ok(Recv::Message(m)) => {
             child.wait();
             Err(refusal(binary, &m.bytes))

@@ -153,7 +153,7 @@ impl Daemon {
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
     /// Waits for process `pid` (which has exited or is exiting) and reaps it.

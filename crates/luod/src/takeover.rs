@@ -74,20 +74,29 @@ fn upgrade_image(
     round: u32,
     flags: u32,
 ) -> anyhow::Result<(Vec<u8>, Vec<BorrowedFd<'_>>)> {
+    let t0 = Instant::now();
     let mut w = ImageWriter::new(server.engine.generation(), WRITER_VERSION);
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     server
         .engine
         .write_snapshot(&mut w, &mut fds)
         .context("Cannot write the engine's state")?;
+    let t1 = Instant::now();
     let mut text = settings_text(&server.settings, server.upgrades + 1, true);
     text.push_str(&format!("last_upgrade={round} {flags}\n"));
     add_daemon_fds(server, &mut w, &mut fds, &mut text, true)?;
     w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
         .map_err(|e| anyhow!("{e}"))?;
+    let t2 = Instant::now();
     let image = w
         .finish()
         .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;
+    tracing::debug!(
+        engine_ms = (t1 - t0).as_secs_f64() * 1e3,
+        daemon_ms = (t2 - t1).as_secs_f64() * 1e3,
+        layout_ms = t2.elapsed().as_secs_f64() * 1e3,
+        "image written"
+    );
     Ok((image, fds))
 }
 
@@ -412,33 +421,42 @@ fn add_daemon_fds<'a>(
             let index = add(conn.fd.as_fd(), Some(S_IFSOCK))?;
             let (owner_dir, name) = match conn.kind {
                 Kind::Session(id) => {
-                    let info = server
+                    let dir = server
                         .engine
-                        .session_info(id)
+                        .direction(id)
                         .context("session of a connection")?;
-                    let dir = if info.direction == Direction::Outgoing {
-                        "out"
-                    } else {
-                        "in"
-                    };
-                    (dir, hex(&info.name))
+                    let name = server
+                        .engine
+                        .session_name(id)
+                        .context("session of a connection")?;
+                    (if dir == Direction::Outgoing { "out" } else { "in" }, name)
                 }
-                _ => ("-", String::new()),
+                _ => ("-", &[][..]),
             };
-            text.push_str(&format!(
-                "conn={index} {} {} {} {} {owner_dir} {name}\n",
+            use std::fmt::Write as _;
+            let _ = write!(
+                text,
+                "conn={index} {} {} {} {} {owner_dir} ",
                 conn.kind.code(),
                 conn.cred.pid,
                 conn.cred.uid,
                 conn.cred.gid
-            ));
+            );
+            push_hex(text, name);
+            text.push('\n');
         }
     }
     Ok(())
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// Appends `b` in lowercase hex.
+fn push_hex(text: &mut String, b: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    text.reserve(b.len() * 2);
+    for &x in b {
+        text.push(char::from(DIGITS[usize::from(x >> 4)]));
+        text.push(char::from(DIGITS[usize::from(x & 15)]));
+    }
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

@@ -387,6 +387,11 @@ impl Server {
         match after {
             After::Nothing => {}
             After::Upgrade(path) => crate::takeover::begin_upgrade(self, key, id, path),
+            After::Reboot if self.staging.is_some() => self.send_reply(
+                key,
+                id,
+                Reply::err_msg(Errno::EBUSY, "An upgrade is in progress"),
+            ),
             After::Reboot => {
                 let reply = match crate::takeover::reboot(self) {
                     Ok(()) => {
@@ -412,6 +417,7 @@ impl Server {
         };
         self.epoch += 1;
         let _ = epoll::delete(&self.epoll, &conn.fd);
+        crate::takeover::requester_gone(self, key);
         match conn.kind {
             Kind::Device => {
                 if self.devices.get(&conn.cred.uid) == Some(&key) {

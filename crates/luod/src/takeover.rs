@@ -300,6 +300,19 @@ pub fn on_timeout(server: &mut Server) {
     }
 }
 
+/// Connection `key` closed: if it asked for the upgrade in progress, the upgrade is cancelled
+/// (nobody waits for its answer any more; closing `luoctl upgrade` stops it).
+pub fn requester_gone(server: &mut Server, key: u64) {
+    if let Some(staging) = server.staging.take_if(|s| s.requester == key) {
+        server.unwatch_successor(&staging.channel);
+        info!(
+            round = staging.round,
+            "the upgrade's requester went away; upgrade cancelled"
+        );
+        discard(server, staging.child, staging.channel);
+    }
+}
+
 /// Gives up on a staged successor and answers the requester with `e`.
 fn fail(server: &mut Server, staging: Staging, e: anyhow::Error) {
     let (requester, id) = (staging.requester, staging.id);
@@ -429,7 +442,14 @@ fn add_daemon_fds<'a>(
                         .engine
                         .session_name(id)
                         .context("session of a connection")?;
-                    (if dir == Direction::Outgoing { "out" } else { "in" }, name)
+                    (
+                        if dir == Direction::Outgoing {
+                            "out"
+                        } else {
+                            "in"
+                        },
+                        name,
+                    )
                 }
                 _ => ("-", &[][..]),
             };

@@ -16,6 +16,7 @@ use common::{
     pattern_at, pread_all, pwrite_all, role_command, say,
 };
 use luo_abi::Errno;
+use luo_abi::wire::Op;
 use luo_client::{Control, Device};
 
 /// Children run through this test; in the parent it does nothing.
@@ -423,6 +424,11 @@ fn upgrade_prepares_the_successor_while_serving_and_redoes_it_when_the_state_mov
         Errno::EBUSY,
         "a second upgrade while one is in progress"
     );
+    assert_eq!(
+        errno(luod.control().reboot()),
+        Errno::EBUSY,
+        "a reboot while an upgrade is in progress"
+    );
     // …and a change it makes is not lost: that successor is discarded and another prepares.
     s.preserve(memfd_with("m1", b"during round 1"), 1)
         .expect("preserve while the successor prepares");
@@ -483,6 +489,45 @@ fn upgrade_prepares_the_successor_while_serving_and_redoes_it_when_the_state_mov
         assert_eq!(pread_all(fd, 0, text.len()), text.as_bytes());
     }
     back.finish().expect("finish");
+}
+
+#[test]
+fn an_upgrade_whose_requester_goes_away_is_cancelled() {
+    let luod = Luod::start("upgrade-cancel");
+    let (wrapper, starts) = slow_luod(&luod.dir, "0.3");
+    let first = luod.status();
+    let dev = luod.device();
+    let s = dev.create_session("kept").expect("create");
+    s.preserve(memfd_with("k", b"kept"), 7).expect("preserve");
+    // Ask for the upgrade on a raw connection and hang up without waiting for the answer.
+    let raw = common::Raw::connect(&luod.socket);
+    let path = wrapper.to_str().expect("UTF-8 path").as_bytes();
+    raw.send(&common::message(Op::Upgrade as u32, 1, path), &[]);
+    wait_starts(&starts, 1);
+    drop(raw);
+    // Long after that successor would have been ready, the old server still serves, alone:
+    // no second round was started.
+    std::thread::sleep(Duration::from_millis(800));
+    let st = luod.status();
+    assert_eq!((st.pid, st.upgrades), (first.pid, 0));
+    assert_eq!(
+        std::fs::read_to_string(&starts)
+            .expect("starts")
+            .lines()
+            .count(),
+        1
+    );
+    assert!(
+        luod.log_text().contains("upgrade cancelled"),
+        "{}",
+        luod.log_text()
+    );
+    // A later upgrade works, and the session crossed it.
+    luod.control().upgrade(Some(&wrapper)).expect("upgrade");
+    let st = luod.status();
+    assert_ne!(st.pid, first.pid);
+    assert_eq!(st.last_upgrade_rounds, 1);
+    assert_eq!(s.name().expect("session still served"), "kept");
 }
 
 // ---------------------------------------------------------------------------------------------

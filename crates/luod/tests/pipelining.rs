@@ -283,3 +283,63 @@ fn unread_replies_carrying_descriptors_wait_in_the_outbox_and_arrive_in_order() 
     }));
     assert_serving(&luod.socket);
 }
+
+/// Replies waiting in an outbox cannot travel in the handover image: before an upgrade luod
+/// gives them a second to leave, then closes the connection that does not take them, so its
+/// client sees the end of the connection instead of waiting forever for a reply. The upgrade
+/// itself and every other client go on.
+#[test]
+fn an_upgrade_closes_a_connection_whose_replies_cannot_be_delivered() {
+    let luod = Luod::start("outbox-upgrade");
+    let first = luod.status().pid;
+    let greedy = Raw::connect(&luod.socket);
+    rustix::net::sockopt::set_socket_timeout(
+        &greedy.fd,
+        rustix::net::sockopt::Timeout::Send,
+        Some(Duration::from_millis(200)),
+    )
+    .expect("SO_SNDTIMEO");
+    let mut sent = 0u64;
+    while sent < 5_000 {
+        let status = message(Op::Status as u32, sent + 1, &[]);
+        if luo_client::transport::send(greedy.fd.as_fd(), &status, &[]).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(
+        common::eventually(Duration::from_secs(5), || luod
+            .log_text()
+            .contains("pausing it")),
+        "luod never paused the client"
+    );
+
+    let other = Raw::connect(&luod.socket);
+    other.ping();
+    luod.control().upgrade(None).expect("upgrade");
+    let after = luod.status();
+    assert_ne!(after.pid, first, "a new process serves");
+    assert!(
+        luod.log_text()
+            .contains("replies not delivered before the handover"),
+        "{}",
+        luod.log_text()
+    );
+    // The other client kept its connection across the upgrade.
+    other.ping();
+
+    // The greedy client gets the replies that had left, in order, then the end.
+    let mut got = 0u64;
+    loop {
+        match greedy.recv() {
+            Got::Reply { errno: 0, id, .. } => {
+                got += 1;
+                assert_eq!(id, got);
+            }
+            Got::Closed => break,
+            other => panic!("after {got} replies: {other:?}"),
+        }
+    }
+    assert!(got < sent, "{got} of {sent} replies");
+    assert_serving(&luod.socket);
+}

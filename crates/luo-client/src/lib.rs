@@ -13,6 +13,12 @@
 //! Every call returns [`Error`], which carries the errno luod (or the kernel, for the same
 //! call on `/dev/liveupdate`) answers.
 //!
+//! Each call is one request and one reply, a round trip to luod. To preserve many files,
+//! [`Session::preserve_many`] pipelines the requests: the same PRESERVE_FD per file, with the
+//! same outcome per file, but up to [`PRESERVE_WINDOW`] in flight, so a batch costs about one
+//! round trip per window. Its [`PreserveManyError`] lists every file not preserved with its
+//! [`Error`].
+//!
 //! # A workload update
 //!
 //! Version 1 keeps its state in a memfd, hands the session off and exits; version 2 (here the

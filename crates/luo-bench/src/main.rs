@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|preload|vmm|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -34,18 +34,29 @@
 //!   upgraded three times (`Control::upgrade(None)`), each upgrade checked (new pid, every
 //!   session and file listed, every client answering). The blackout of an upgrade is the gap
 //!   between the last STATUS answered by the old process and the first answered by the new one
-//!   (told apart by the pid in the reply). The same again with a 16 MiB memfd. Then, on a
-//!   fresh luod, the PING and PRESERVE_FD rates of one client (5,000 memfds per run) against
-//!   the round-trip rate of a bare socket pair to an echo thread, without and with a
-//!   descriptor attached, best of 3 each; and a plain restart (SIGTERM, start, first PING) as
-//!   the baseline of the blackout. Prints `upgrade_blackout_ms` (median of 3; `_max_ms` the
+//!   (told apart by the pid in the reply). The same again with a 16 MiB memfd. Then the
+//!   figures of `rpc` (below), and a plain restart (SIGTERM, start, first PING) as the
+//!   baseline of the blackout. Prints `upgrade_blackout_ms` (median of 3; `_max_ms` the
 //!   worst), `upgrade_blackout_small_ms`, `upgrade_blackout_ratio` (large / small),
 //!   `upgrade_status_gap_ms` (median gap between STATUS answers outside upgrades: the
-//!   resolution of the blackout), `upgrade_call_ms`, `rpc_raw_roundtrip_per_s`,
-//!   `rpc_raw_fd_roundtrip_per_s`, `rpc_ping_per_s`, `rpc_preserve_per_s` and their ratios,
+//!   resolution of the blackout), `upgrade_call_ms`, every `rpc_*` key of `rpc`,
 //!   `restart_ms`, `upgrade_blackout_vs_restart_ratio`, and what was held
 //!   (`upgrade_sessions`, `upgrade_fds`, `upgrade_clients`, `upgrade_luod_fds`). Set
 //!   `LUO_BENCH_LUOD_LOG=info` to pass a log filter to luod and see its log after each run.
+//! - **`rpc`** — the request rates of one client through a fresh release luod (build it first
+//!   with `cargo build --release -p luod -p luo-bench`), best of 3 runs each, against
+//!   baselines measured in the same run: round trips over a bare `SOCK_SEQPACKET` socket pair
+//!   to an echo thread (`rpc_raw_roundtrip_per_s`), the same with a descriptor on each request
+//!   (`rpc_raw_fd_roundtrip_per_s`), and the same with 64 requests in flight, as
+//!   `Session::preserve_many` keeps them (`rpc_raw_fd_pipelined_per_s`). Through luod: PING
+//!   one at a time (`rpc_ping_per_s`); PRESERVE_FD of 5,000 memfds into a new session, one
+//!   `Session::preserve` at a time (`rpc_preserve_sequential_per_s`) and in one
+//!   `Session::preserve_many` (`rpc_preserve_per_s`), each run checked through STATUS (luod
+//!   holds all 5,000 files, and none once the session is closed). Ratios:
+//!   `rpc_ping_vs_raw_ratio`, `rpc_preserve_sequential_vs_raw_fd_ratio`,
+//!   `rpc_preserve_vs_raw_fd_pipelined_ratio` (like for like),
+//!   `rpc_preserve_vs_raw_fd_ratio`, `rpc_preserve_vs_sequential_ratio` (what pipelining
+//!   gains) and `rpc_preserve_vs_ping_ratio`.
 //! - **`preload`** — builds and runs luo-preload's `bench_preload`: PRESERVE_FD + RETRIEVE_FD
 //!   pairs per second through the `LD_PRELOAD` library and through luo-client, printing
 //!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.
@@ -53,7 +64,8 @@
 //!   through, e.g. `--only convert`): VMM upgrades under a running KVM guest
 //!   (`vmm_blackout_*`) and attribute conversions (`convert_pages_per_s`,
 //!   `attr_bytes_per_range`). Needs root and `/dev/kvm`.
-//! - **`all`** — `image` then `engine` (not `upgrade`, which needs the release luod binary).
+//! - **`all`** — `image` then `engine` (not `upgrade` or `rpc`, which need the release luod
+//!   binary).
 //!
 //! [`ImageWriter`]: luo_abi::image::ImageWriter
 //! [`Image::parse`]: luo_abi::image::Image::parse
@@ -62,6 +74,7 @@
 mod engine;
 mod external;
 mod image;
+mod rpc;
 mod upgrade;
 
 use std::fmt::Display;
@@ -124,7 +137,7 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|preload|vmm|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|preload|vmm|all>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -133,6 +146,7 @@ fn main() {
         "image" => image::run(),
         "engine" => engine::run(),
         "upgrade" => upgrade::run(),
+        "rpc" => rpc::run(),
         "preload" => external::preload(),
         "vmm" => external::vmm(args.get(1..).unwrap_or_default()),
         "all" => image::run().and_then(|()| engine::run()),

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use luo_client::transport::{self, Recv};
 use luo_client::{Control, Device, Session};
 use rustix::fs::MemfdFlags;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -35,16 +34,12 @@ const BIG_TOKEN: u64 = 1 << 40;
 const UPGRADES: usize = 5;
 /// Steady-state STATUS traffic before and after each upgrade.
 const SETTLE: Duration = Duration::from_millis(300);
-/// PRESERVE_FD calls of the RPC benchmark (and PINGs of its baseline).
-const RPC_OPS: usize = 5_000;
-/// Runs of each rate measurement; the best counts.
-const RATE_RUNS: usize = 3;
-/// How long luod gets to start answering.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long luod gets to start answering (and to drop what a closed client held).
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(10);
 const EMFILE: i32 = 24;
 
 /// The release luod next to this program.
-fn locate_luod() -> Result<PathBuf> {
+pub(crate) fn locate_luod() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or("This program's path has no directory")?;
     let luod = dir.join("luod");
@@ -79,9 +74,9 @@ fn mem_available() -> Result<u64> {
 
 /// A running luod, whichever process currently serves its socket.
 #[derive(Debug)]
-struct Daemon {
+pub(crate) struct Daemon {
     luod: PathBuf,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     log: PathBuf,
     /// The process this program started, until it is reaped.
     child: Option<Child>,
@@ -92,7 +87,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(luod: &Path, dir: &Path, tag: &str) -> Result<Daemon> {
+    pub(crate) fn start(luod: &Path, dir: &Path, tag: &str) -> Result<Daemon> {
         let socket = dir.join(format!("{tag}.sock"));
         let log = dir.join(format!("{tag}.log"));
         let stderr = File::options().create(true).append(true).open(&log)?;
@@ -146,7 +141,7 @@ impl Daemon {
         }
     }
 
-    fn control(&self) -> Result<Control> {
+    pub(crate) fn control(&self) -> Result<Control> {
         Ok(Control::connect_at(&self.socket)?)
     }
 
@@ -189,7 +184,7 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits for the exit.
-    fn stop(&mut self) -> Result<()> {
+    pub(crate) fn stop(&mut self) -> Result<()> {
         if !self.running {
             return Ok(());
         }
@@ -235,7 +230,7 @@ fn max(v: &[Duration]) -> Duration {
     v.iter().max().copied().unwrap_or_default()
 }
 
-fn memfd(name: &str, content: &[u8]) -> Result<OwnedFd> {
+pub(crate) fn memfd(name: &str, content: &[u8]) -> Result<OwnedFd> {
     let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?;
     let n = rustix::io::write(&fd, content)?;
     check(n == content.len(), || format!("short write to {name}"))?;
@@ -529,104 +524,6 @@ fn load_and_upgrade(daemon: &mut Daemon, big_len: u64) -> Result<Run> {
     Ok(run)
 }
 
-/// Round trips per second over a bare `SOCK_SEQPACKET` socket pair to an echo thread, with
-/// luod's framing helpers; with `with_fd`, one descriptor rides on each request as on
-/// PRESERVE_FD. The floor under any luod request on this machine.
-fn raw_roundtrips(with_fd: bool) -> Result<f64> {
-    let (ours, theirs) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
-    let echo = thread::spawn(move || -> std::result::Result<(), String> {
-        loop {
-            match transport::recv(theirs.as_fd(), true) {
-                Ok(Recv::Message(m)) => {
-                    drop(m.fds);
-                    transport::send(theirs.as_fd(), &m.bytes, &[]).map_err(|e| e.to_string())?;
-                }
-                Ok(_) => return Ok(()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    });
-    let file = memfd("luo-bench-raw", b"raw")?;
-    let attached = [file.as_fd()];
-    let fds: &[_] = if with_fd { &attached } else { &[] };
-    let request = [0u8; 32];
-    let t0 = Instant::now();
-    for _ in 0..RPC_OPS {
-        transport::send(ours.as_fd(), &request, fds)?;
-        match transport::recv(ours.as_fd(), true)? {
-            Recv::Message(m) => check(m.bytes == request, || "echo garbled".into())?,
-            _ => return Err("The echo thread hung up".into()),
-        }
-    }
-    let rate = RPC_OPS as f64 / t0.elapsed().as_secs_f64();
-    drop(ours);
-    echo.join()
-        .map_err(|_| "the echo thread panicked")?
-        .map_err(|e| format!("echo: {e}"))?;
-    Ok(rate)
-}
-
-/// The best of [`RATE_RUNS`] rates.
-fn best_rate(mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
-    let mut best = 0.0f64;
-    for _ in 0..RATE_RUNS {
-        best = best.max(f()?);
-    }
-    Ok(best)
-}
-
-/// PING and PRESERVE_FD rates of one client on a fresh luod, best of [`RATE_RUNS`] each.
-fn rpc(daemon: &Daemon) -> Result<(f64, f64)> {
-    let control = daemon.control()?;
-    let ping = best_rate(|| {
-        let t0 = Instant::now();
-        for _ in 0..RPC_OPS {
-            control.ping()?;
-        }
-        Ok(RPC_OPS as f64 / t0.elapsed().as_secs_f64())
-    })?;
-
-    let device = Device::open_at(&daemon.socket)?;
-    let mut round = 0;
-    let preserve = best_rate(|| {
-        round += 1;
-        let session = device.create_session(&format!("rpc-{round}"))?;
-        let memfds = (0..RPC_OPS)
-            .map(|i| memfd("luo-bench-rpc", format!("rpc-{i}").as_bytes()))
-            .collect::<Result<Vec<OwnedFd>>>()?;
-        let t0 = Instant::now();
-        for (token, fd) in (0u64..).zip(&memfds) {
-            session.preserve(fd.as_fd(), token)?;
-        }
-        let rate = RPC_OPS as f64 / t0.elapsed().as_secs_f64();
-        let status = control.status()?;
-        check(status.files == RPC_OPS as u64, || {
-            format!("luod holds {} files, expected {RPC_OPS}", status.files)
-        })?;
-        drop(session);
-        drop(memfds);
-        // Closing the session discards it; luod sees the close asynchronously.
-        let t0 = Instant::now();
-        loop {
-            let status = control.status()?;
-            if status.files == 0 && status.sessions_outgoing == 0 {
-                break;
-            }
-            check(t0.elapsed() < START_TIMEOUT, || {
-                format!("luod still holds {} files after the close", status.files)
-            })?;
-            thread::sleep(Duration::from_millis(1));
-        }
-        Ok(rate)
-    })?;
-    Ok((ping, preserve))
-}
-
 fn run_all(luod: &Path, dir: &Path) -> Result<()> {
     let need = LARGE + (1 << 30);
     let available = mem_available()?;
@@ -636,10 +533,8 @@ fn run_all(luod: &Path, dir: &Path) -> Result<()> {
     let large = run_once(luod, dir, "large", LARGE)?;
     let small = run_once(luod, dir, "small", SMALL)?;
 
-    let raw = best_rate(|| raw_roundtrips(false))?;
-    let raw_fd = best_rate(|| raw_roundtrips(true))?;
     let mut daemon = Daemon::start(luod, dir, "rpc")?;
-    let (ping, preserve) = rpc(&daemon)?;
+    let rates = crate::rpc::measure(&daemon)?;
     // The baseline of a blackout: a plain restart (which loses every session).
     let t0 = Instant::now();
     daemon.stop()?;
@@ -686,13 +581,7 @@ fn run_all(luod: &Path, dir: &Path) -> Result<()> {
     put("upgrade_call_ms", ms(median(&large.calls)));
     put("upgrade_status_gap_ms", ms(median(&large.steady_gaps)));
     put("upgrade_status_gap_max_ms", ms(max(&large.steady_gaps)));
-    put("rpc_raw_roundtrip_per_s", format!("{raw:.0}"));
-    put("rpc_raw_fd_roundtrip_per_s", format!("{raw_fd:.0}"));
-    put("rpc_ping_per_s", format!("{ping:.0}"));
-    put("rpc_preserve_per_s", format!("{preserve:.0}"));
-    put("rpc_ping_vs_raw_ratio", ratio(ping, raw));
-    put("rpc_preserve_vs_raw_fd_ratio", ratio(preserve, raw_fd));
-    put("rpc_preserve_vs_ping_ratio", ratio(preserve, ping));
+    rates.put();
     put("restart_ms", ms(restart));
     put(
         "upgrade_blackout_vs_restart_ratio",

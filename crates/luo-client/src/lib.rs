@@ -13,6 +13,12 @@
 //! Every call returns [`Error`], which carries the errno luod (or the kernel, for the same
 //! call on `/dev/liveupdate`) answers.
 //!
+//! Each call is one request and one reply, a round trip to luod. To preserve many files,
+//! [`Session::preserve_many`] pipelines the requests: the same PRESERVE_FD per file, with the
+//! same outcome per file, but up to [`PRESERVE_WINDOW`] in flight, so a batch costs about one
+//! round trip per window. Its [`PreserveManyError`] lists every file not preserved with its
+//! [`Error`].
+//!
 //! # A workload update
 //!
 //! Version 1 keeps its state in a memfd, hands the session off and exits; version 2 (here the
@@ -132,6 +138,15 @@ thread_local! {
     static NEXT_ID: Cell<u64> = const { Cell::new(1) };
 }
 
+/// `n` fresh request ids, consecutive: the first one.
+fn take_ids(n: u64) -> u64 {
+    NEXT_ID.with(|next| {
+        let first = next.get();
+        next.set(first.wrapping_add(n));
+        first
+    })
+}
+
 /// One request and its reply on `fd`: the reply's argument and descriptors.
 pub fn call(
     fd: BorrowedFd<'_>,
@@ -140,37 +155,48 @@ pub fn call(
     arg: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
-    let id = NEXT_ID.with(|n| {
-        let id = n.get();
-        n.set(id.wrapping_add(1));
-        id
-    });
+    let id = take_ids(1);
     let mut msg = Vec::with_capacity(16 + arg.len());
     wire::write_request(&mut msg, op, id, arg).map_err(|e| Error::new(name, e))?;
     transport::send(fd, &msg, fds).map_err(|e| Error::io(name, e))?;
+    let mut buf = [0u8; wire::MAX_MESSAGE];
     loop {
-        let reply = match transport::recv(fd, true).map_err(|e| Error::io(name, e))? {
-            Recv::Message(m) => m,
-            Recv::Closed => return Err(Error::new(name, Errno(104))), // ECONNRESET
-            // A receive timeout (SO_RCVTIMEO) expired, or the descriptor is non-blocking: give
-            // the caller control back. A reply that arrives later is skipped as stale.
-            Recv::WouldBlock => return Err(Error::new(name, Errno::EAGAIN)),
-        };
-        let (hdr, body) = wire::parse_reply(&reply.bytes).map_err(|e| Error::new(name, e))?;
+        let reply = receive(fd, name, &mut buf)?;
+        let (hdr, body) = wire::parse_reply(&buf[..reply.len]).map_err(|e| Error::new(name, e))?;
         if hdr.id.get() != id && hdr.id.get() != 0 {
             continue; // a stale reply (a request abandoned earlier on a shared descriptor)
         }
-        let errno = hdr.errno.get();
-        if errno != 0 {
-            let message = (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned());
-            return Err(Error {
-                op: name,
-                errno: Errno(errno),
-                message,
-            });
-        }
+        answer(name, hdr.errno.get(), body)?;
         return Ok((body.to_vec(), reply.fds));
     }
+}
+
+/// Receives one reply into `buf`; a hang-up and a receive timeout are errors of `name`.
+fn receive(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    buf: &mut [u8],
+) -> Result<transport::Incoming, Error> {
+    match transport::recv_into(fd, buf, true).map_err(|e| Error::io(name, e))? {
+        Recv::Message(m) => Ok(m),
+        Recv::Closed => Err(Error::new(name, Errno(104))), // ECONNRESET
+        // A receive timeout (SO_RCVTIMEO) expired, or the descriptor is non-blocking: give
+        // the caller control back. A reply that arrives later is skipped as stale.
+        Recv::WouldBlock => Err(Error::new(name, Errno::EAGAIN)),
+    }
+}
+
+/// The outcome a reply header's `errno` and body stand for.
+fn answer(name: &'static str, errno: i32, body: &[u8]) -> Result<(), Error> {
+    if errno == 0 {
+        return Ok(());
+    }
+    let message = (!body.is_empty()).then(|| String::from_utf8_lossy(body).into_owned());
+    Err(Error {
+        op: name,
+        errno: Errno(errno),
+        message,
+    })
 }
 
 fn name_struct(op: &'static str, name: &str) -> Result<CreateSession, Error> {
@@ -257,6 +283,107 @@ impl Session {
         Ok(())
     }
 
+    /// PRESERVE_FD for many files: each `(file, token)` exactly as [`preserve`](Self::preserve)
+    /// would, in order, but pipelined: the requests go out back to back, at most
+    /// [`PRESERVE_WINDOW`] of them unanswered at a time, so a batch costs about one round trip
+    /// per window instead of one per file.
+    ///
+    /// Every file gets its own request (its own id, its one descriptor), and luod answers the
+    /// requests of a connection in order, so the outcome of each file is the one a loop of
+    /// `preserve` calls would have given it; a file refused does not stop the others. Every
+    /// reply is read before this returns. On failure the error lists each file that was not
+    /// preserved, with the kernel's errno for it.
+    ///
+    /// If the connection itself fails (luod hangs up, or a receive timeout set on the
+    /// descriptor expires), the files still unanswered and those not yet sent are reported with
+    /// that error; luod may have preserved some of the unanswered ones.
+    ///
+    /// ```no_run
+    /// use std::os::fd::{AsFd, OwnedFd};
+    /// use rustix::fs::{MemfdFlags, memfd_create};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let device = luo_client::Device::open()?;
+    /// let session = device.create_session("many")?;
+    /// let memfds: Vec<OwnedFd> = (0..1000)
+    ///     .map(|_| memfd_create("part", MemfdFlags::CLOEXEC))
+    ///     .collect::<Result<_, _>>()?;
+    /// let batch: Vec<_> = memfds.iter().zip(0u64..).map(|(f, t)| (f.as_fd(), t)).collect();
+    /// if let Err(e) = session.preserve_many(&batch) {
+    ///     for f in &e.failed {
+    ///         eprintln!("token {}: {}", f.token, f.error.errno);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn preserve_many(&self, files: &[(BorrowedFd<'_>, u64)]) -> Result<(), PreserveManyError> {
+        let mut batch = Batch {
+            fd: self.fd.as_fd(),
+            first_id: take_ids(files.len() as u64),
+            unanswered: std::collections::VecDeque::with_capacity(PRESERVE_WINDOW),
+            failed: Vec::new(),
+            reply: [0u8; wire::MAX_MESSAGE],
+        };
+        let mut msg = Vec::with_capacity(32);
+        for (index, &(file, token)) in files.iter().enumerate() {
+            let result = (|| {
+                while batch.unanswered.len() >= PRESERVE_WINDOW {
+                    batch.read_reply(files)?;
+                }
+                let req = PreserveFd {
+                    size: U32::new(16),
+                    fd: 0.into(),
+                    token: U64::new(token),
+                };
+                let id = batch.first_id.wrapping_add(index as u64);
+                msg.clear();
+                wire::write_request(
+                    &mut msg,
+                    uapi::LIVEUPDATE_SESSION_PRESERVE_FD,
+                    id,
+                    req.as_bytes(),
+                )
+                .map_err(|e| Error::new(PRESERVE, e))?;
+                loop {
+                    match transport::send(batch.fd, &msg, &[file]) {
+                        Ok(()) => {
+                            batch.unanswered.push_back(index);
+                            return Ok(());
+                        }
+                        // Too many descriptors in flight for this user's descriptor limit:
+                        // luod holds none of ours once it has answered, so collect an answer
+                        // first (a lone `preserve` would not have hit the limit).
+                        Err(rustix::io::Errno::TOOMANYREFS) if !batch.unanswered.is_empty() => {
+                            batch.read_reply(files)?;
+                        }
+                        // This file's request never left: it fails alone, as `preserve` would.
+                        Err(e) => {
+                            batch.fail(index, token, Error::io(PRESERVE, e));
+                            return Ok(());
+                        }
+                    }
+                }
+            })();
+            if let Err(e) = result {
+                // The connection failed: nothing more will be answered.
+                batch.abandon(files, index, &e);
+                return Err(batch.into_error());
+            }
+        }
+        while !batch.unanswered.is_empty() {
+            if let Err(e) = batch.read_reply(files) {
+                batch.abandon(files, files.len(), &e);
+                break;
+            }
+        }
+        if batch.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(batch.into_error())
+        }
+    }
+
     /// RETRIEVE_FD: the file preserved under `token` (incoming sessions). Retrieving again
     /// gives another descriptor of the same open file.
     pub fn retrieve(&self, token: u64) -> Result<OwnedFd, Error> {
@@ -329,6 +456,128 @@ impl AsFd for Session {
 impl From<Session> for OwnedFd {
     fn from(s: Session) -> OwnedFd {
         s.fd
+    }
+}
+
+/// The operation name [`Error`] carries for PRESERVE_FD.
+const PRESERVE: &str = "PRESERVE_FD";
+
+/// At most this many requests of one [`Session::preserve_many`] are unanswered at a time.
+///
+/// Their replies (32 bytes each) then always fit the socket's receive buffer, so luod never
+/// has to stop serving the connection for want of room, and the client never blocks sending
+/// while luod waits for it to read.
+pub const PRESERVE_WINDOW: usize = 64;
+
+/// One file [`Session::preserve_many`] did not preserve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedFile {
+    /// Its position in the slice given.
+    pub index: usize,
+    /// Its token.
+    pub token: u64,
+    /// Why: for a file luod refused, the errno the kernel's PRESERVE_FD gives.
+    pub error: Error,
+}
+
+/// A [`Session::preserve_many`] that did not preserve every file. Every file not listed was
+/// preserved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreserveManyError {
+    /// The files not preserved, in the order given.
+    pub failed: Vec<FailedFile>,
+}
+
+impl fmt::Display for PreserveManyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PRESERVE_FD failed for {} file(s):", self.failed.len())?;
+        for (i, file) in self.failed.iter().enumerate() {
+            if i == 8 {
+                return write!(f, " ...");
+            }
+            write!(f, " token {}: {};", file.token, file.error.errno)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PreserveManyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failed
+            .first()
+            .map(|f| &f.error as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The state of one [`Session::preserve_many`].
+struct Batch<'a> {
+    fd: BorrowedFd<'a>,
+    /// The id of the first file's request; file `i` has `first_id + i`.
+    first_id: u64,
+    /// Indices of the files whose request was sent and not answered, oldest first.
+    unanswered: std::collections::VecDeque<usize>,
+    failed: Vec<FailedFile>,
+    reply: [u8; wire::MAX_MESSAGE],
+}
+
+impl Batch<'_> {
+    fn fail(&mut self, index: usize, token: u64, error: Error) {
+        self.failed.push(FailedFile {
+            index,
+            token,
+            error,
+        });
+    }
+
+    /// Reads one reply and settles the file it answers. An error means the connection
+    /// failed.
+    fn read_reply(&mut self, files: &[(BorrowedFd<'_>, u64)]) -> Result<(), Error> {
+        loop {
+            let reply = receive(self.fd, PRESERVE, &mut self.reply)?;
+            drop(reply.fds); // PRESERVE_FD returns none
+            let (index, outcome) = match wire::parse_reply(&self.reply[..reply.len]) {
+                Ok((hdr, body)) => {
+                    let id = hdr.id.get();
+                    // Id 0 answers a request luod could not decode: luod answers in order,
+                    // so the oldest.
+                    let Some(at) = self
+                        .unanswered
+                        .iter()
+                        .position(|&i| id == 0 || self.first_id.wrapping_add(i as u64) == id)
+                    else {
+                        continue; // a stale reply (to a call abandoned earlier)
+                    };
+                    let index = self.unanswered.remove(at).unwrap_or(at);
+                    (index, answer(PRESERVE, hdr.errno.get(), body))
+                }
+                Err(e) => match self.unanswered.pop_front() {
+                    Some(index) => (index, Err(Error::new(PRESERVE, e))),
+                    None => continue,
+                },
+            };
+            if let Err(e) = outcome {
+                self.fail(index, files[index].1, e);
+            }
+            return Ok(());
+        }
+    }
+
+    /// After the connection failed with `e`: every unanswered file, and every file from
+    /// `unsent` on, fails with it.
+    fn abandon(&mut self, files: &[(BorrowedFd<'_>, u64)], unsent: usize, e: &Error) {
+        while let Some(index) = self.unanswered.pop_front() {
+            self.fail(index, files[index].1, e.clone());
+        }
+        for (index, &(_, token)) in files.iter().enumerate().skip(unsent) {
+            self.fail(index, token, e.clone());
+        }
+    }
+
+    fn into_error(mut self) -> PreserveManyError {
+        self.failed.sort_by_key(|f| f.index);
+        PreserveManyError {
+            failed: self.failed,
+        }
     }
 }
 

@@ -27,11 +27,24 @@ pub struct Received {
     pub fds_truncated: bool,
 }
 
-/// What a receive found.
+/// One message received into a caller's buffer by [`recv_into`]: everything but the bytes.
+#[derive(Debug, Default)]
+pub struct Incoming {
+    /// Bytes written to the front of the buffer.
+    pub len: usize,
+    /// The descriptors attached, close-on-exec.
+    pub fds: Vec<OwnedFd>,
+    /// The message was longer than the buffer and was cut.
+    pub truncated: bool,
+    /// More descriptors were attached than fit ([`MAX_FDS`]); the rest were closed by the kernel.
+    pub fds_truncated: bool,
+}
+
+/// What a receive found: a [`Received`] from [`recv`], an [`Incoming`] from [`recv_into`].
 #[derive(Debug)]
-pub enum Recv {
+pub enum Recv<M = Received> {
     /// A message.
-    Message(Received),
+    Message(M),
     /// Nothing to read on a non-blocking socket.
     WouldBlock,
     /// The peer closed the connection.
@@ -41,6 +54,29 @@ pub enum Recv {
 /// Receives one message. `blocking` false adds `MSG_DONTWAIT`.
 pub fn recv(fd: BorrowedFd<'_>, blocking: bool) -> Result<Recv, Errno> {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    Ok(match recv_into(fd, &mut buf, blocking)? {
+        Recv::Message(m) => {
+            buf.truncate(m.len);
+            Recv::Message(Received {
+                bytes: buf,
+                fds: m.fds,
+                truncated: m.truncated,
+                fds_truncated: m.fds_truncated,
+            })
+        }
+        Recv::WouldBlock => Recv::WouldBlock,
+        Recv::Closed => Recv::Closed,
+    })
+}
+
+/// Receives one message into `buf` (a message longer than `buf` is cut and says so), without
+/// allocating for the bytes: for loops that receive many messages into one buffer. `blocking`
+/// false adds `MSG_DONTWAIT`.
+pub fn recv_into(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    blocking: bool,
+) -> Result<Recv<Incoming>, Errno> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
@@ -49,7 +85,7 @@ pub fn recv(fd: BorrowedFd<'_>, blocking: bool) -> Result<Recv, Errno> {
     }
     let mut reset = false;
     let msg = loop {
-        match recvmsg(fd, &mut [IoSliceMut::new(&mut buf)], &mut control, flags) {
+        match recvmsg(fd, &mut [IoSliceMut::new(buf)], &mut control, flags) {
             Ok(m) => break m,
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) => return Ok(Recv::WouldBlock),
@@ -70,9 +106,8 @@ pub fn recv(fd: BorrowedFd<'_>, blocking: bool) -> Result<Recv, Errno> {
     if msg.bytes == 0 && fds.is_empty() {
         return Ok(Recv::Closed);
     }
-    buf.truncate(msg.bytes.min(MAX_MESSAGE));
-    Ok(Recv::Message(Received {
-        bytes: buf,
+    Ok(Recv::Message(Incoming {
+        len: msg.bytes.min(buf.len()),
         fds,
         truncated: msg.flags.contains(ReturnFlags::TRUNC),
         fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
@@ -130,19 +165,6 @@ pub fn send_wait(
             other => return other,
         }
     }
-}
-
-/// True if a message of up to [`MAX_MESSAGE`] bytes can be sent on `fd` without waiting (the
-/// peer reads what it was sent).
-pub fn writable(fd: impl AsFd) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let mut pfd = [PollFd::new(&fd, PollFlags::OUT)];
-    let zero = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    matches!(poll(&mut pfd, Some(&zero)), Ok(n) if n > 0)
-        && pfd[0].revents().contains(PollFlags::OUT)
 }
 
 /// True if the peer of `fd` has hung up (a pending close not yet read).

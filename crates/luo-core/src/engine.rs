@@ -299,7 +299,7 @@ impl Engine {
         let h = registry
             .handlers
             .iter()
-            .position(|h| h.can_preserve(fd))
+            .position(|h| h.can_preserve_with_stat(fd, &st))
             .ok_or(Error::NoHandler)?;
         let handler = &registry.handlers[h];
         let mode = st.st_mode & crate::freeze::S_IFMT;
@@ -323,7 +323,7 @@ impl Engine {
             return Err(Error::Quota("files"));
         }
         self.flb_preserve(h)?;
-        let mut preserved = match handler.preserve(fd) {
+        let mut preserved = match handler.preserve_with_stat(fd, &st) {
             Ok(p) => p,
             Err(e) => {
                 self.flb_unpreserve(h);

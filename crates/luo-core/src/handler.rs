@@ -14,6 +14,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use luo_abi::Errno;
+use rustix::fs::Stat;
 
 /// The key of the double-preserve check: one underlying object may be preserved once.
 ///
@@ -143,6 +144,16 @@ pub trait FileHandler: Send + Sync + std::fmt::Debug {
     /// Required. Runs on PRESERVE_FD to pick the handler: a cheap type check, no side effects.
     fn can_preserve(&self, fd: BorrowedFd<'_>) -> bool;
 
+    /// Optional. [`can_preserve`](Self::can_preserve) given `st`, the `fstat` of `fd` the
+    /// engine makes anyway on every PRESERVE_FD; this is what the engine calls. A handler that
+    /// looks at the type, links or inode overrides it to save system calls per file (and to
+    /// turn away other types of file without any). Must answer as `can_preserve` does. The
+    /// default ignores `st`.
+    fn can_preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> bool {
+        let _ = st;
+        self.can_preserve(fd)
+    }
+
     /// Optional. The key of the double-preserve check. Runs on PRESERVE_FD after
     /// `can_preserve`, and on a retrieved file. The default is the inode.
     fn identity(&self, fd: BorrowedFd<'_>) -> Result<Identity, HandlerError> {
@@ -168,6 +179,16 @@ pub trait FileHandler: Send + Sync + std::fmt::Debug {
     /// and writes its record. Undone by [`unpreserve`](Self::unpreserve); on failure it must
     /// leave nothing behind.
     fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Preserved, HandlerError>;
+
+    /// Optional. [`preserve`](Self::preserve) given `st`, the `fstat` of `fd` for which
+    /// [`can_preserve_with_stat`](Self::can_preserve_with_stat) just said yes; this is what
+    /// the engine calls. A handler may skip the checks `can_preserve_with_stat` made and take
+    /// size and inode from `st`, saving system calls per file. Must give what `preserve`
+    /// gives. The default ignores `st`.
+    fn preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> Result<Preserved, HandlerError> {
+        let _ = st;
+        self.preserve(fd)
+    }
 
     /// Required, cannot fail. Runs when an outgoing session is closed (newest file first), and
     /// when a preserve is rolled back after `preserve` succeeded. Undoes `preserve`.

@@ -68,11 +68,15 @@ pub enum FdKind {
 impl FdKind {
     /// Classifies `fd`, or `None` if the handler does not take it.
     pub fn of(fd: BorrowedFd<'_>) -> Option<FdKind> {
+        FdKind::of_stat(fd, &rustix::fs::fstat(fd).ok()?)
+    }
+
+    /// [`of`](Self::of) given `st`, the `fstat` of `fd`.
+    fn of_stat(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Option<FdKind> {
         if fd::is_path_only(fd) {
             return None;
         }
-        let st = rustix::fs::fstat(fd).ok()?;
-        match fd::file_type(&st) {
+        match fd::file_type(st) {
             FileType::Socket => Some(FdKind::Socket),
             FileType::Fifo => Some(FdKind::Pipe),
             _ if fd::fs_magic(fd) == Some(fd::ANON_INODE_FS_MAGIC)
@@ -233,6 +237,10 @@ impl FileHandler for FdrefHandler {
 
     fn can_preserve(&self, fd: BorrowedFd<'_>) -> bool {
         FdKind::of(fd).is_some()
+    }
+
+    fn can_preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> bool {
+        FdKind::of_stat(fd, st).is_some()
     }
 
     fn recorded_identity(&self, record: &[u8]) -> Option<Identity> {

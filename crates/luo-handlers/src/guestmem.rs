@@ -29,7 +29,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use luo_core::{FileData, FileHandler, HandlerError, Preserved, RetrieveStatus};
 use luo_guestmem::descriptor::{self, Descriptor, MAGIC};
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::{FileType, MemfdFlags, SealFlags, Stat};
 
 use crate::error::Error;
 use crate::fd;
@@ -60,6 +60,17 @@ fn guestmem_err(e: luo_guestmem::Error) -> HandlerError {
     )
 }
 
+/// True if `fd` is named as a descriptor memfd is.
+fn is_named(fd: BorrowedFd<'_>) -> bool {
+    fd::link_target(fd).is_ok_and(|t| t.as_os_str() == LINK)
+}
+
+/// True if the file behind `fd` starts with the descriptor's magic.
+fn has_magic(fd: BorrowedFd<'_>) -> bool {
+    let mut magic = [0u8; 8];
+    rustix::io::pread(fd, &mut magic, 0).is_ok_and(|n| n == 8) && magic == MAGIC
+}
+
 /// Reads and validates the descriptor behind `fd`: its exact bytes.
 fn capture(fd: BorrowedFd<'_>) -> Result<Vec<u8>, HandlerError> {
     descriptor::read_bytes(fd)
@@ -75,14 +86,17 @@ impl FileHandler for GuestmemHandler {
     fn can_preserve(&self, fd: BorrowedFd<'_>) -> bool {
         // The name first: one readlink turns away every other file cheaply (this handler is
         // asked first, for every preserve).
-        if !fd::link_target(fd).is_ok_and(|t| t.as_os_str() == LINK) {
-            return false;
-        }
-        if !shmem::is_unlinked_file_on(fd, fd::TMPFS_MAGIC) {
-            return false;
-        }
-        let mut magic = [0u8; 8];
-        rustix::io::pread(fd, &mut magic, 0).is_ok_and(|n| n == 8) && magic == MAGIC
+        is_named(fd) && shmem::is_unlinked_file_on(fd, fd::TMPFS_MAGIC) && has_magic(fd)
+    }
+
+    fn can_preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> bool {
+        // Type and links first, from `st`: anything but an unlinked regular file is turned
+        // away without a system call; then the name.
+        fd::file_type(st) == FileType::RegularFile
+            && st.st_nlink == 0
+            && is_named(fd)
+            && shmem::is_unlinked_stat_on(fd, st, fd::TMPFS_MAGIC)
+            && has_magic(fd)
     }
 
     fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Preserved, HandlerError> {

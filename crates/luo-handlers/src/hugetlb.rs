@@ -22,6 +22,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use luo_core::{FileData, FileHandler, HandlerError, Preserved, RetrieveStatus};
+use rustix::fs::Stat;
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -133,6 +134,15 @@ fn page_size(fd: BorrowedFd<'_>) -> Result<u64, Error> {
     Ok(u64::try_from(sfs.f_bsize).unwrap_or(0))
 }
 
+/// Takes hold of the hugetlb memfd `fd` whose state is `state`, with pages of `page` bytes.
+fn hold(fd: BorrowedFd<'_>, state: &State, page: u64) -> Result<Preserved, HandlerError> {
+    Ok(Preserved {
+        fd: fd::dup(fd)?,
+        record: HugetlbRecord::new(state, page).as_bytes().to_vec(),
+        bytes: state.size,
+    })
+}
+
 /// The handler of hugetlb memfds. See the [module](self) documentation.
 #[derive(Debug, Default)]
 pub struct HugetlbHandler;
@@ -153,14 +163,20 @@ impl FileHandler for HugetlbHandler {
         shmem::is_unlinked_file_on(fd, fd::HUGETLBFS_MAGIC)
     }
 
+    fn can_preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> bool {
+        shmem::is_unlinked_stat_on(fd, st, fd::HUGETLBFS_MAGIC)
+    }
+
     fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Preserved, HandlerError> {
         let (state, page) = State::capture_unlinked_on(fd, fd::HUGETLBFS_MAGIC)?;
-        let held = fd::dup(fd)?;
-        Ok(Preserved {
-            fd: held,
-            record: HugetlbRecord::new(&state, page).as_bytes().to_vec(),
-            bytes: state.size,
-        })
+        hold(fd, &state, page)
+    }
+
+    fn preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> Result<Preserved, HandlerError> {
+        // `can_preserve_with_stat` checked type, links and open mode; the page size comes
+        // with the filesystem check.
+        let page = page_size(fd)?;
+        hold(fd, &State::from_stat(fd, st)?, page)
     }
 
     fn unpreserve(&self, file: &mut FileData) {

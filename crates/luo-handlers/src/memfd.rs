@@ -33,6 +33,7 @@
 use std::os::fd::BorrowedFd;
 
 use luo_core::{FileData, FileHandler, HandlerError, Preserved, RetrieveStatus};
+use rustix::fs::Stat;
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -132,14 +133,19 @@ impl FileHandler for MemfdHandler {
         shmem::is_unlinked_file_on(fd, fd::TMPFS_MAGIC)
     }
 
+    fn can_preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> bool {
+        shmem::is_unlinked_stat_on(fd, st, fd::TMPFS_MAGIC)
+    }
+
     fn preserve(&self, fd: BorrowedFd<'_>) -> Result<Preserved, HandlerError> {
         let (state, _) = State::capture_unlinked_on(fd, fd::TMPFS_MAGIC)?;
-        let held = fd::dup(fd)?;
-        Ok(Preserved {
-            fd: held,
-            record: MemfdRecord::from_state(&state).as_bytes().to_vec(),
-            bytes: state.size,
-        })
+        hold(fd, &state)
+    }
+
+    fn preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> Result<Preserved, HandlerError> {
+        // `can_preserve_with_stat` checked type, links, open mode and filesystem: what is left
+        // to read is the position and the seals.
+        hold(fd, &State::from_stat(fd, st)?)
     }
 
     fn unpreserve(&self, file: &mut FileData) {
@@ -167,6 +173,15 @@ impl FileHandler for MemfdHandler {
         // descriptor the engine closes next was the last reference luod had.
         let _ = (file, status);
     }
+}
+
+/// Takes hold of the memfd `fd` whose state is `state`.
+fn hold(fd: BorrowedFd<'_>, state: &State) -> Result<Preserved, HandlerError> {
+    Ok(Preserved {
+        fd: fd::dup(fd)?,
+        record: MemfdRecord::from_state(state).as_bytes().to_vec(),
+        bytes: state.size,
+    })
 }
 
 pub(crate) fn fd_of(file: &FileData) -> BorrowedFd<'_> {

@@ -93,12 +93,18 @@ struct Target {
 
 /// Finds the device `fd` stands for under `root`, or `None`.
 fn resolve(root: &Path, fd: BorrowedFd<'_>) -> Option<Target> {
-    if fd::is_path_only(fd) {
+    resolve_stat(root, fd, &rustix::fs::fstat(fd).ok()?)
+}
+
+/// [`resolve`] given `st`, the `fstat` of `fd`: a file of any other type than a regular file
+/// or a character device costs no system call.
+fn resolve_stat(root: &Path, fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Option<Target> {
+    let kind = fd::file_type(st);
+    if !matches!(kind, FileType::RegularFile | FileType::CharacterDevice) || fd::is_path_only(fd) {
         return None;
     }
-    let st = rustix::fs::fstat(fd).ok()?;
     let devices = root.join("devices");
-    match fd::file_type(&st) {
+    match kind {
         FileType::RegularFile => {
             let path = fd::link_target(fd).ok()?;
             let rel = path.strip_prefix(&devices).ok()?;
@@ -310,6 +316,10 @@ impl FileHandler for PciDeviceHandler {
 
     fn can_preserve(&self, fd: BorrowedFd<'_>) -> bool {
         resolve(self.flb.sysfs_root(), fd).is_some()
+    }
+
+    fn can_preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> bool {
+        resolve_stat(self.flb.sysfs_root(), fd, st).is_some()
     }
 
     fn inode_identity(&self) -> bool {

@@ -62,7 +62,8 @@ impl State {
         Ok((state, u64::try_from(sfs.f_bsize).unwrap_or(0)))
     }
 
-    fn from_stat(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<State, Error> {
+    /// Reads position and seals from `fd`, and size and inode from `st`, its `fstat`.
+    pub(crate) fn from_stat(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<State, Error> {
         let pos = rustix::fs::seek(fd, SeekFrom::Current(0)).map_err(Error::sys("lseek"))?;
         let (seals, flags) = match rustix::fs::fcntl_get_seals(fd) {
             Ok(s) => (s.bits(), 0),
@@ -150,13 +151,15 @@ impl State {
 
 /// Checks `fd` is an unlinked regular file on a filesystem with magic `magic`, open for I/O.
 pub(crate) fn is_unlinked_file_on(fd: BorrowedFd<'_>, magic: i64) -> bool {
-    if fd::is_path_only(fd) {
-        return false;
-    }
-    let Ok(st) = rustix::fs::fstat(fd) else {
-        return false;
-    };
-    fd::file_type(&st) == rustix::fs::FileType::RegularFile
+    rustix::fs::fstat(fd).is_ok_and(|st| is_unlinked_stat_on(fd, &st, magic))
+}
+
+/// [`is_unlinked_file_on`] given `st`, the `fstat` of `fd`: the type and the links come from
+/// `st` (any other type of file costs no system call), then the open mode (`F_GETFL`) and the
+/// filesystem (`fstatfs`) from `fd`.
+pub(crate) fn is_unlinked_stat_on(fd: BorrowedFd<'_>, st: &rustix::fs::Stat, magic: i64) -> bool {
+    fd::file_type(st) == rustix::fs::FileType::RegularFile
         && st.st_nlink == 0
+        && !fd::is_path_only(fd)
         && fd::fs_magic(fd.as_fd()) == Some(magic)
 }

@@ -1,5 +1,6 @@
 //! Client connections: who is on the other end and what the connection stands for.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
 use luo_core::SessionId;
@@ -50,7 +51,25 @@ pub struct Conn {
     pub kind: Kind,
     /// Who is on the other end.
     pub cred: Cred,
-    /// Not read until it can take a reply: its peer left replies unread (see
-    /// `Server::on_conn`).
-    pub paused: bool,
+    /// Replies the socket had no room for, oldest first, sent when it has (see
+    /// `Server::send_reply`). While any wait here the connection is not read: its peer left
+    /// replies unread, and stops being served until it reads.
+    pub outbox: VecDeque<Outgoing>,
+}
+
+impl Conn {
+    /// True while replies wait in the [`outbox`](Conn::outbox): luod watches the socket for
+    /// room instead of reading it.
+    pub fn paused(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+}
+
+/// A reply waiting for room in its connection's socket: the message and its descriptors.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The framed reply.
+    pub bytes: Vec<u8>,
+    /// The descriptors it carries (a session connection, a retrieved file).
+    pub fds: Vec<OwnedFd>,
 }

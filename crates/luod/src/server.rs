@@ -1,6 +1,6 @@
 //! The server: one thread, one epoll loop, every connection non-blocking.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,13 +8,13 @@ use std::time::Instant;
 use luo_abi::Errno;
 use luo_abi::uapi::{self, Target};
 use luo_abi::wire::{self, Op};
-use luo_client::transport::{self, Received, Recv};
+use luo_client::transport::{self, Incoming, Recv};
 use luo_core::{Direction, Engine, Limits, SessionId};
 use rustix::event::epoll;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use tracing::{debug, info, warn};
 
-use crate::conn::{Conn, Cred, Kind};
+use crate::conn::{Conn, Cred, Kind, Outgoing};
 
 /// Fixed descriptors of the process (stdio, epoll, listener, lock, signal pipe, spares) that
 /// the descriptor budget keeps free.
@@ -24,6 +24,10 @@ const FD_RESERVE: u64 = 64;
 const FD_FIXED: u64 = 9;
 /// Messages read from one connection before the loop looks at the others.
 const BURST: usize = 32;
+/// How long replies still waiting for room get, in all, before luod hands itself over (an
+/// upgrade or a reboot) or exits after one: a connection that cannot take them by then is
+/// closed, as its replies could not travel with it.
+const HANDOVER_FLUSH_MS: u64 = 1000;
 /// epoll key of the listening socket.
 const KEY_LISTENER: u64 = 0;
 /// epoll key of the signal pipe.
@@ -113,6 +117,10 @@ pub struct Server {
     /// Discarded successors not yet reaped.
     zombies: Vec<crate::takeover::Successor>,
     reaping: bool,
+    /// The receive buffer of `on_conn`, reused for every message.
+    rx: Vec<u8>,
+    /// The buffer replies are framed in, reused unless a reply has to wait in an outbox.
+    tx: Vec<u8>,
 }
 
 impl Server {
@@ -166,6 +174,8 @@ impl Server {
             staging: None,
             zombies: Vec::new(),
             reaping: false,
+            rx: vec![0; wire::MAX_MESSAGE],
+            tx: Vec::with_capacity(wire::MAX_MESSAGE),
         })
     }
 
@@ -195,7 +205,7 @@ impl Server {
                 fd,
                 kind,
                 cred,
-                paused: false,
+                outbox: VecDeque::new(),
             },
         );
         Ok(key)
@@ -317,69 +327,141 @@ impl Server {
     }
 
     fn on_conn(&mut self, key: u64, flags: epoll::EventFlags) {
-        if flags.contains(epoll::EventFlags::OUT) {
-            self.resume(key);
+        // Replies waiting for room go first; until they are all out the connection is not
+        // read, so a client that does not read its replies stops being served instead of
+        // stalling everyone.
+        if !self.flush(key) {
+            if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR) {
+                self.close_conn(key);
+            }
+            return;
+        }
+        // A nested call (`reap_hung_up` while a message is handled) finds the buffer taken.
+        let mut rx = std::mem::take(&mut self.rx);
+        if rx.len() != wire::MAX_MESSAGE {
+            rx = vec![0; wire::MAX_MESSAGE];
         }
         for _ in 0..BURST {
             let Some(conn) = self.conns.get(&key) else {
-                return;
+                break;
             };
-            // Read a request only when its reply can be sent without waiting: a client that
-            // does not read its replies stops being served, instead of stalling everyone.
-            if !transport::writable(&conn.fd) {
-                if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR) {
-                    self.close_conn(key);
-                } else {
-                    self.pause(key);
-                }
-                return;
+            if conn.paused() {
+                break;
             }
-            match transport::recv(conn.fd.as_fd(), false) {
-                Ok(Recv::Message(msg)) => self.on_message(key, msg),
+            match transport::recv_into(conn.fd.as_fd(), &mut rx, false) {
+                Ok(Recv::Message(msg)) => self.on_message(key, &rx[..msg.len], msg),
                 Ok(Recv::WouldBlock) => {
                     if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::RDHUP)
                         && transport::peer_hung_up(&conn.fd)
                     {
                         self.close_conn(key);
                     }
-                    return;
+                    break;
                 }
                 Ok(Recv::Closed) | Err(_) => {
                     self.close_conn(key);
-                    return;
+                    break;
                 }
             }
         }
+        self.rx = rx;
     }
 
-    /// Stops reading connection `key` until it can take a reply (its peer reads).
+    /// Sends what waits in connection `key`'s outbox, as far as the socket takes it. True if
+    /// nothing waits any more (the connection is read again); false if something still does,
+    /// or the connection failed and was closed.
+    fn flush(&mut self, key: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return false;
+        };
+        if !conn.paused() {
+            return true;
+        }
+        while let Some(out) = conn.outbox.front() {
+            let sent = {
+                let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(AsFd::as_fd).collect();
+                transport::send(conn.fd.as_fd(), &out.bytes, &fds)
+            };
+            match sent {
+                Ok(()) => {
+                    conn.outbox.pop_front();
+                }
+                Err(rustix::io::Errno::AGAIN) => return false,
+                Err(e) => {
+                    debug!(key, error = %e, "reply not delivered; dropping connection");
+                    self.close_conn(key);
+                    return false;
+                }
+            }
+        }
+        self.resume(key);
+        true
+    }
+
+    /// Stops reading connection `key` and watches it for room for its waiting replies.
     fn pause(&mut self, key: u64) {
-        if let Some(conn) = self.conns.get_mut(&key)
-            && !conn.paused
-        {
-            conn.paused = true;
+        if let Some(conn) = self.conns.get(&key) {
             debug!(key, "client does not read its replies; pausing it");
+            // Only OUT: a hang-up is reported anyway (EPOLLHUP), and a peer that shut down
+            // its sending side only must not wake the loop while it does not read.
             let _ = epoll::modify(
                 &self.epoll,
                 &conn.fd,
                 epoll::EventData::new_u64(key),
-                epoll::EventFlags::OUT | epoll::EventFlags::RDHUP,
+                epoll::EventFlags::OUT,
             );
         }
     }
 
-    /// Reads connection `key` again.
+    /// Reads connection `key` again: its outbox is empty.
     fn resume(&mut self, key: u64) {
-        if let Some(conn) = self.conns.get_mut(&key)
-            && conn.paused
-        {
-            conn.paused = false;
+        if let Some(conn) = self.conns.get(&key) {
+            debug!(key, "client read its replies; resuming it");
             let _ = epoll::modify(
                 &self.epoll,
                 &conn.fd,
                 epoll::EventData::new_u64(key),
                 epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
             );
+        }
+    }
+
+    /// Before luod hands itself over or exits: delivers the replies waiting in the outboxes
+    /// (of connection `only`, or of every connection), waiting for room up to
+    /// [`HANDOVER_FLUSH_MS`] in all. A connection whose replies cannot be delivered by then is
+    /// closed.
+    pub fn deliver_waiting(&mut self, only: Option<u64>) {
+        let deadline = Instant::now() + std::time::Duration::from_millis(HANDOVER_FLUSH_MS);
+        let keys: Vec<u64> = match only {
+            Some(k) => vec![k],
+            None => self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.paused())
+                .map(|(&k, _)| k)
+                .collect(),
+        };
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let mut failed = None;
+            while let Some(out) = conn.outbox.pop_front() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+                let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(AsFd::as_fd).collect();
+                if let Err(e) = transport::send_wait(conn.fd.as_fd(), &out.bytes, &fds, ms) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                Some(e) => {
+                    warn!(key, error = %e, "replies not delivered before the handover; dropping connection");
+                    self.close_conn(key);
+                }
+                None => self.resume(key),
+            }
         }
     }
 
@@ -397,6 +479,7 @@ impl Server {
                     Ok(()) => {
                         info!("reboot handed over; cutting every connection and exiting");
                         self.send_reply(key, id, Reply::ok(Vec::new()));
+                        self.deliver_waiting(Some(key));
                         crate::takeover::release_successor(self);
                         std::process::exit(0);
                     }
@@ -462,22 +545,44 @@ impl Server {
         any
     }
 
+    /// Sends a reply without waiting. If the socket has no room (its peer does not read), or
+    /// earlier replies still wait, the reply joins the connection's outbox and the connection
+    /// is paused until the outbox drains (see [`on_conn`](Self::on_conn)). A connection whose
+    /// peer is gone is closed.
     pub fn send_reply(&mut self, key: u64, id: u64, reply: Reply) {
-        let Some(conn) = self.conns.get(&key) else {
+        let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        let mut out = Vec::with_capacity(16 + reply.arg.len());
+        let mut out = std::mem::take(&mut self.tx);
+        out.clear();
         wire::write_reply(&mut out, reply.errno, id, &reply.arg);
-        let fds: Vec<BorrowedFd<'_>> = reply.fds.iter().map(|f| f.as_fd()).collect();
-        if let Err(e) = transport::send_wait(conn.fd.as_fd(), &out, &fds, 1000) {
-            debug!(key, error = %e, "reply not delivered; dropping connection");
-            drop(fds);
-            self.close_conn(key);
+        let sent = if conn.paused() {
+            Err(rustix::io::Errno::AGAIN)
+        } else {
+            let fds: Vec<BorrowedFd<'_>> = reply.fds.iter().map(AsFd::as_fd).collect();
+            transport::send(conn.fd.as_fd(), &out, &fds)
+        };
+        match sent {
+            Ok(()) => self.tx = out,
+            Err(rustix::io::Errno::AGAIN) => {
+                conn.outbox.push_back(Outgoing {
+                    bytes: out,
+                    fds: reply.fds,
+                });
+                if conn.outbox.len() == 1 {
+                    self.pause(key);
+                }
+            }
+            Err(e) => {
+                debug!(key, error = %e, "reply not delivered; dropping connection");
+                self.tx = out;
+                self.close_conn(key);
+            }
         }
     }
 
-    fn on_message(&mut self, key: u64, msg: Received) {
-        let (hdr, arg) = match wire::parse_request(&msg.bytes) {
+    fn on_message(&mut self, key: u64, bytes: &[u8], msg: Incoming) {
+        let (hdr, arg) = match wire::parse_request(bytes) {
             Ok(v) => v,
             Err(e) => {
                 let e = if msg.truncated { Errno(90) } else { e };

@@ -174,6 +174,8 @@ fn stage_round(
     round: u32,
     started: Instant,
 ) {
+    // Replies waiting in an outbox cannot travel in the image: deliver them first.
+    server.deliver_waiting(None);
     let t0 = Instant::now();
     let mut image_ms = 0.0;
     let spawned = upgrade_image(server, round, 0).and_then(|(image, fds)| {
@@ -239,6 +241,10 @@ pub fn on_successor(server: &mut Server) {
         refuse(server, staging.requester, staging.id, &e);
         return;
     }
+    // Replies that went to an outbox since the image (read-only requests do not move the
+    // epoch) must leave before this server does; closing a connection that cannot take them
+    // moves the epoch.
+    server.deliver_waiting(None);
     if staging.epoch == server.epoch {
         // Nothing changed since the image was written: the successor is exact. Answer,
         // let it go, and leave.
@@ -254,6 +260,7 @@ pub fn on_successor(server: &mut Server) {
         let _ = transport::send(staging.channel.as_fd(), b"GO", &[]);
         let _ = rustix::process::setpriority_process(None, 19);
         server.send_reply(staging.requester, staging.id, Reply::ok(Vec::new()));
+        server.deliver_waiting(Some(staging.requester));
         std::process::exit(0);
     }
     // The state moved on while the successor prepared: its image is stale. Start over, or
@@ -277,10 +284,12 @@ pub fn on_successor(server: &mut Server) {
         stage_round(server, requester, id, binary, round + 1, started);
         return;
     }
+    server.deliver_waiting(None);
     match upgrade(server, &binary, round + 1) {
         Ok(()) => {
             info!(binary = %binary.display(), "upgrade confirmed by the new server; exiting");
             server.send_reply(requester, id, Reply::ok(Vec::new()));
+            server.deliver_waiting(Some(requester));
             release_successor(server);
             std::process::exit(0);
         }

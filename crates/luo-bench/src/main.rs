@@ -31,15 +31,19 @@
 //!   `cargo build --release -p luod`). A fresh luod gets 100 control connections and 2,000
 //!   sessions holding 15,000 descriptors (memfds and both ends of socket pairs) plus one memfd
 //!   of 4 GiB with every page written; a thread hammers it with STATUS requests while it is
-//!   upgraded three times (`Control::upgrade(None)`), each upgrade checked (new pid, every
+//!   upgraded nine times (`Control::upgrade(None)`), each upgrade checked (new pid, every
 //!   session and file listed, every client answering). The blackout of an upgrade is the gap
 //!   between the last STATUS answered by the old process and the first answered by the new one
 //!   (told apart by the pid in the reply). The same again with a 16 MiB memfd. Then the
 //!   figures of `rpc` (below), and a plain restart (SIGTERM, start, first PING) as the
-//!   baseline of the blackout. Prints `upgrade_blackout_ms` (median of 3; `_max_ms` the
+//!   baseline of the blackout. Prints `upgrade_blackout_ms` (median of 9; `_max_ms` the
 //!   worst), `upgrade_blackout_small_ms`, `upgrade_blackout_ratio` (large / small),
-//!   `upgrade_status_gap_ms` (median gap between STATUS answers outside upgrades: the
-//!   resolution of the blackout), `upgrade_call_ms`, every `rpc_*` key of `rpc`,
+//!   `upgrade_stall_ms` (median over the upgrades of the longest gap between two answers of
+//!   the old server while the upgrade call was open: its own pause to write the image and fork
+//!   the successor; `_max_ms` the worst), `upgrade_rounds_max` (most successors one upgrade
+//!   started; 1 = the first, prepared while serving, was taken), `upgrade_stop_and_copy` (how
+//!   many upgrades fell back to stop and copy), `upgrade_status_gap_ms` (median gap between
+//!   STATUS answers outside upgrades: the resolution of the blackout), `upgrade_call_ms`, every `rpc_*` key of `rpc`,
 //!   `restart_ms`, `upgrade_blackout_vs_restart_ratio`, and what was held
 //!   (`upgrade_sessions`, `upgrade_fds`, `upgrade_clients`, `upgrade_luod_fds`). Set
 //!   `LUO_BENCH_LUOD_LOG=info` to pass a log filter to luod and see its log after each run.

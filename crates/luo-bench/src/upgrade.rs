@@ -31,7 +31,7 @@ const SMALL: u64 = 16 << 20;
 /// Its token (in session 0).
 const BIG_TOKEN: u64 = 1 << 40;
 /// Upgrades per run.
-const UPGRADES: usize = 5;
+const UPGRADES: usize = 9;
 /// Steady-state STATUS traffic before and after each upgrade.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How long luod gets to start answering (and to drop what a closed client held).

@@ -397,6 +397,28 @@ fn wait_starts(starts: &Path, n: usize) {
     }
 }
 
+/// `luoctl upgrade --binary target`, on a thread of its own.
+fn upgrade_in_background(
+    luod: &Luod,
+    target: &Path,
+) -> std::thread::JoinHandle<Result<(), luo_client::Error>> {
+    let socket = luod.socket.clone();
+    let target = target.to_owned();
+    std::thread::spawn(move || {
+        Control::connect_at(&socket)
+            .expect("connect")
+            .upgrade(Some(&target))
+    })
+}
+
+/// Waits for an upgrade started by [`upgrade_in_background`]; it must succeed.
+fn finish_upgrade(luod: &Luod, upgrade: std::thread::JoinHandle<Result<(), luo_client::Error>>) {
+    upgrade
+        .join()
+        .expect("upgrade thread")
+        .unwrap_or_else(|e| panic!("upgrade: {e}\n{}", luod.log_text()));
+}
+
 #[test]
 fn upgrade_prepares_the_successor_while_serving_and_redoes_it_when_the_state_moves() {
     let luod = Luod::start("upgrade-staged");
@@ -408,13 +430,7 @@ fn upgrade_prepares_the_successor_while_serving_and_redoes_it_when_the_state_mov
         .expect("preserve");
 
     // Upgrade 1: one change while the first successor prepares.
-    let socket = luod.socket.clone();
-    let target = wrapper.clone();
-    let upgrade = std::thread::spawn(move || {
-        Control::connect_at(&socket)
-            .expect("connect")
-            .upgrade(Some(&target))
-    });
+    let upgrade = upgrade_in_background(&luod, &wrapper);
     wait_starts(&starts, 1);
     // The old server keeps serving while its successor prepares…
     let during = luod.status();
@@ -432,10 +448,7 @@ fn upgrade_prepares_the_successor_while_serving_and_redoes_it_when_the_state_mov
     // …and a change it makes is not lost: that successor is discarded and another prepares.
     s.preserve(memfd_with("m1", b"during round 1"), 1)
         .expect("preserve while the successor prepares");
-    upgrade
-        .join()
-        .expect("upgrade thread")
-        .unwrap_or_else(|e| panic!("upgrade: {e}\n{}", luod.log_text()));
+    finish_upgrade(&luod, upgrade);
     wait_starts(&starts, 2);
     let after = luod.status();
     assert_ne!(after.pid, first.pid);
@@ -449,23 +462,14 @@ fn upgrade_prepares_the_successor_while_serving_and_redoes_it_when_the_state_mov
 
     // Upgrade 2: a change during every round; after three rounds the old server stops and
     // copies, and still loses nothing.
-    let socket = luod.socket.clone();
-    let target = wrapper.clone();
-    let upgrade = std::thread::spawn(move || {
-        Control::connect_at(&socket)
-            .expect("connect")
-            .upgrade(Some(&target))
-    });
+    let upgrade = upgrade_in_background(&luod, &wrapper);
     for round in 1..=3u64 {
         wait_starts(&starts, 2 + round as usize);
         let text = format!("during upgrade 2 round {round}");
         s.preserve(memfd_with("mr", text.as_bytes()), 1 + round)
             .expect("preserve while a successor prepares");
     }
-    upgrade
-        .join()
-        .expect("upgrade thread")
-        .unwrap_or_else(|e| panic!("upgrade: {e}\n{}", luod.log_text()));
+    finish_upgrade(&luod, upgrade);
     wait_starts(&starts, 6);
     let last = luod.status();
     assert_ne!(last.pid, after.pid);

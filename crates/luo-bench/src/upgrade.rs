@@ -559,24 +559,14 @@ fn run_all(luod: &Path, dir: &Path) -> Result<()> {
     );
     put("upgrade_stall_ms", ms(median(&large.stalls)));
     put("upgrade_stall_max_ms", ms(max(&large.stalls)));
+    let rounds: Vec<&(u32, bool)> = large.rounds.iter().chain(&small.rounds).collect();
     put(
         "upgrade_rounds_max",
-        large
-            .rounds
-            .iter()
-            .chain(&small.rounds)
-            .map(|r| r.0)
-            .max()
-            .unwrap_or(0),
+        rounds.iter().map(|r| r.0).max().unwrap_or(0),
     );
     put(
         "upgrade_stop_and_copy",
-        large
-            .rounds
-            .iter()
-            .chain(&small.rounds)
-            .filter(|r| r.1)
-            .count(),
+        rounds.iter().filter(|r| r.1).count(),
     );
     put("upgrade_call_ms", ms(median(&large.calls)));
     put("upgrade_status_gap_ms", ms(median(&large.steady_gaps)));

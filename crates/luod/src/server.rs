@@ -217,10 +217,10 @@ impl Server {
         while !self.stop {
             events.clear();
             self.reap_zombies();
-            let timeout = self.staging.as_ref().map(|s| rustix::event::Timespec {
-                tv_sec: i64::from(s.timeout_ms() / 1000),
-                tv_nsec: i64::from(s.timeout_ms() % 1000) * 1_000_000,
-            });
+            let timeout = self
+                .staging
+                .as_ref()
+                .map(crate::takeover::Staging::time_left);
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),

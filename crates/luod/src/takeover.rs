@@ -141,10 +141,15 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Milliseconds left before the successor of this round is given up on.
-    pub fn timeout_ms(&self) -> i32 {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+    /// Time left before the successor of this round is given up on (rounded up to the next
+    /// millisecond, so the loop wakes after the deadline, not just before it).
+    pub fn time_left(&self) -> rustix::event::Timespec {
+        let left = self.deadline.saturating_duration_since(Instant::now())
+            + std::time::Duration::from_millis(1);
+        rustix::event::Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        }
     }
 }
 

@@ -103,7 +103,9 @@ pub fn recv_into(
             fds.extend(rights);
         }
     }
-    if msg.bytes == 0 && fds.is_empty() {
+    // On `SOCK_SEQPACKET` an empty datagram and the end of the stream both read as 0 bytes.
+    // It is the end only if the peer hung up and nothing but the end is left to read.
+    if msg.bytes == 0 && fds.is_empty() && peer_hung_up(fd) && nothing_left(fd) {
         return Ok(Recv::Closed);
     }
     Ok(Recv::Message(Incoming {
@@ -165,6 +167,16 @@ pub fn send_wait(
             other => return other,
         }
     }
+}
+
+/// True if a peek at `fd` finds the end of the stream (or another empty datagram, which a peer
+/// that hung up can no longer get an answer to).
+fn nothing_left(fd: BorrowedFd<'_>) -> bool {
+    let mut one = [0u8; 1];
+    matches!(
+        rustix::net::recv(fd, &mut one, RecvFlags::PEEK | RecvFlags::DONTWAIT),
+        Ok((0, _)) | Err(Errno::CONNRESET) | Err(Errno::PIPE)
+    )
 }
 
 /// True if the peer of `fd` has hung up (a pending close not yet read).

@@ -330,11 +330,24 @@ impl Engine {
                 return Err(handler_err(handler.compatible(), "preserve", e));
             }
         };
-        if self
+        let refused = if self
             .limits
             .bytes
             .is_some_and(|max| usage.bytes.saturating_add(preserved.bytes) > max)
         {
+            Some(Error::Quota("bytes"))
+        } else if let Some(exclude) = self.excluded.0.as_ref() {
+            let mut visit =
+                |f: BorrowedFd<'_>| rustix::fs::fstat(f).is_ok_and(|st| exclude(f, &st));
+            match handler.carries(preserved.fd.as_fd(), &mut visit) {
+                Ok(false) => None,
+                Ok(true) => Some(Error::CarriesExcluded),
+                Err(e) => Some(handler_err(handler.compatible(), "inspect", e)),
+            }
+        } else {
+            None
+        };
+        if let Some(err) = refused {
             let mut data = FileData {
                 token,
                 fd: preserved.fd,
@@ -342,7 +355,7 @@ impl Engine {
             };
             handler.unpreserve(&mut data);
             self.flb_unpreserve(h);
-            return Err(Error::Quota("bytes"));
+            return Err(err);
         }
         self.identities.insert(identity);
         if let Some(ns) = self.namespaces.get_mut(&owner) {
@@ -587,6 +600,13 @@ impl Engine {
     pub fn session_counts(&self) -> (u64, u64) {
         let outgoing = self.sessions.values().filter(|s| s.is_outgoing()).count() as u64;
         (outgoing, self.sessions.len() as u64 - outgoing)
+    }
+
+    /// [`session_counts`](Self::session_counts) of `owner`'s sessions alone (O(1)).
+    pub fn session_counts_of(&self, owner: u32) -> (u64, u64) {
+        self.namespaces.get(&owner).map_or((0, 0), |ns| {
+            (ns.outgoing.len() as u64, ns.incoming.len() as u64)
+        })
     }
 
     /// The session `name` of `owner` going the given way, if any (O(1)).

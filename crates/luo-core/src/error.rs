@@ -42,6 +42,13 @@ pub enum Error {
     /// The same underlying object is already preserved (or retrieved and not finished).
     #[error("Object already preserved")]
     AlreadyPreserved,
+    /// The file carries in flight a descriptor no handler may take (a Unix socket with one of
+    /// luod's own connections queued in it): holding it could keep that descriptor alive
+    /// forever.
+    #[error(
+        "File carries a descriptor that cannot be preserved (a luod connection queued in a socket)"
+    )]
+    CarriesExcluded,
     /// No file with the token (or the session was finished).
     #[error("No file with this token")]
     NoToken,
@@ -113,6 +120,7 @@ impl Error {
             | Error::NotOutgoing
             | Error::NotIncoming
             | Error::InvalidCompatible
+            | Error::CarriesExcluded
             | Error::UnknownHandler(_) => Errno::EINVAL,
             Error::NameTaken | Error::TokenTaken | Error::DuplicateCompatible(_) => Errno::EEXIST,
             Error::NoSession | Error::NoHandler | Error::NoToken | Error::StaleSession => {

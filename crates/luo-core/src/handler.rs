@@ -190,6 +190,23 @@ pub trait FileHandler: Send + Sync + std::fmt::Debug {
         self.preserve(fd)
     }
 
+    /// Optional. Runs on PRESERVE_FD right after `preserve`, when the engine has descriptors
+    /// no handler may take ([`Engine::set_excluded`](crate::Engine::set_excluded)): shows
+    /// `visit` each descriptor the file carries in flight (for a Unix socket: those queued in
+    /// its receive queue) and returns true as soon as `visit` does. The engine then undoes the
+    /// preserve and refuses the file (`EINVAL`), since holding it could keep an excluded
+    /// descriptor alive with nobody able to release it. An error means the handler could not
+    /// see them all; the file is refused with that error. `preserve` must already have made
+    /// sure nothing new can be put in flight. The default carries nothing.
+    fn carries(
+        &self,
+        held: BorrowedFd<'_>,
+        visit: &mut dyn FnMut(BorrowedFd<'_>) -> bool,
+    ) -> Result<bool, HandlerError> {
+        let _ = (held, visit);
+        Ok(false)
+    }
+
     /// Required, cannot fail. Runs when an outgoing session is closed (newest file first), and
     /// when a preserve is rolled back after `preserve` succeeded. Undoes `preserve`.
     fn unpreserve(&self, file: &mut FileData);

@@ -27,6 +27,15 @@ pub enum Error {
     /// `preserve` or `identity` was given a descriptor the handler's `can_preserve` refuses.
     #[error("Not a file this handler preserves")]
     NotPreservable,
+    /// A Unix socket on a kernel without `SO_PASSRIGHTS`: nothing could stop descriptors being
+    /// put in flight to it while luod holds it.
+    #[error(
+        "Unix sockets can be preserved only on a kernel with SO_PASSRIGHTS (Linux 6.16 or later)"
+    )]
+    Unguardable,
+    /// What a Unix socket carries in flight could not all be checked.
+    #[error("Cannot check the descriptors queued in the socket: {0}")]
+    InFlightUnchecked(&'static str),
     /// A record has the wrong length.
     #[error("{record} record is {got} bytes, expected {expected}")]
     RecordLength {
@@ -94,8 +103,9 @@ impl Error {
             | Error::ReopenMismatch
             | Error::PageSize { .. }
             | Error::VirtualFunction(_)
+            | Error::InFlightUnchecked(_)
             | Error::FlbData(_) => Errno::EINVAL,
-            Error::UnsupportedSeals(_) => Errno::EOPNOTSUPP,
+            Error::UnsupportedSeals(_) | Error::Unguardable => Errno::EOPNOTSUPP,
             Error::AlreadyPreserved(_) => Errno::EBUSY,
             Error::NoDevice(_) => Errno::ENODEV,
         }

@@ -22,10 +22,11 @@
 //!   [`Preserved::bytes`] is the file size.
 //! - **freeze** records size, position and seals again: the client may have written, moved
 //!   the position or added seals since preserve.
-//! - **retrieve** opens `/proc/self/fd/<held>` read-write: a *new* open file description of the
-//!   same inode, as the kernel gives a new `struct file`. It checks the inode, sets the size back
-//!   to the recorded one unless seals forbid it, adds any recorded seal that is missing, and sets
-//!   the recorded position.
+//! - **retrieve** opens `/proc/self/fd/<held>` with exactly the access the client's descriptor
+//!   had (read, write or both, and append), never more: a *new* open file description of the
+//!   same inode, as the kernel gives a new `struct file`. It checks the inode; if the client
+//!   could write, it sets the size back to the recorded one unless seals forbid it and adds any
+//!   recorded seal that is missing; it sets the recorded position.
 //! - **finish** does nothing: the engine closes the held descriptor afterwards, and the memory
 //!   goes when the last holder lets go. A file never retrieved is not truncated, because another
 //!   process may still share it.
@@ -51,7 +52,7 @@ pub const MEMFD_COMPATIBLE: &str = "memfd-v1";
 /// | `size` | 0 | 8 | file size in bytes (`st_size`); at most `i64::MAX` |
 /// | `pos` | 8 | 8 | file position of the client's open file description; at most `i64::MAX` |
 /// | `seals` | 16 | 4 | `F_SEAL_*` bits (only [`ALL_SEALS`](crate::ALL_SEALS)) |
-/// | `flags` | 20 | 4 | bit 0 [`FLAG_NO_SEALS`](crate::FLAG_NO_SEALS): the file has no seal support and `seals` is 0; other bits must be 0 |
+/// | `flags` | 20 | 4 | bit 0 [`FLAG_NO_SEALS`](crate::FLAG_NO_SEALS): the file has no seal support and `seals` is 0; bits 1–3 the client's access, [`FLAG_READ`](crate::FLAG_READ), [`FLAG_WRITE`](crate::FLAG_WRITE), [`FLAG_APPEND`](crate::FLAG_APPEND); other bits must be 0 |
 /// | `dev` | 24 | 8 | `st_dev` of the inode, checked against the held descriptor on retrieve |
 /// | `ino` | 32 | 8 | `st_ino` of the inode, checked likewise |
 ///
@@ -226,8 +227,26 @@ mod tests {
     #[test]
     fn record_rejects_unknown_bits() {
         let mut rec = valid();
-        rec.flags = U32::new(0x2);
+        rec.flags = U32::new(0x10);
         assert!(MemfdRecord::parse(rec.as_bytes()).is_err());
+        let mut rec = valid();
+        rec.flags = U32::new(crate::FLAG_APPEND);
+        assert!(
+            MemfdRecord::parse(rec.as_bytes()).is_err(),
+            "append without read or write"
+        );
+        for access in [
+            crate::FLAG_READ,
+            crate::FLAG_WRITE,
+            crate::FLAG_READ | crate::FLAG_WRITE | crate::FLAG_APPEND,
+        ] {
+            let mut rec = valid();
+            rec.flags = U32::new(access);
+            assert!(
+                MemfdRecord::parse(rec.as_bytes()).is_ok(),
+                "access {access:#x}"
+            );
+        }
         let mut rec = valid();
         rec.seals = U32::new(0x40);
         assert!(MemfdRecord::parse(rec.as_bytes()).is_err());

@@ -21,8 +21,51 @@ pub const ALL_SEALS: u32 = 0x3f;
 /// not check seals.
 pub const FLAG_NO_SEALS: u32 = 1 << 0;
 
+/// Record flag: the preserved open file description could read (`O_RDONLY` or `O_RDWR`).
+pub const FLAG_READ: u32 = 1 << 1;
+
+/// Record flag: the preserved open file description could write (`O_WRONLY` or `O_RDWR`).
+/// Without it retrieve opens the file without write access and never resizes it.
+pub const FLAG_WRITE: u32 = 1 << 2;
+
+/// Record flag: the preserved open file description was in append mode (`O_APPEND`).
+pub const FLAG_APPEND: u32 = 1 << 3;
+
+/// The access flags: what the client's open file description allowed.
+pub(crate) const ACCESS_FLAGS: u32 = FLAG_READ | FLAG_WRITE | FLAG_APPEND;
+
 /// Every record flag defined for `memfd-v1` and `memfd-hugetlb-v1`.
-pub(crate) const ALL_FLAGS: u32 = FLAG_NO_SEALS;
+pub(crate) const ALL_FLAGS: u32 = FLAG_NO_SEALS | ACCESS_FLAGS;
+
+/// The access flags of the open file description behind `fd` (`F_GETFL`).
+fn access_of(fd: BorrowedFd<'_>) -> Result<u32, Error> {
+    let fl = rustix::fs::fcntl_getfl(fd).map_err(Error::sys("F_GETFL"))?;
+    let mode = fl & OFlags::ACCMODE;
+    let mut flags = 0;
+    if mode == OFlags::RDONLY || mode == OFlags::RDWR {
+        flags |= FLAG_READ;
+    }
+    if mode == OFlags::WRONLY || mode == OFlags::RDWR {
+        flags |= FLAG_WRITE;
+    }
+    if fl.contains(OFlags::APPEND) {
+        flags |= FLAG_APPEND;
+    }
+    Ok(flags)
+}
+
+/// The open flags that give exactly the access `flags` describes.
+fn open_flags(flags: u32) -> OFlags {
+    let mut o = match (flags & FLAG_READ != 0, flags & FLAG_WRITE != 0) {
+        (true, true) => OFlags::RDWR,
+        (false, true) => OFlags::WRONLY,
+        _ => OFlags::RDONLY,
+    };
+    if flags & FLAG_APPEND != 0 {
+        o |= OFlags::APPEND;
+    }
+    o | OFlags::CLOEXEC
+}
 
 /// The state of a memory file that both records carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +105,10 @@ impl State {
         Ok((state, u64::try_from(sfs.f_bsize).unwrap_or(0)))
     }
 
-    /// Reads position and seals from `fd`, and size and inode from `st`, its `fstat`.
+    /// Reads position, seals and access mode from `fd`, and size and inode from `st`, its
+    /// `fstat`.
     pub(crate) fn from_stat(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<State, Error> {
+        let access = access_of(fd)?;
         let pos = rustix::fs::seek(fd, SeekFrom::Current(0)).map_err(Error::sys("lseek"))?;
         let (seals, flags) = match rustix::fs::fcntl_get_seals(fd) {
             Ok(s) => (s.bits(), 0),
@@ -77,7 +122,7 @@ impl State {
             size: u64::try_from(st.st_size).unwrap_or(0),
             pos,
             seals,
-            flags,
+            flags: flags | access,
             dev: st.st_dev,
             ino: st.st_ino,
         })
@@ -87,6 +132,9 @@ impl State {
     pub(crate) fn validate(&self, record: &'static str) -> Result<(), Error> {
         let field = |field| Error::RecordField { record, field };
         if self.flags & !ALL_FLAGS != 0 {
+            return Err(field("flags"));
+        }
+        if self.flags & ACCESS_FLAGS != 0 && self.flags & (FLAG_READ | FLAG_WRITE) == 0 {
             return Err(field("flags"));
         }
         if self.seals & !ALL_SEALS != 0 || (self.flags & FLAG_NO_SEALS != 0 && self.seals != 0) {
@@ -102,23 +150,39 @@ impl State {
     }
 
     /// Hands the memory back: a new open file description of the held inode with the recorded
-    /// size, seals and position.
+    /// access mode, size, seals and position.
     ///
-    /// The size is set back to the recorded one if someone still holding the file changed it
-    /// after freeze, unless the file is sealed against that change (then the current size
-    /// stays). Seals can only be added, never removed, so the file normally already has every
-    /// recorded seal; any that are missing are added, and if that is refused the retrieve fails.
+    /// The new description grants exactly what the preserved one did, never more: luod opens
+    /// it as root, so the access mode is the recorded one, narrowed further by what the held
+    /// description (the client's own, duplicated) allows. A record without access flags (from
+    /// an older luod) takes the held description's. A file the client could not write is never
+    /// resized and gets no seal.
+    ///
+    /// With write access, the size is set back to the recorded one if someone still holding
+    /// the file changed it after freeze, unless the file is sealed against that change (then
+    /// the current size stays). Seals can only be added, never removed, so the file normally
+    /// already has every recorded seal; any that are missing are added, and if that is refused
+    /// the retrieve fails.
     pub(crate) fn reopen(&self, held: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
         let st = rustix::fs::fstat(held).map_err(Error::sys("fstat"))?;
         if (st.st_dev, st.st_ino) != (self.dev, self.ino) {
             return Err(Error::HeldMismatch("memory file"));
         }
-        let open = rustix::fs::open(
-            fd::proc_path(held),
-            OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(Error::sys("reopen"))?;
+        let held_access = access_of(held)?;
+        let recorded = self.flags & ACCESS_FLAGS;
+        let access = if recorded == 0 {
+            held_access
+        } else {
+            // Read and write only where both allow; append where either asks for it.
+            (recorded & held_access & (FLAG_READ | FLAG_WRITE))
+                | ((recorded | held_access) & FLAG_APPEND)
+        };
+        if access & (FLAG_READ | FLAG_WRITE) == 0 {
+            return Err(Error::HeldMismatch("memory file access mode"));
+        }
+        let writable = access & FLAG_WRITE != 0;
+        let open = rustix::fs::open(fd::proc_path(held), open_flags(access), Mode::empty())
+            .map_err(Error::sys("reopen"))?;
         let now = rustix::fs::fstat(&open).map_err(Error::sys("fstat"))?;
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
             return Err(Error::ReopenMismatch);
@@ -132,7 +196,7 @@ impl State {
         let size_now = u64::try_from(now.st_size).unwrap_or(0);
         let blocked = (self.size < size_now && seals_now & SealFlags::SHRINK.bits() != 0)
             || (self.size > size_now && seals_now & SealFlags::GROW.bits() != 0);
-        if size_now != self.size && !blocked {
+        if size_now != self.size && !blocked && writable {
             rustix::fs::ftruncate(&open, self.size).map_err(Error::sys("ftruncate"))?;
         }
 

@@ -656,7 +656,7 @@ impl Server {
                 },
                 _ => Reply::err_msg(Errno::EINVAL, "Handoff needs a session connection"),
             },
-            Op::Status => Reply::ok(crate::status::status(self)),
+            Op::Status => Reply::ok(crate::status::status(self, cred, admin)),
             Op::List => crate::status::list(self, cred, admin, arg),
             Op::Upgrade => {
                 if !admin {

@@ -15,10 +15,30 @@ use crate::server::{Reply, Server};
 /// The version luod reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The STATUS reply.
-pub fn status(server: &Server) -> Vec<u8> {
-    let (out, inc) = server.engine.session_counts();
-    let usage = server.engine.total_usage();
+/// The STATUS reply. Root and luod's own uid (`admin`) see the whole machine; any other uid
+/// sees only its own sessions, files, bytes, connections and descriptors.
+pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
+    let ((out, inc), usage, clients, fd_used) = if admin {
+        (
+            server.engine.session_counts(),
+            server.engine.total_usage(),
+            server.conns.len() as u64,
+            server.fds_used(),
+        )
+    } else {
+        let usage = server.engine.usage(cred.uid);
+        let clients = server
+            .conns
+            .values()
+            .filter(|c| c.cred.uid == cred.uid)
+            .count() as u64;
+        (
+            server.engine.session_counts_of(cred.uid),
+            usage,
+            clients,
+            usage.files + clients,
+        )
+    };
     let mut version = [0u8; 32];
     let v = VERSION.as_bytes();
     version[..v.len().min(31)].copy_from_slice(&v[..v.len().min(31)]);
@@ -30,10 +50,10 @@ pub fn status(server: &Server) -> Vec<u8> {
         sessions_incoming: U64::new(inc),
         files: U64::new(usage.files),
         bytes: U64::new(usage.bytes),
-        clients: U64::new(server.conns.len() as u64),
+        clients: U64::new(clients),
         uptime_ms: U64::new(server.started.elapsed().as_millis() as u64),
         fd_limit: U64::new(server.fd_limit),
-        fd_used: U64::new(server.fds_used()),
+        fd_used: U64::new(fd_used),
         upgrades: U64::new(server.upgrades),
         version,
         last_upgrade_rounds: U32::new(server.last_upgrade.0),

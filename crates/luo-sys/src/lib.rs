@@ -1,0 +1,26 @@
+//! The few raw system calls luod needs that rustix does not offer, each behind a safe function.
+//!
+//! Everything else in the workspace goes through rustix and forbids `unsafe`; this crate is
+//! the exception, and each `unsafe` block in it says why it is sound.
+//!
+//! - [`sockopt`]: integer socket options rustix has no wrapper for: `SO_PASSRIGHTS` (whether a
+//!   Unix socket accepts descriptors, Linux 6.16 and later) and `SO_PEEK_OFF` (the offset at
+//!   which `MSG_PEEK` reads).
+//!
+//! ```
+//! use luo_sys::sockopt;
+//! let (a, _b) = rustix::net::socketpair(
+//!     rustix::net::AddressFamily::UNIX,
+//!     rustix::net::SocketType::SEQPACKET,
+//!     rustix::net::SocketFlags::CLOEXEC,
+//!     None,
+//! )?;
+//! // `None` on a kernel without SO_PASSRIGHTS.
+//! if let Some(on) = sockopt::passrights(&a)? {
+//!     assert!(on, "a new socket accepts descriptors");
+//! }
+//! # Ok::<(), std::io::Error>(())
+//! ```
+#![allow(unsafe_code)] // Raw getsockopt and setsockopt: every unsafe block says why it is sound.
+
+pub mod sockopt;

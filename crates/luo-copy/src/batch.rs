@@ -345,8 +345,7 @@ impl Run<'_> {
         } else {
             to_n.unit
         };
-        for unit in from_n.unit..last {
-            let u = units[unit];
+        for (unit, &u) in units.iter().enumerate().take(last).skip(from_n.unit) {
             let a = if unit == from_n.unit {
                 from_n.offset
             } else {

@@ -517,8 +517,7 @@ fn copy_run(job: &Job, shared: &Shared) -> Outcome {
         waiting: Vec::new(),
         out: Outcome::default(),
     };
-    let mut reached = 0u64;
-    'pieces: for piece in run.pieces() {
+    'pieces: for (reached, piece) in (0u64..).zip(run.pieces()) {
         if cancelled() {
             return walk.out;
         }
@@ -529,7 +528,6 @@ fn copy_run(job: &Job, shared: &Shared) -> Outcome {
                 .get_or_insert(Error::ChannelFailed { channel });
             return walk.out;
         }
-        reached += 1;
         match job.faults.unit(job.first_unit + piece.unit as u64) {
             UnitFault::None => {}
             UnitFault::Fail => {

@@ -296,7 +296,6 @@ impl Engine {
                     }
                 }
                 delta.time_fallback = t.elapsed();
-                drop(batch);
                 delta.channels = std::mem::take(&mut scratch.credits);
                 for c in &mut delta.channels {
                     c.batches = u64::from(c.units > 0 || c.bytes > 0);

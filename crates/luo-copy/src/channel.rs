@@ -650,7 +650,7 @@ pub(crate) use crate::fault::Faults;
 /// No faults: what the product is built with.
 #[cfg(not(feature = "fault-injection"))]
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Faults;
+pub(crate) struct Faults(());
 
 #[cfg(not(feature = "fault-injection"))]
 impl Faults {

@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|preload|vmm|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|copy|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -61,6 +61,15 @@
 //!   `rpc_preserve_vs_raw_fd_pipelined_ratio` (like for like),
 //!   `rpc_preserve_vs_raw_fd_ratio`, `rpc_preserve_vs_sequential_ratio` (what pipelining
 //!   gains) and `rpc_preserve_vs_ping_ratio`.
+//! - **`copy`** — the batch copy engine (`luo-copy`) against plain copies of the same
+//!   prefaulted, page-aligned 1 GiB buffers, in one run: the engine with the CPU path, one
+//!   channel and two channels at 4 KiB, 2 MiB and 1 GiB units (every copy checked byte for
+//!   byte, every count checked), one-thread and two-thread `memcpy`, and `copy_file_range`
+//!   between two memfds; medians of 7 interleaved repetitions. Prints
+//!   `copy_<unit>_<n>ch_gb_per_s` and `copy_<unit>_cpu_gb_per_s` (unit 4k, 2m, 1g; n 1, 2),
+//!   `memcpy_1t_gb_per_s`, `memcpy_2t_gb_per_s`, `copy_file_range_gb_per_s`, and the ratios
+//!   `copy_2m_2ch_over_memcpy_2t` (target >= 0.90), `copy_4k_1ch_over_memcpy_1t` (target >=
+//!   0.80) and `copy_4k_cpu_over_memcpy_1t`. Needs 5 GiB free.
 //! - **`preload`** — builds and runs luo-preload's `bench_preload`: PRESERVE_FD + RETRIEVE_FD
 //!   pairs per second through the `LD_PRELOAD` library and through luo-client, printing
 //!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.
@@ -75,6 +84,7 @@
 //! [`Image::parse`]: luo_abi::image::Image::parse
 #![forbid(unsafe_code)]
 
+mod copy;
 mod engine;
 mod external;
 mod image;
@@ -141,7 +151,7 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|preload|vmm|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|copy|preload|vmm|all>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -150,6 +160,7 @@ fn main() {
         "image" => image::run(),
         "engine" => engine::run(),
         "upgrade" => upgrade::run(),
+        "copy" => copy::run(),
         "rpc" => rpc::run(),
         "preload" => external::preload(),
         "vmm" => external::vmm(args.get(1..).unwrap_or_default()),

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use luo_copy::{ChannelConfig, Channels, Engine, EngineConfig, Reason, UnitSize};
 use rustix::fs::MemfdFlags;
 
-use crate::{Result, check, put, ratio};
+use crate::{Result, check, put};
 
 /// Bytes copied by every figure.
 const LEN: usize = 1 << 30;
 /// Repetitions of every figure (the median is printed).
-const REPS: usize = 7;
+const REPS: usize = 9;
 /// What the destination holds before a timed copy.
 const POISON: u8 = 0x5a;
 
@@ -134,7 +134,48 @@ fn check_memfd(fd: &OwnedFd, src: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The engines timed: no driver, one channel, two channels (luod's defaults otherwise).
+/// How the engines are set up: luod's defaults, unless the environment says otherwise.
+#[derive(Clone, Debug)]
+struct Setup {
+    engine: EngineConfig,
+    /// Chunk size of the channels.
+    chunk: usize,
+    /// Pin channel `i` to CPU `i`.
+    pin: bool,
+    /// Only the subjects whose keys are listed (all if empty).
+    only: Vec<String>,
+}
+
+impl Setup {
+    /// `LUO_BENCH_COPY_BATCH_MIB`, `LUO_BENCH_COPY_CHUNK_KIB`, `LUO_BENCH_COPY_PIN=1` and
+    /// `LUO_BENCH_COPY_ONLY=key,key` (keys as printed) change the defaults, to investigate.
+    fn from_env() -> Result<Setup> {
+        let num = |name: &str| -> Result<Option<usize>> {
+            match std::env::var(name) {
+                Ok(v) => Ok(Some(v.parse().map_err(|e| format!("{name}={v}: {e}"))?)),
+                Err(_) => Ok(None),
+            }
+        };
+        let mut engine = EngineConfig::default();
+        if let Some(mib) = num("LUO_BENCH_COPY_BATCH_MIB")? {
+            engine = engine
+                .max_batch_bytes((mib as u64) << 20)
+                .max_batch_units(usize::MAX);
+        }
+        let chunk = num("LUO_BENCH_COPY_CHUNK_KIB")?
+            .map_or(ChannelConfig::new(1).chunk_bytes, |kib| kib << 10);
+        Ok(Setup {
+            engine,
+            chunk,
+            pin: std::env::var("LUO_BENCH_COPY_PIN").is_ok_and(|v| v == "1"),
+            only: std::env::var("LUO_BENCH_COPY_ONLY")
+                .map(|v| v.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The engines timed: no driver, one channel, two channels.
 struct Engines {
     cpu: Engine,
     one: Engine,
@@ -142,14 +183,18 @@ struct Engines {
 }
 
 impl Engines {
-    fn new() -> Result<Engines> {
+    fn new(setup: &Setup) -> Result<Engines> {
         let with = |n| -> Result<Engine> {
-            let engine = Engine::new(EngineConfig::default());
-            engine.register(Arc::new(Channels::new(ChannelConfig::new(n))?))?;
+            let engine = Engine::new(setup.engine.clone());
+            let mut config = ChannelConfig::new(n).chunk_bytes(setup.chunk);
+            if setup.pin {
+                config = config.pinned((0..n).collect());
+            }
+            engine.register(Arc::new(Channels::new(config)?))?;
             Ok(engine)
         };
         Ok(Engines {
-            cpu: Engine::new(EngineConfig::default()),
+            cpu: Engine::new(setup.engine.clone()),
             one: with(1)?,
             two: with(2)?,
         })
@@ -226,6 +271,39 @@ fn time_one(
     Ok(elapsed)
 }
 
+/// What handing one batch to the channels costs: the median time of a one-batch copy of
+/// 64 KiB (16 units of 4 KiB) offloaded to 1 and to 2 channels, less that of the same copy on
+/// the CPU path, in microseconds.
+fn offload_overhead() -> Result<(f64, f64)> {
+    const CALLS: usize = 2000;
+    let src = vec![1u8; 64 << 10];
+    let mut dst = vec![0u8; 64 << 10];
+    let per_call = |engine: &Engine, dst: &mut [u8]| -> Result<Duration> {
+        let mut t = Vec::with_capacity(CALLS);
+        for _ in 0..CALLS {
+            let start = Instant::now();
+            engine.copy(&src, dst, UnitSize::Base4K, Reason::Other)?;
+            t.push(start.elapsed());
+        }
+        Ok(median(t))
+    };
+    let cpu = per_call(&Engine::default(), &mut dst)?;
+    let mut offloaded = Vec::new();
+    for n in [1, 2] {
+        let engine = Engine::default();
+        let config = ChannelConfig::new(n).min_offload_bytes(0);
+        engine.register(Arc::new(Channels::new(config)?))?;
+        let t = per_call(&engine, &mut dst)?;
+        let stats = engine.stats();
+        check(stats.batches_offloaded == CALLS as u64, || {
+            format!("overhead: {stats:?}")
+        })?;
+        offloaded.push(t.saturating_sub(cpu).as_secs_f64() * 1e6);
+    }
+    check(dst == src, || "overhead: bytes differ".into())?;
+    Ok((offloaded[0], offloaded[1]))
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -243,12 +321,16 @@ pub(crate) fn run() -> Result<()> {
         }
     }
     subjects.extend([Subject::Memcpy1, Subject::Memcpy2, Subject::CopyFileRange]);
+    let setup = Setup::from_env()?;
+    if !setup.only.is_empty() {
+        subjects.retain(|s| setup.only.iter().any(|k| s.key().starts_with(k.as_str())));
+    }
 
     eprintln!("copy: prefaulting 2 x 1 GiB buffers and 2 x 1 GiB memfds");
     let src = Buffer::new(|page| (page * 7 + 1) as u8);
     let mut dst = Buffer::new(|_| POISON);
     let fds = memfds(src.get())?;
-    let engines = Engines::new()?;
+    let engines = Engines::new(&setup)?;
 
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); subjects.len()];
     for rep in 0..REPS {
@@ -258,45 +340,61 @@ pub(crate) fn run() -> Result<()> {
         eprintln!("copy: repetition {} of {REPS} done", rep + 1);
     }
 
-    let mut figures = Vec::new();
-    for (subject, t) in subjects.iter().zip(times) {
-        let (lo, hi) = (
-            gb_per_s(*t.iter().max().unwrap_or(&Duration::ZERO)),
-            gb_per_s(*t.iter().min().unwrap_or(&Duration::ZERO)),
-        );
-        let med = gb_per_s(median(t));
+    let index = |s: Subject| subjects.iter().position(|&x| x == s);
+    for (subject, t) in subjects.iter().zip(&times) {
+        let gbps: Vec<f64> = t.iter().map(|&d| gb_per_s(d)).collect();
+        let (lo, hi) = gbps
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), &g| (lo.min(g), hi.max(g)));
+        let med = gb_per_s(median(t.clone()));
         eprintln!(
             "copy: {:<28} median {med:6.2}  range {lo:6.2} .. {hi:6.2} GB/s",
             subject.key()
         );
-        figures.push((*subject, med));
+        put(&subject.key(), format!("{med:.2}"));
     }
-    let get = |s: Subject| figures.iter().find(|f| f.0 == s).map_or(0.0, |f| f.1);
-    for &(subject, gbps) in &figures {
-        put(&subject.key(), format!("{gbps:.2}"));
+    // A ratio is the median over the repetitions of the ratio within each: the two figures
+    // of one repetition were measured seconds apart, under the same load.
+    let ratios = [
+        (
+            "copy_2m_2ch_over_memcpy_2t",
+            Subject::Engine(UnitSize::Huge2M, Some(2)),
+            Subject::Memcpy2,
+        ),
+        (
+            "copy_4k_1ch_over_memcpy_1t",
+            Subject::Engine(UnitSize::Base4K, Some(1)),
+            Subject::Memcpy1,
+        ),
+        (
+            "copy_4k_cpu_over_memcpy_1t",
+            Subject::Engine(UnitSize::Base4K, None),
+            Subject::Memcpy1,
+        ),
+        (
+            "copy_1g_2ch_over_memcpy_2t",
+            Subject::Engine(UnitSize::Huge1G, Some(2)),
+            Subject::Memcpy2,
+        ),
+    ];
+    for (key, a, b) in ratios {
+        if let (Some(a), Some(b)) = (index(a), index(b)) {
+            let mut r: Vec<f64> = times[a]
+                .iter()
+                .zip(&times[b])
+                .map(|(ta, tb)| tb.as_secs_f64() / ta.as_secs_f64().max(1e-9))
+                .collect();
+            r.sort_by(f64::total_cmp);
+            put(key, format!("{:.2}", r[r.len() / 2]));
+        }
     }
-    put(
-        "copy_2m_2ch_over_memcpy_2t",
-        ratio(
-            get(Subject::Engine(UnitSize::Huge2M, Some(2))),
-            get(Subject::Memcpy2),
-        ),
-    );
-    put(
-        "copy_4k_1ch_over_memcpy_1t",
-        ratio(
-            get(Subject::Engine(UnitSize::Base4K, Some(1))),
-            get(Subject::Memcpy1),
-        ),
-    );
-    put(
-        "copy_4k_cpu_over_memcpy_1t",
-        ratio(
-            get(Subject::Engine(UnitSize::Base4K, None)),
-            get(Subject::Memcpy1),
-        ),
-    );
+    let (one, two) = offload_overhead()?;
+    put("copy_offload_overhead_1ch_us", format!("{one:.1}"));
+    put("copy_offload_overhead_2ch_us", format!("{two:.1}"));
     put("copy_bytes", LEN);
     put("copy_reps", REPS);
+    put("copy_batch_bytes", setup.engine.max_batch_bytes);
+    put("copy_chunk_bytes", setup.chunk);
+    put("copy_pinned", u8::from(setup.pin));
     Ok(())
 }

@@ -514,7 +514,9 @@ fn copy_run(job: &Job, shared: &Shared) -> Outcome {
         shared,
         from: run.start(),
         bytes: 0,
-        waiting: Vec::new(),
+        whole: 0..0,
+        whole_bytes: 0,
+        partial: Vec::new(),
         out: Outcome::default(),
     };
     'pieces: for (reached, piece) in (0u64..).zip(run.pieces()) {
@@ -563,7 +565,7 @@ fn copy_run(job: &Job, shared: &Shared) -> Outcome {
             }
         }
         walk.bytes += piece.end - offset;
-        walk.waiting.push(piece);
+        walk.wait_on(piece);
         if walk.bytes == job.chunk {
             walk.flush(piece.end_pos());
         }
@@ -591,31 +593,56 @@ impl Piece {
 }
 
 /// A channel's walk through its run: the chunk gathered since `from`, and the pieces that are
-/// complete once it is copied.
+/// complete once it is copied (whole units, consecutive, and the cut units at the run's ends).
 struct Walk<'r> {
     run: &'r Run<'r>,
     shared: &'r Shared,
     from: Pos,
     bytes: usize,
-    waiting: Vec<Piece>,
+    whole: std::ops::Range<usize>,
+    whole_bytes: u64,
+    partial: Vec<Piece>,
     out: Outcome,
 }
 
 impl Walk<'_> {
+    /// Makes `piece` complete when the current chunk is copied.
+    fn wait_on(&mut self, piece: Piece) {
+        if !piece.whole {
+            self.partial.push(piece);
+        } else if self.whole.is_empty() {
+            self.whole = piece.unit..piece.unit + 1;
+            self.whole_bytes = piece.len() as u64;
+        } else {
+            // Pieces come in unit order and a fault flushes before it skips a unit, so whole
+            // pieces waiting are always consecutive units.
+            debug_assert_eq!(self.whole.end, piece.unit);
+            self.whole.end = piece.unit + 1;
+            self.whole_bytes += piece.len() as u64;
+        }
+    }
+
     /// Copies the chunk from `from` to `to`, completes the pieces waiting on it, and starts
     /// the next chunk at `to`.
     fn flush(&mut self, to: Pos) {
         let copied = self.run.copy(self.from, to);
         self.shared.progress.fetch_add(1, Ordering::Relaxed);
-        let mut waiting = std::mem::take(&mut self.waiting);
+        let whole = std::mem::replace(&mut self.whole, 0..0);
+        let mut partial = std::mem::take(&mut self.partial);
         match copied {
-            Ok(_) => waiting.iter().for_each(|&p| self.complete(p)),
+            Ok(_) => {
+                self.out.units += whole.len() as u64;
+                self.out.bytes += self.whole_bytes;
+                whole.for_each(|unit| self.run.mark(unit));
+                partial.iter().for_each(|&p| self.complete(p));
+            }
             Err(e) => {
                 self.out.error.get_or_insert(e);
             }
         }
-        waiting.clear();
-        self.waiting = waiting;
+        partial.clear();
+        self.partial = partial;
+        self.whole_bytes = 0;
         self.from = to;
         self.bytes = 0;
     }

@@ -154,17 +154,17 @@ impl Channels {
                 if run.is_empty() {
                     continue;
                 }
-                if !worker.shared.alive.load(Ordering::Acquire) {
-                    outcomes[index] = Some(Outcome::failed(Error::ChannelGone { channel: index }));
-                    continue;
-                }
-                worker.dispatch(Job {
+                let job = Job {
                     lent: scope.lend(run),
                     first_unit,
                     chunk: self.config.chunk_bytes,
                     faults: self.faults.clone(),
-                });
-                dispatched[index] = true;
+                };
+                if worker.dispatch(job) {
+                    dispatched[index] = true;
+                } else {
+                    outcomes[index] = Some(Outcome::failed(Error::ChannelGone { channel: index }));
+                }
             }
             // Watch the channels' progress while they copy; stop those that stall.
             let mut seen: Vec<u64> = self.workers.iter().map(Worker::progress).collect();
@@ -325,8 +325,6 @@ struct Shared {
     cancel: AtomicBool,
     /// Chunks copied, ever.
     progress: AtomicU64,
-    /// Cleared when the thread ends.
-    alive: AtomicBool,
 }
 
 /// The job handed to a channel and the outcome it hands back.
@@ -334,7 +332,10 @@ struct Shared {
 struct Slot {
     job: Option<Job>,
     outcome: Option<Outcome>,
+    /// Set by the driver: the thread must end.
     quit: bool,
+    /// Set by the thread as it ends: no job will be taken any more.
+    gone: bool,
 }
 
 /// A run to copy.
@@ -382,14 +383,13 @@ impl Worker {
             wake: Condvar::new(),
             cancel: AtomicBool::new(false),
             progress: AtomicU64::new(0),
-            alive: AtomicBool::new(true),
         });
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("luo-copy-{index}"))
             .spawn(move || {
-                let _alive = ClearOnDrop(&thread_shared.alive);
+                let _exit = OnExit(&thread_shared);
                 let pinned = cpu.map_or(Ok(()), |cpu| pin(index, cpu));
                 let ok = pinned.is_ok();
                 // The driver waits for this; if it is gone, so is the reason to run.
@@ -418,13 +418,19 @@ impl Worker {
         }
     }
 
-    fn dispatch(&self, job: Job) {
+    /// Hands `job` to the channel; false (and the job dropped, returning its run) if the
+    /// channel's thread has ended.
+    fn dispatch(&self, job: Job) -> bool {
         self.shared.cancel.store(false, Ordering::Relaxed);
         let mut slot = self.shared.lock();
+        if slot.gone {
+            return false;
+        }
         slot.outcome = None;
         slot.job = Some(job);
         drop(slot);
         self.shared.wake.notify_one();
+        true
     }
 
     fn progress(&self) -> u64 {
@@ -440,12 +446,18 @@ impl Worker {
     }
 }
 
-/// Clears a flag when dropped (when a channel's thread ends, also by a panic).
-struct ClearOnDrop<'f>(&'f AtomicBool);
+/// Runs when a channel's thread ends, also by a panic: marks the channel gone and returns a
+/// run it had not taken yet, so that no `copy_batch` waits for it for ever.
+struct OnExit<'s>(&'s Shared);
 
-impl Drop for ClearOnDrop<'_> {
+impl Drop for OnExit<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        let job = {
+            let mut slot = self.0.lock();
+            slot.gone = true;
+            slot.job.take()
+        };
+        drop(job);
     }
 }
 

@@ -520,6 +520,10 @@ fn copy_run(job: &Job, shared: &Shared) -> Outcome {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    assert!(
+        !job.faults.panics(channel),
+        "copy channel {channel}: injected panic"
+    );
     let fail_after = job.faults.channel_fails_after(channel);
     let mut walk = Walk {
         run,
@@ -699,6 +703,10 @@ impl Faults {
 
     fn channel_fails_after(&self, _channel: usize) -> Option<u64> {
         None
+    }
+
+    fn panics(&self, _channel: usize) -> bool {
+        false
     }
 
     fn unit(&self, _unit: u64) -> UnitFault {

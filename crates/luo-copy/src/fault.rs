@@ -50,6 +50,9 @@ pub struct FaultPlan {
     pub fail_channel: Option<ChannelFault>,
     /// A channel that stalls.
     pub stall: Option<Stall>,
+    /// A channel whose thread panics in every batch, before copying (the driver must survive
+    /// it, and the channel go on serving).
+    pub panic_channel: Option<usize>,
     /// Overrides the policy: `Some(false)` keeps every batch on the CPU, `Some(true)` offloads
     /// every batch.
     pub offload: Option<bool>,
@@ -94,6 +97,13 @@ impl Faults {
             .ok()?;
         state.stalls.fetch_add(1, Ordering::Relaxed);
         Some(stall.duration)
+    }
+
+    /// Whether channel `channel` panics in this batch.
+    pub(crate) fn panics(&self, channel: usize) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.plan.panic_channel == Some(channel))
     }
 
     /// After how many pieces channel `channel` fails in this batch.

@@ -213,3 +213,29 @@ fn channels_can_be_pinned() {
     assert_eq!(dst, src);
     assert_eq!(s.units_offloaded(), 2);
 }
+
+#[test]
+fn a_channel_that_panics_falls_back_and_keeps_serving() {
+    let engine = Engine::new(EngineConfig::default().max_batch_bytes(1 << 20));
+    let plan = FaultPlan {
+        panic_channel: Some(0),
+        ..FaultPlan::default()
+    };
+    let config = ChannelConfig::new(2).min_offload_bytes(0);
+    engine
+        .register(Arc::new(FaultDriver::new(config, plan).unwrap()))
+        .unwrap();
+    let src = data(4 << 20);
+    for _ in 0..2 {
+        let mut dst = vec![0u8; 4 << 20];
+        let s = engine
+            .copy(&src, &mut dst, UnitSize::Base4K, Reason::Other)
+            .unwrap();
+        assert_eq!(dst, src);
+        // Channel 0 panicked in each of the 4 batches; channel 1 copied its half of each.
+        assert_eq!(s.batches_failed, 4);
+        assert_eq!(s.units_fallback, 512);
+        assert_eq!(s.channels[1].units, 512);
+        assert_eq!(s.last_error.as_deref(), Some("Copy channel 0 panicked"));
+    }
+}

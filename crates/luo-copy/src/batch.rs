@@ -1,7 +1,8 @@
 //! A batch and the memory it copies: the only module of luo-copy with `unsafe` code.
 //!
 //! A [`Batch`] is a list of units over a source and a destination buffer that the engine has
-//! borrowed (`&[u8]` and `&mut [u8]`) for the whole batch. A driver splits it into [`Run`]s,
+//! borrowed for the whole batch ([`Buffers`]: `&[u8]` and `&mut [u8]`, or a [`Mapping`] and a
+//! `&mut Mapping`). A driver splits it into [`Run`]s,
 //! contiguous stretches of the batch in unit order, one per channel. Runs are `Send`, so each
 //! can be copied by a different thread at the same time, and that is sound because:
 //!
@@ -10,7 +11,7 @@
 //! - the runs of one split cover disjoint stretches of the batch ([`Batch::split`] checks the
 //!   cut positions are in order), so no byte of the destination is written by two runs;
 //! - a run borrows the batch mutably, so nothing else touches the destination while runs
-//!   exist, and the source is borrowed shared, so nothing writes it;
+//!   exist, and the source is borrowed shared, so nothing in this process writes it;
 //! - a `Run` is not `Sync`: one run is only ever copied by one thread at a time.
 //!
 //! A channel is a persistent thread, which cannot borrow a batch for a lifetime. [`scope`]
@@ -23,10 +24,17 @@
 //! it will not read again, the way a DMA engine does, and avoids reading every destination line
 //! before writing it. Each copy ends with a store fence, so the bytes are visible to whichever
 //! thread learns of the copy's completion.
+//!
+//! A [`Mapping`] is shared memory of a file (a memfd): another process may write the source
+//! while it is copied, as a running guest writes its RAM during a live migration. Such memory
+//! is only ever accessed through raw pointers here (never as a Rust slice), and what a unit's
+//! copy holds is then what each byte was when it was read; finding the bytes that changed is
+//! the caller's business (a dirty log).
 #![allow(unsafe_code)]
 
 use std::marker::PhantomData;
-use std::ptr;
+use std::os::fd::AsFd;
+use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -80,6 +88,122 @@ impl Piece {
     }
 }
 
+/// The source and destination of one copy, borrowed for `'a`: the source for reading, the
+/// destination for writing by this copy alone.
+#[derive(Debug)]
+pub(crate) struct Buffers<'a> {
+    src: *const u8,
+    src_len: usize,
+    dst: *mut u8,
+    dst_len: usize,
+    _borrow: PhantomData<(&'a [u8], &'a mut [u8])>,
+}
+
+impl<'a> Buffers<'a> {
+    /// Two slices.
+    pub(crate) fn slices(src: &'a [u8], dst: &'a mut [u8]) -> Buffers<'a> {
+        Buffers {
+            src: src.as_ptr(),
+            src_len: src.len(),
+            dst: dst.as_mut_ptr(),
+            dst_len: dst.len(),
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Two mappings; fails unless the destination is writable.
+    pub(crate) fn mappings(src: &'a Mapping, dst: &'a mut Mapping) -> Result<Buffers<'a>> {
+        if !dst.writable {
+            return Err(Error::ReadOnly);
+        }
+        Ok(Buffers {
+            src: src.ptr.as_ptr(),
+            src_len: src.len,
+            dst: dst.ptr.as_ptr(),
+            dst_len: dst.len,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// The source's length.
+    pub(crate) fn src_len(&self) -> usize {
+        self.src_len
+    }
+
+    /// The destination's length.
+    pub(crate) fn dst_len(&self) -> usize {
+        self.dst_len
+    }
+}
+
+/// A shared mapping of part of a file (a memfd, a hugetlb memfd), to copy from or into with
+/// [`Engine::copy_mapped`](crate::Engine::copy_mapped). Unmapped when dropped.
+///
+/// Other processes may write the file while it is mapped; the engine only ever reads and
+/// writes the mapping through raw pointers, so that is sound, and a copy then holds each byte
+/// as it was when read. The mapping gives no other access to its bytes.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+}
+
+// SAFETY: a mapping is process memory that stays mapped until the `Mapping` is dropped; it has
+// no thread affinity, and every access to it goes through the engine, which writes a
+// destination only while holding it `&mut`.
+unsafe impl Send for Mapping {}
+// SAFETY: shared references allow only reading the source of a copy (and the length).
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` from `offset` (`MAP_SHARED`), readable, and writable too if
+    /// `writable` (the file must then be open for writing). `offset`, and for a hugetlb file
+    /// `len`, must be multiples of the file's page size, as `mmap` requires.
+    pub fn new(fd: impl AsFd, offset: u64, len: usize, writable: bool) -> Result<Mapping> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: a new mapping at an address the kernel chooses (null hint, no MAP_FIXED)
+        // cannot replace any existing memory; the result is owned by the `Mapping` alone.
+        let ptr =
+            unsafe { rustix::mm::mmap(ptr::null_mut(), len, prot, MapFlags::SHARED, fd, offset) }
+                .map_err(|source| Error::Map { len, source })?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Map {
+            len,
+            source: rustix::io::Errno::FAULT,
+        })?;
+        Ok(Mapping { ptr, len, writable })
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty (never: `mmap` refuses length 0).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether it can be copied into.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the range is exactly the mapping `new` made, which nothing else unmaps, and
+        // no copy borrows `self` any more; nothing refers into it after this.
+        // An error here would mean the range was not a mapping, which it is; nothing to do.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
 /// One batch of a copy, as a driver sees it: its units, their completion marks, and the
 /// per-channel credits the driver reports.
 ///
@@ -101,21 +225,20 @@ impl<'a> Batch<'a> {
     /// A batch of `units` from `src` to `dst`, with `marks` and `credits` as scratch space
     /// (cleared here). `first_unit` is the index of `units[0]` in the whole copy.
     pub(crate) fn new(
-        src: &'a [u8],
-        dst: &'a mut [u8],
+        buffers: &'a mut Buffers<'_>,
         units: &'a [Unit],
         marks: &'a mut Vec<AtomicBool>,
         credits: &'a mut Vec<ChannelStats>,
         info: BatchInfo,
         first_unit: u64,
     ) -> Result<Batch<'a>> {
-        check_units(src.len(), dst.len(), units, info.unit_size)?;
+        check_units(buffers.src_len, buffers.dst_len, units, info.unit_size)?;
         marks.clear();
         marks.resize_with(units.len(), AtomicBool::default);
         credits.clear();
         Ok(Batch {
-            src: src.as_ptr(),
-            dst: dst.as_mut_ptr(),
+            src: buffers.src,
+            dst: buffers.dst,
             units,
             marks,
             credits,
@@ -670,9 +793,9 @@ mod tests {
             })
             .collect();
         let (mut marks, mut credits) = (Vec::new(), Vec::new());
+        let mut buffers = Buffers::slices(&src, &mut dst);
         let mut batch = Batch::new(
-            &src,
-            &mut dst,
+            &mut buffers,
             &units,
             &mut marks,
             &mut credits,
@@ -730,7 +853,8 @@ mod tests {
         let (mut marks, mut credits) = (Vec::new(), Vec::new());
         let mut i = info(&units);
         i.unit_size = UnitSize::Huge2M;
-        let mut batch = Batch::new(&src, &mut dst, &units, &mut marks, &mut credits, i, 0).unwrap();
+        let mut buffers = Buffers::slices(&src, &mut dst);
+        let mut batch = Batch::new(&mut buffers, &units, &mut marks, &mut credits, i, 0).unwrap();
         let mut runs = batch
             .split(&[Pos {
                 unit: 0,

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Buffers, Mapping};
 use crate::driver::{BatchInfo, Driver, Reason};
 use crate::error::{Error, Result};
 use crate::stats::{ChannelStats, Stats};
@@ -141,13 +141,63 @@ impl Engine {
         unit: UnitSize,
         reason: Reason,
     ) -> Result<Stats> {
-        if src.len() != dst.len() {
+        self.copy_contiguous(&mut Buffers::slices(src, dst), unit, reason)
+    }
+
+    /// Copies `units` from `src` to `dst`: a scatter-gather copy, as of a live migration's
+    /// dirty pages. Every unit is 1 byte to `unit` long and inside both buffers, and their
+    /// destinations are in ascending order without overlap; otherwise it fails, copying
+    /// nothing. Returns the counters of this copy.
+    pub fn copy_units(
+        &self,
+        src: &[u8],
+        dst: &mut [u8],
+        units: &[Unit],
+        unit: UnitSize,
+        reason: Reason,
+    ) -> Result<Stats> {
+        self.copy_list(&mut Buffers::slices(src, dst), units, unit, reason)
+    }
+
+    /// [`copy`](Engine::copy) between two mappings of files (memfds): how luod re-backs a
+    /// memory file. Fails, copying nothing, unless `dst` is writable and as long as `src`.
+    pub fn copy_mapped(
+        &self,
+        src: &Mapping,
+        dst: &mut Mapping,
+        unit: UnitSize,
+        reason: Reason,
+    ) -> Result<Stats> {
+        self.copy_contiguous(&mut Buffers::mappings(src, dst)?, unit, reason)
+    }
+
+    /// [`copy_units`](Engine::copy_units) between two mappings of files: how a live migration
+    /// copies the pages a running guest dirtied. Fails, copying nothing, unless `dst` is
+    /// writable and every unit is valid.
+    pub fn copy_units_mapped(
+        &self,
+        src: &Mapping,
+        dst: &mut Mapping,
+        units: &[Unit],
+        unit: UnitSize,
+        reason: Reason,
+    ) -> Result<Stats> {
+        self.copy_list(&mut Buffers::mappings(src, dst)?, units, unit, reason)
+    }
+
+    fn copy_contiguous(
+        &self,
+        buffers: &mut Buffers<'_>,
+        unit: UnitSize,
+        reason: Reason,
+    ) -> Result<Stats> {
+        if buffers.src_len() != buffers.dst_len() {
             return Err(Error::LengthMismatch {
-                src: src.len(),
-                dst: dst.len(),
+                src: buffers.src_len(),
+                dst: buffers.dst_len(),
             });
         }
-        let total = src.len();
+        let total = buffers.src_len();
         let n = total.div_ceil(unit.bytes());
         let per_batch = self.units_per_batch(unit);
         let mut call = Stats {
@@ -162,8 +212,7 @@ impl Engine {
             units.clear();
             units.extend((first..end).map(|i| Unit::contiguous(i, unit, total)));
             let r = self.batch(
-                src,
-                dst,
+                buffers,
                 &units,
                 first as u64,
                 unit,
@@ -179,19 +228,14 @@ impl Engine {
         Ok(call)
     }
 
-    /// Copies `units` from `src` to `dst`: a scatter-gather copy, as of a live migration's
-    /// dirty pages. Every unit is 1 byte to `unit` long and inside both buffers, and their
-    /// destinations are in ascending order without overlap; otherwise it fails, copying
-    /// nothing. Returns the counters of this copy.
-    pub fn copy_units(
+    fn copy_list(
         &self,
-        src: &[u8],
-        dst: &mut [u8],
+        buffers: &mut Buffers<'_>,
         units: &[Unit],
         unit: UnitSize,
         reason: Reason,
     ) -> Result<Stats> {
-        check_units(src.len(), dst.len(), units, unit)?;
+        check_units(buffers.src_len(), buffers.dst_len(), units, unit)?;
         let mut call = Stats {
             copies: 1,
             ..Stats::default()
@@ -209,8 +253,7 @@ impl Engine {
                 end += 1;
             }
             self.batch(
-                src,
-                dst,
+                buffers,
                 &units[first..end],
                 first as u64,
                 unit,
@@ -244,8 +287,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn batch(
         &self,
-        src: &[u8],
-        dst: &mut [u8],
+        buffers: &mut Buffers<'_>,
         units: &[Unit],
         first_unit: u64,
         unit_size: UnitSize,
@@ -270,8 +312,7 @@ impl Engine {
             ..Stats::default()
         };
         let mut batch = Batch::new(
-            src,
-            dst,
+            buffers,
             units,
             &mut scratch.marks,
             &mut scratch.credits,

@@ -58,6 +58,18 @@ pub enum Error {
         /// The unit's index in the request.
         index: usize,
     },
+    /// A file could not be mapped.
+    #[error("Cannot map {len} bytes of the file")]
+    Map {
+        /// The length asked for.
+        len: usize,
+        /// What the kernel answered.
+        #[source]
+        source: rustix::io::Errno,
+    },
+    /// Copying into a mapping that is not writable.
+    #[error("Destination mapping is read-only")]
+    ReadOnly,
     /// A unit size name other than `4k`, `2m` or `1g`.
     #[error("Unknown unit size {0:?}: expected 4k, 2m or 1g")]
     UnknownUnitSize(String),

@@ -18,9 +18,11 @@
 //! - [`Channels`]: the driver of the product, `n` persistent worker threads
 //!   ([`ChannelConfig`]: count, CPU pinning, policy threshold, stall timeout). Each batch is cut
 //!   into `n` contiguous runs of about equal size, so each channel streams through memory.
+//! - [`Mapping`]: a shared mapping of a memfd, for [`Engine::copy_mapped`], memory another
+//!   process may write while it is copied (a running guest's RAM).
 //! - [`Batch`], [`Run`], [`Unit`], [`Pos`]: what a driver works on. The `unsafe` code of the
-//!   crate is confined to the module behind `Batch` and `Run`, which only hand out disjoint
-//!   parts of a batch's memory.
+//!   crate is confined to the module behind `Batch`, `Run` and `Mapping`, which only hand out
+//!   disjoint parts of a batch's memory.
 //! - [`Stats`] and [`ChannelStats`]: batches, units and bytes per channel, units that fell
 //!   back, batches the policy kept on the CPU, time spent. [`Engine::stats`] is a cheap
 //!   snapshot for luod's status.
@@ -62,7 +64,7 @@ mod fault;
 mod stats;
 mod unit;
 
-pub use batch::{Batch, Piece, Pos, Run};
+pub use batch::{Batch, Mapping, Piece, Pos, Run};
 pub use channel::{ChannelConfig, Channels, MAX_CHANNELS};
 pub use driver::{BatchInfo, Driver, Reason};
 pub use engine::{Engine, EngineConfig};

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use luo_copy::{
-    ChannelConfig, Channels, Engine, EngineConfig, Error, FaultDriver, FaultPlan, Reason, Unit,
-    UnitSize,
+    ChannelConfig, Channels, Engine, EngineConfig, Error, FaultDriver, FaultPlan, Mapping, Reason,
+    Unit, UnitSize,
 };
 
 fn data(len: usize) -> Vec<u8> {
@@ -238,4 +238,83 @@ fn a_channel_that_panics_falls_back_and_keeps_serving() {
         assert_eq!(s.channels[1].units, 512);
         assert_eq!(s.last_error.as_deref(), Some("Copy channel 0 panicked"));
     }
+}
+
+/// A memfd of `len` bytes holding `data` (or zeros).
+fn memfd(len: usize, data: Option<&[u8]>) -> std::os::fd::OwnedFd {
+    let fd = rustix::fs::memfd_create("luo-copy-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&fd, len as u64).unwrap();
+    if let Some(data) = data {
+        let mut off = 0;
+        while off < data.len() {
+            off += rustix::io::pwrite(&fd, &data[off..], off as u64).unwrap();
+        }
+    }
+    fd
+}
+
+fn read_memfd(fd: &std::os::fd::OwnedFd, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut off = 0;
+    while off < len {
+        off += rustix::io::pread(fd, &mut out[off..], off as u64).unwrap();
+    }
+    out
+}
+
+#[test]
+fn memfds_are_copied_through_mappings() {
+    let len = 8 << 20;
+    let src_data = data(len);
+    let (a, b) = (memfd(len, Some(&src_data)), memfd(len, None));
+    let src = Mapping::new(&a, 0, len, false).unwrap();
+    let mut dst = Mapping::new(&b, 0, len, true).unwrap();
+    let engine = Engine::new(EngineConfig::default().max_batch_bytes(1 << 20));
+    engine.register(channels(2)).unwrap();
+    let s = engine
+        .copy_mapped(&src, &mut dst, UnitSize::Base4K, Reason::Rebacking)
+        .unwrap();
+    assert_eq!(s.units_offloaded(), 2048);
+    assert!(read_memfd(&b, len) == src_data, "bytes differ");
+
+    // Scatter-gather: pages 1, 5 and 7 of the source onto pages 0, 2 and 3 of a fresh file.
+    let c = memfd(len, None);
+    let mut dst = Mapping::new(&c, 0, len, true).unwrap();
+    let page = |i: usize| i * 4096;
+    let units = [(1, 0), (5, 2), (7, 3)].map(|(s, d)| Unit {
+        src: page(s),
+        dst: page(d),
+        len: 4096,
+    });
+    engine
+        .copy_units_mapped(&src, &mut dst, &units, UnitSize::Base4K, Reason::PreCopy)
+        .unwrap();
+    let got = read_memfd(&c, 4 * 4096);
+    for (s, d) in [(1, 0), (5, 2), (7, 3)] {
+        assert_eq!(got[page(d)..page(d + 1)], src_data[page(s)..page(s + 1)]);
+    }
+    assert!(got[page(1)..page(2)].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_read_only_or_short_destination_mapping_is_refused() {
+    let len = 1 << 20;
+    let (a, b) = (memfd(len, Some(&data(len))), memfd(len, None));
+    let src = Mapping::new(&a, 0, len, false).unwrap();
+    let mut read_only = Mapping::new(&b, 0, len, false).unwrap();
+    let engine = Engine::default();
+    assert!(matches!(
+        engine.copy_mapped(&src, &mut read_only, UnitSize::Base4K, Reason::Other),
+        Err(Error::ReadOnly)
+    ));
+    let mut short = Mapping::new(&b, 0, len / 2, true).unwrap();
+    assert!(matches!(
+        engine.copy_mapped(&src, &mut short, UnitSize::Base4K, Reason::Other),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(read_memfd(&b, len).iter().all(|&b| b == 0));
+    assert!(matches!(
+        Mapping::new(&a, 0, 0, false),
+        Err(Error::Map { len: 0, .. })
+    ));
 }

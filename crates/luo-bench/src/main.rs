@@ -65,11 +65,15 @@
 //!   prefaulted, page-aligned 1 GiB buffers, in one run: the engine with the CPU path, one
 //!   channel and two channels at 4 KiB, 2 MiB and 1 GiB units (every copy checked byte for
 //!   byte, every count checked), one-thread and two-thread `memcpy`, and `copy_file_range`
-//!   between two memfds; medians of 7 interleaved repetitions. Prints
-//!   `copy_<unit>_<n>ch_gb_per_s` and `copy_<unit>_cpu_gb_per_s` (unit 4k, 2m, 1g; n 1, 2),
-//!   `memcpy_1t_gb_per_s`, `memcpy_2t_gb_per_s`, `copy_file_range_gb_per_s`, and the ratios
+//!   between two memfds; medians of 9 interleaved repetitions, ratios as medians of the ratios
+//!   within each repetition. Prints `copy_<unit>_<n>ch_gb_per_s` and
+//!   `copy_<unit>_cpu_gb_per_s` (unit 4k, 2m, 1g; n 1, 2), `memcpy_1t_gb_per_s`,
+//!   `memcpy_2t_gb_per_s`, `copy_file_range_gb_per_s`, the ratios
 //!   `copy_2m_2ch_over_memcpy_2t` (target >= 0.90), `copy_4k_1ch_over_memcpy_1t` (target >=
-//!   0.80) and `copy_4k_cpu_over_memcpy_1t`. Needs 5 GiB free.
+//!   0.80), `copy_4k_cpu_over_memcpy_1t` and `copy_1g_2ch_over_memcpy_2t`, and
+//!   `copy_offload_overhead_1ch_us` / `_2ch_us` (what handing one batch to the channels
+//!   costs). `LUO_BENCH_COPY_BATCH_MIB`, `LUO_BENCH_COPY_CHUNK_KIB`, `LUO_BENCH_COPY_PIN=1`
+//!   and `LUO_BENCH_COPY_ONLY=key,...` change the setup. Needs 5 GiB free.
 //! - **`preload`** — builds and runs luo-preload's `bench_preload`: PRESERVE_FD + RETRIEVE_FD
 //!   pairs per second through the `LD_PRELOAD` library and through luo-client, printing
 //!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.

@@ -678,11 +678,20 @@ fn await_verdict(
         &ours,
         rustix::event::PollFlags::IN,
     )];
-    let limit = rustix::event::Timespec {
-        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: 0,
+    // A signal interrupts the wait (EINTR): wait again for what is left, since an interrupted
+    // poll is not a timeout.
+    let deadline = std::time::Instant::now() + timeout;
+    let ready = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let limit = rustix::event::Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut pfd, Some(&limit)) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other.unwrap_or(0),
+        }
     };
-    let ready = rustix::event::poll(&mut pfd, Some(&limit)).unwrap_or(0);
     if ready == 0 {
         child.kill();
         child.wait();

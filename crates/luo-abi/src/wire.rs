@@ -104,6 +104,10 @@ pub enum Op {
     Reboot = NATIVE_BASE + 6,
     /// Liveness: no argument, empty reply.
     Ping = NATIVE_BASE + 7,
+    /// On a session connection: replace the file preserved under a token of the outgoing
+    /// session with the one descriptor attached, in one step (the old file stays if anything
+    /// fails). Argument [`ReplaceFdRequest`], empty reply.
+    ReplaceFd = NATIVE_BASE + 8,
 }
 
 impl Op {
@@ -117,10 +121,23 @@ impl Op {
             5 => Op::Upgrade,
             6 => Op::Reboot,
             7 => Op::Ping,
+            8 => Op::ReplaceFd,
             _ => return None,
         })
     }
 }
+
+/// Argument of [`Op::ReplaceFd`]: the token whose file is replaced.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ReplaceFdRequest {
+    /// The token, as given to PRESERVE_FD.
+    pub token: U64,
+}
+
+const _: () = assert!(size_of::<ReplaceFdRequest>() == 8);
 
 /// Argument of [`Op::List`]: the first session to list (0 for the start).
 ///

@@ -439,6 +439,25 @@ impl Session {
         Ok(String::from_utf8_lossy(&raw[..len]).into_owned())
     }
 
+    /// REPLACE_FD (a luod extension): swap the file preserved under `token` in this outgoing
+    /// session for `file`, in one step. `file` passes every check of
+    /// [`preserve`](Self::preserve); if anything fails, the old file stays preserved as it
+    /// was. A VMM that moved its guest's RAM onto new backing calls this so that its next
+    /// handoff carries the new memory.
+    pub fn replace(&self, token: u64, file: impl AsFd) -> Result<(), Error> {
+        let req = wire::ReplaceFdRequest {
+            token: U64::new(token),
+        };
+        call(
+            self.fd.as_fd(),
+            "REPLACE_FD",
+            Op::ReplaceFd as u32,
+            req.as_bytes(),
+            &[file.as_fd()],
+        )?;
+        Ok(())
+    }
+
     /// Handoff: freeze this outgoing session and move it to the incoming set, where a
     /// successor retrieves it by name. This descriptor is then inert.
     pub fn handoff(&self) -> Result<(), Error> {

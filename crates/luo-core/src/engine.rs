@@ -74,6 +74,13 @@ pub struct Engine {
     pub(crate) excluded: Excluded,
 }
 
+/// The file a [`Engine::replace_fd`] replaces, as the checks of the new one see it.
+#[derive(Clone, Copy)]
+struct Replacing {
+    identity: Option<Identity>,
+    bytes: u64,
+}
+
 /// A predicate over descriptors.
 type FdPredicate = Box<dyn Fn(BorrowedFd<'_>, &rustix::fs::Stat) -> bool + Send + Sync>;
 
@@ -285,6 +292,96 @@ impl Engine {
         if session.files.contains_key(&token) {
             return Err(Error::TokenTaken);
         }
+        let owner = session.owner;
+        let usage = self.usage(owner);
+        let full = self.limits.files.is_some_and(|max| usage.files >= max);
+        let file = self.take(
+            owner,
+            fd,
+            token,
+            None,
+            full.then_some(Error::Quota("files")),
+        )?;
+        if let Some(identity) = file.identity {
+            self.identities.insert(identity);
+        }
+        if let Some(ns) = self.namespaces.get_mut(&owner) {
+            ns.usage.files += 1;
+            ns.usage.bytes += file.bytes;
+        }
+        self.fds_held += 1;
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.insert_file(file);
+        }
+        Ok(())
+    }
+
+    /// Replaces the file preserved under `token` in the outgoing session `id` with `fd`, in one
+    /// step: the new descriptor goes through every check of PRESERVE_FD (a handler chosen
+    /// afresh, the double-preserve check, the FLBs, the byte quota counted without the old
+    /// file), then takes the old file's place in the session and in the preservation order, and
+    /// the old file is unpreserved. On any failure the old file stays, untouched. This is how
+    /// memory moves to new backing (a live VMM re-backing its RAM, `migrate`).
+    ///
+    /// `EINVAL` on an incoming session, `ENOENT` for an unknown token, then PRESERVE_FD's
+    /// errors for the new descriptor.
+    pub fn replace_fd(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), Error> {
+        self.check_thawed()?;
+        let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
+        if !session.is_outgoing() {
+            return Err(Error::NotOutgoing);
+        }
+        let old = session.files.get(&token).ok_or(Error::NoToken)?;
+        let owner = session.owner;
+        let replacing = Replacing {
+            identity: old.identity,
+            bytes: old.bytes,
+        };
+        let new = self.take(owner, fd, token, Some(replacing), None)?;
+        let new_identity = new.identity;
+        let new_bytes = new.bytes;
+        let Some(mut old) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|s| s.files.insert(token, new))
+        else {
+            return Err(Error::NoToken);
+        };
+        let registry = Arc::clone(&self.registry);
+        registry.handlers[old.handler].unpreserve(&mut old.data);
+        self.flb_unpreserve(old.handler);
+        if let Some(identity) = old.identity {
+            self.identities.remove(&identity);
+        }
+        if let Some(identity) = new_identity {
+            self.identities.insert(identity);
+        }
+        if let Some(ns) = self.namespaces.get_mut(&owner) {
+            ns.usage.bytes = ns.usage.bytes.saturating_sub(old.bytes) + new_bytes;
+        }
+        Ok(())
+    }
+
+    /// PRESERVE_FD from the descriptor on, for a file of `owner` under `token`: picks the
+    /// handler, checks the identity, preserves the FLBs and the file, checks the byte quota
+    /// and what the file carries. Returns the file, not yet in any session or count; on
+    /// failure every step is undone. With `replacing`, that file's identity is no conflict
+    /// and its bytes do not count against the quota. `refuse`, if given, is returned once the
+    /// descriptor passed the handler and identity checks (the kernel's order puts the files
+    /// quota there), with nothing preserved.
+    fn take(
+        &mut self,
+        owner: u32,
+        fd: Option<BorrowedFd<'_>>,
+        token: u64,
+        replacing: Option<Replacing>,
+        refuse: Option<Error>,
+    ) -> Result<File, Error> {
         let fd = fd.ok_or(Error::BadFd)?;
         let st = rustix::fs::fstat(fd).map_err(|_| Error::BadFd)?;
         if self
@@ -313,15 +410,17 @@ impl Engine {
                 .identity(fd)
                 .map_err(|e| handler_err(handler.compatible(), "identify", e))?
         };
-
-        if self.identities.contains(&identity) {
+        let ours = replacing.and_then(|r| r.identity);
+        if self.identities.contains(&identity) && ours != Some(identity) {
             return Err(Error::AlreadyPreserved);
         }
-        let owner = session.owner;
-        let usage = self.usage(owner);
-        if self.limits.files.is_some_and(|max| usage.files >= max) {
-            return Err(Error::Quota("files"));
+        if let Some(err) = refuse {
+            return Err(err);
         }
+        let usage_bytes = self
+            .usage(owner)
+            .bytes
+            .saturating_sub(replacing.map_or(0, |r| r.bytes));
         self.flb_preserve(h)?;
         let mut preserved = match handler.preserve_with_stat(fd, &st) {
             Ok(p) => p,
@@ -333,7 +432,7 @@ impl Engine {
         let refused = if self
             .limits
             .bytes
-            .is_some_and(|max| usage.bytes.saturating_add(preserved.bytes) > max)
+            .is_some_and(|max| usage_bytes.saturating_add(preserved.bytes) > max)
         {
             Some(Error::Quota("bytes"))
         } else if let Some(exclude) = self.excluded.0.as_ref() {
@@ -357,13 +456,7 @@ impl Engine {
             self.flb_unpreserve(h);
             return Err(err);
         }
-        self.identities.insert(identity);
-        if let Some(ns) = self.namespaces.get_mut(&owner) {
-            ns.usage.files += 1;
-            ns.usage.bytes += preserved.bytes;
-        }
-        self.fds_held += 1;
-        let file = File {
+        Ok(File {
             handler: h,
             data: FileData {
                 token,
@@ -376,11 +469,7 @@ impl Engine {
             frozen: false,
             status: RetrieveStatus::NotRetrieved,
             retrieved: None,
-        };
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.insert_file(file);
-        }
-        Ok(())
+        })
     }
 
     /// RETRIEVE_FD: the open file preserved under `token` in the incoming session `id`.

@@ -632,6 +632,9 @@ impl Server {
         arg: &[u8],
         fds: Vec<OwnedFd>,
     ) -> (Reply, After) {
+        if op == Op::ReplaceFd {
+            return (self.replace_fd(kind, arg, fds), After::Nothing);
+        }
         if !fds.is_empty() {
             return (
                 Reply::err_msg(Errno::EINVAL, "No descriptors expected"),
@@ -657,6 +660,7 @@ impl Server {
                 _ => Reply::err_msg(Errno::EINVAL, "Handoff needs a session connection"),
             },
             Op::Status => Reply::ok(crate::status::status(self, cred, admin)),
+            Op::ReplaceFd => Reply::err(Errno::EINVAL), // answered above
             Op::List => crate::status::list(self, cred, admin, arg),
             Op::Upgrade => {
                 if !admin {
@@ -908,6 +912,29 @@ impl Server {
         }
         match result {
             Ok(()) => Reply::ok(buf[..16].to_vec()),
+            Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
+        }
+    }
+
+    /// REPLACE_FD: the file under the token of `arg` swapped for the one descriptor in `fds`.
+    fn replace_fd(&mut self, kind: Kind, arg: &[u8], fds: Vec<OwnedFd>) -> Reply {
+        let Kind::Session(id) = kind else {
+            return Reply::err_msg(Errno::EINVAL, "REPLACE_FD needs an outgoing session");
+        };
+        let Ok(req) = <wire::ReplaceFdRequest as zerocopy::FromBytes>::read_from_bytes(arg) else {
+            return Reply::err_msg(Errno::EINVAL, "REPLACE_FD takes an 8-byte token");
+        };
+        if fds.len() != 1 {
+            return Reply::err_msg(Errno::EINVAL, "REPLACE_FD takes exactly one descriptor");
+        }
+        if self.fds_in_use() + 1 > self.fd_limit {
+            return Reply::err_msg(Errno::EMFILE, "luod's descriptor budget is exhausted");
+        }
+        match self
+            .engine
+            .replace_fd(id, req.token.get(), fds.first().map(|f| f.as_fd()))
+        {
+            Ok(()) => Reply::ok(Vec::new()),
             Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
         }
     }

@@ -331,18 +331,55 @@ impl Engine {
         token: u64,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), Error> {
+        self.swap_file(id, token, fd, false)
+    }
+
+    /// [`replace_fd`](Self::replace_fd) for luod's own use (`migrate`): also takes a file of an
+    /// incoming session that nobody retrieved yet, if neither its handler nor the new one has
+    /// FLBs (an incoming FLB's counts are not the engine's to move). `EBUSY` for a file
+    /// retrieved (someone may have it mapped) or with FLBs.
+    pub fn reback_fd(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), Error> {
+        self.swap_file(id, token, Some(fd), true)
+    }
+
+    fn swap_file(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: Option<BorrowedFd<'_>>,
+        incoming_too: bool,
+    ) -> Result<(), Error> {
         self.check_thawed()?;
         let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
-        if !session.is_outgoing() {
+        let outgoing = session.is_outgoing();
+        if !outgoing && !incoming_too {
             return Err(Error::NotOutgoing);
         }
         let old = session.files.get(&token).ok_or(Error::NoToken)?;
+        if !outgoing
+            && (old.status != RetrieveStatus::NotRetrieved
+                || !self.registry.handler_flbs[old.handler].is_empty())
+        {
+            return Err(Error::Busy("the file was retrieved or has FLBs"));
+        }
         let owner = session.owner;
         let replacing = Replacing {
             identity: old.identity,
             bytes: old.bytes,
         };
         let new = self.take(owner, fd, token, Some(replacing), None)?;
+        let registry = Arc::clone(&self.registry);
+        if !outgoing && !registry.handler_flbs[new.handler].is_empty() {
+            let mut new = new;
+            registry.handlers[new.handler].unpreserve(&mut new.data);
+            self.flb_unpreserve(new.handler);
+            return Err(Error::Busy("the new file's handler has FLBs"));
+        }
         let new_identity = new.identity;
         let new_bytes = new.bytes;
         let Some(mut old) = self
@@ -352,9 +389,12 @@ impl Engine {
         else {
             return Err(Error::NoToken);
         };
-        let registry = Arc::clone(&self.registry);
-        registry.handlers[old.handler].unpreserve(&mut old.data);
-        self.flb_unpreserve(old.handler);
+        if outgoing {
+            registry.handlers[old.handler].unpreserve(&mut old.data);
+            self.flb_unpreserve(old.handler);
+        } else {
+            registry.handlers[old.handler].finish(&mut old.data, RetrieveStatus::NotRetrieved);
+        }
         if let Some(identity) = old.identity {
             self.identities.remove(&identity);
         }

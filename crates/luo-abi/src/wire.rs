@@ -43,7 +43,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::Errno;
 
 /// Version of this framing. Changing any layout here bumps it.
-pub const WIRE_VERSION: u32 = 2;
+pub const WIRE_VERSION: u32 = 3;
 /// Largest message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most descriptors attached to one message (the kernel's `SCM_MAX_FD`).
@@ -108,6 +108,9 @@ pub enum Op {
     /// session with the one descriptor attached, in one step (the old file stays if anything
     /// fails). Argument [`ReplaceFdRequest`], empty reply.
     ReplaceFd = NATIVE_BASE + 8,
+    /// Move a preserved memory file onto new backing (another page size), copying it with
+    /// luod's copy engine: argument [`MigrateRequest`], reply [`MigrateReply`].
+    Migrate = NATIVE_BASE + 9,
 }
 
 impl Op {
@@ -122,6 +125,7 @@ impl Op {
             6 => Op::Reboot,
             7 => Op::Ping,
             8 => Op::ReplaceFd,
+            9 => Op::Migrate,
             _ => return None,
         })
     }
@@ -138,6 +142,53 @@ pub struct ReplaceFdRequest {
 }
 
 const _: () = assert!(size_of::<ReplaceFdRequest>() == 8);
+
+/// [`MigrateRequest::owner`] for the caller's own namespace.
+pub const MIGRATE_OWN: u32 = u32::MAX;
+
+/// Argument of [`Op::Migrate`]: which file, and onto what.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MigrateRequest {
+    /// The session's name, 1..=63 bytes, NUL-terminated, zero-padded.
+    pub name: [u8; 64],
+    /// The file's token.
+    pub token: U64,
+    /// The page size of the new backing: 4096, 2 MiB or 1 GiB.
+    pub page_size: U64,
+    /// The namespace (uid) of the session, or [`MIGRATE_OWN`]; another uid's is root's only.
+    pub owner: U32,
+    /// Zero.
+    pub flags: U32,
+}
+
+const _: () = assert!(size_of::<MigrateRequest>() == 88);
+
+/// Reply of [`Op::Migrate`]: what was copied and how.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MigrateReply {
+    /// Bytes copied (the file's size).
+    pub bytes: U64,
+    /// The new backing's page size.
+    pub page_size: U64,
+    /// Nanoseconds the copy took.
+    pub copy_ns: U64,
+    /// Units copied.
+    pub units: U64,
+    /// Units a copy channel did not complete, copied by the CPU instead.
+    pub units_fallback: U64,
+    /// Copy channels of the driver (0: the CPU alone).
+    pub channels: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+const _: () = assert!(size_of::<MigrateReply>() == 48);
 
 /// Argument of [`Op::List`]: the first session to list (0 for the start).
 ///
@@ -234,8 +285,24 @@ pub struct StatusReply {
     /// [`UPGRADE_STOP_AND_COPY`] if the last upgrade fell back to stopping the old server
     /// while its successor prepared.
     pub last_upgrade_flags: U32,
+    /// The migration in progress: bytes copied so far (0 when none). Wire version 3.
+    pub migrate_done: U64,
+    /// The migration in progress: bytes to copy (0 when none).
+    pub migrate_total: U64,
+    /// The copy engine since start: bytes copied.
+    pub copy_bytes: U64,
+    /// The copy engine since start: units copied.
+    pub copy_units: U64,
+    /// The copy engine since start: units a copy channel left undone, copied by the CPU.
+    pub copy_units_fallback: U64,
+    /// The copy engine since start: batches the policy kept on the CPU.
+    pub copy_batches_cpu: U64,
 }
-const _: () = assert!(core::mem::size_of::<StatusReply>() == 128);
+const _: () = assert!(core::mem::size_of::<StatusReply>() == 176);
+
+/// The length of a [`StatusReply`] of wire version 2 (before the migration and copy fields);
+/// a reader pads a shorter reply with zeros.
+pub const STATUS_REPLY_V2_LEN: usize = 128;
 
 /// [`StatusReply::last_upgrade_flags`]: the state kept changing while successors prepared in
 /// the background, so the last one prepared with the old server stopped.

@@ -633,6 +633,35 @@ pub struct Status {
     /// The last upgrade fell back to stop and copy (the state kept changing while successors
     /// prepared).
     pub last_upgrade_stop_and_copy: bool,
+    /// The migration in progress: bytes copied so far (0 when none, and for non-root).
+    pub migrate_done: u64,
+    /// The migration in progress: bytes to copy (0 when none).
+    pub migrate_total: u64,
+    /// luod's copy engine since start: bytes copied (root only).
+    pub copy_bytes: u64,
+    /// Units copied.
+    pub copy_units: u64,
+    /// Units a copy channel left undone, copied by the CPU instead.
+    pub copy_units_fallback: u64,
+    /// Batches the policy kept on the CPU.
+    pub copy_batches_cpu: u64,
+}
+
+/// What a migration did ([`Control::migrate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migrated {
+    /// Bytes copied: the file's size.
+    pub bytes: u64,
+    /// The new backing's page size.
+    pub page_size: u64,
+    /// How long the copy took.
+    pub copy_time: std::time::Duration,
+    /// Units copied.
+    pub units: u64,
+    /// Units a copy channel left undone, copied by the CPU instead.
+    pub units_fallback: u64,
+    /// Copy channels of luod's copy engine (0: the CPU alone).
+    pub channels: u32,
 }
 
 /// One session, as `luoctl sessions` shows it.
@@ -681,9 +710,15 @@ impl Control {
     /// The daemon's status.
     pub fn status(&self) -> Result<Status, Error> {
         let (reply, _) = call(self.fd.as_fd(), "status", Op::Status as u32, &[], &[])?;
-        let s = StatusReply::read_from_prefix(&reply)
-            .map_err(|_| Error::new("status", Errno::EPROTO))?
-            .0;
+        // An older luod sends a shorter reply: what it lacks reads as zero.
+        if reply.len() < wire::STATUS_REPLY_V2_LEN {
+            return Err(Error::new("status", Errno::EPROTO));
+        }
+        let mut full = [0u8; size_of::<StatusReply>()];
+        let n = reply.len().min(full.len());
+        full[..n].copy_from_slice(&reply[..n]);
+        let s = StatusReply::read_from_bytes(&full)
+            .map_err(|_| Error::new("status", Errno::EPROTO))?;
         let v = &s.version;
         let vlen = v.iter().position(|&b| b == 0).unwrap_or(v.len());
         Ok(Status {
@@ -703,6 +738,48 @@ impl Control {
             last_upgrade_stop_and_copy: s.last_upgrade_flags.get()
                 & luo_abi::wire::UPGRADE_STOP_AND_COPY
                 != 0,
+            migrate_done: s.migrate_done.get(),
+            migrate_total: s.migrate_total.get(),
+            copy_bytes: s.copy_bytes.get(),
+            copy_units: s.copy_units.get(),
+            copy_units_fallback: s.copy_units_fallback.get(),
+            copy_batches_cpu: s.copy_batches_cpu.get(),
+        })
+    }
+
+    /// MIGRATE (a luod extension): moves the memory file preserved under `token` in session
+    /// `name` onto new backing with pages of `page_size` bytes (4096, 2 MiB or 1 GiB), copying
+    /// it with luod's copy engine, and swaps it in for the old one in one step. The session is
+    /// the caller's incoming one (not retrieved), or its outgoing one, whose memory the caller
+    /// must not write until this returns; `owner` names another uid's namespace (root only).
+    /// Blocks until the copy is done; any failure leaves the old file in place. `ENOMEM` with a
+    /// message saying what to reserve when the huge page pool is short.
+    pub fn migrate(
+        &self,
+        name: &str,
+        token: u64,
+        page_size: u64,
+        owner: Option<u32>,
+    ) -> Result<Migrated, Error> {
+        let op = "migrate";
+        let n = name_struct(op, name)?;
+        let req = wire::MigrateRequest {
+            name: n.name,
+            token: U64::new(token),
+            page_size: U64::new(page_size),
+            owner: U32::new(owner.unwrap_or(wire::MIGRATE_OWN)),
+            flags: U32::new(0),
+        };
+        let (reply, _) = call(self.fd.as_fd(), op, Op::Migrate as u32, req.as_bytes(), &[])?;
+        let r = wire::MigrateReply::read_from_bytes(&reply)
+            .map_err(|_| Error::new(op, Errno::EPROTO))?;
+        Ok(Migrated {
+            bytes: r.bytes.get(),
+            page_size: r.page_size.get(),
+            copy_time: std::time::Duration::from_nanos(r.copy_ns.get()),
+            units: r.units.get(),
+            units_fallback: r.units_fallback.get(),
+            channels: r.channels.get(),
         })
     }
 

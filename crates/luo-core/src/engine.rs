@@ -74,6 +74,21 @@ pub struct Engine {
     pub(crate) excluded: Excluded,
 }
 
+/// One preserved file, as [`Engine::file_view`] shows it.
+#[derive(Debug)]
+pub struct FileView<'a> {
+    /// The compatible string of its handler.
+    pub compatible: &'a str,
+    /// The handler's record.
+    pub record: &'a [u8],
+    /// The descriptor the engine holds.
+    pub held: BorrowedFd<'a>,
+    /// How its retrieve went (incoming files).
+    pub status: RetrieveStatus,
+    /// Memory it keeps alive, as counted.
+    pub bytes: u64,
+}
+
 /// The file a [`Engine::replace_fd`] replaces, as the checks of the new one see it.
 #[derive(Clone, Copy)]
 struct Replacing {
@@ -705,6 +720,19 @@ impl Engine {
             .get(&id)
             .map(|s| &*s.name)
             .ok_or(Error::StaleSession)
+    }
+
+    /// One preserved file as it is now: its handler, record, held descriptor and retrieve
+    /// status, for a daemon that works on the memory itself (`migrate`).
+    pub fn file_view(&self, id: SessionId, token: u64) -> Option<FileView<'_>> {
+        let file = self.sessions.get(&id)?.files.get(&token)?;
+        Some(FileView {
+            compatible: self.registry.handlers[file.handler].compatible(),
+            record: &file.data.record,
+            held: file.data.fd.as_fd(),
+            status: file.status,
+            bytes: file.bytes,
+        })
     }
 
     /// What one session looks like now.

@@ -8,6 +8,7 @@
 
 mod config;
 mod conn;
+mod migrate;
 mod server;
 mod status;
 mod takeover;

@@ -34,6 +34,8 @@ const KEY_LISTENER: u64 = 0;
 const KEY_SIGNAL: u64 = 1;
 /// epoll key of the handover channel of a staged upgrade.
 const KEY_SUCCESSOR: u64 = u64::MAX;
+/// The epoll key of the migration in progress (its worker's eventfd).
+const KEY_MIGRATION: u64 = u64::MAX - 1;
 
 /// What luod was started with, carried across upgrades.
 #[derive(Clone, Debug)]
@@ -87,6 +89,8 @@ pub enum After {
     Nothing,
     Upgrade(PathBuf),
     Reboot,
+    /// A migration started; its reply goes out when its copy is done.
+    Migrate(Box<crate::migrate::Migration>),
 }
 
 /// The daemon's state.
@@ -114,6 +118,10 @@ pub struct Server {
     pub epoch: u64,
     /// The upgrade in progress, if any.
     pub staging: Option<crate::takeover::Staging>,
+    /// The migration in progress, if any.
+    pub migration: Option<crate::migrate::Migration>,
+    /// The batch copy engine migrations copy with (its driver: copy channels on threads).
+    pub copier: std::sync::Arc<luo_copy::Engine>,
     /// Discarded successors not yet reaped.
     zombies: Vec<crate::takeover::Successor>,
     reaping: bool,
@@ -172,6 +180,8 @@ impl Server {
             stop: false,
             epoch: 0,
             staging: None,
+            migration: None,
+            copier: crate::migrate::copier(),
             zombies: Vec::new(),
             reaping: false,
             rx: vec![0; wire::MAX_MESSAGE],
@@ -236,6 +246,7 @@ impl Server {
                     KEY_LISTENER => self.accept_all(),
                     KEY_SIGNAL => self.on_signal(),
                     KEY_SUCCESSOR => crate::takeover::on_successor(self),
+                    KEY_MIGRATION => self.on_migrated(),
                     _ => self.on_conn(key, ev.flags),
                 }
                 if self.stop {
@@ -246,6 +257,23 @@ impl Server {
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// The migration in progress finished copying: swap the file in and answer.
+    fn on_migrated(&mut self) {
+        let Some(m) = self.migration.take() else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, &m.done);
+        let (key, id) = (m.key, m.id);
+        let reply = crate::migrate::finish(self, m);
+        if reply.errno == 0 {
+            info!(key, "migration done");
+        } else {
+            warn!(key, errno = reply.errno, "migration failed; the old file stays");
+        }
+        self.epoch += 1;
+        self.send_reply(key, id, reply);
     }
 
     /// Watches the handover channel of a staged upgrade.
@@ -468,6 +496,29 @@ impl Server {
     fn after(&mut self, key: u64, id: u64, after: After) {
         match after {
             After::Nothing => {}
+            After::Upgrade(_) | After::Reboot if self.migration.is_some() => self.send_reply(
+                key,
+                id,
+                Reply::err_msg(Errno::EBUSY, "A migration is in progress"),
+            ),
+            After::Migrate(m) => {
+                let mut m = *m;
+                m.id = id;
+                match epoll::add(
+                    &self.epoll,
+                    &m.done,
+                    epoll::EventData::new_u64(KEY_MIGRATION),
+                    epoll::EventFlags::IN,
+                ) {
+                    Ok(()) => self.migration = Some(m),
+                    Err(e) => {
+                        // Cannot learn when it ends: wait for it here.
+                        warn!(error = %e, "cannot watch the migration; waiting for it");
+                        let reply = crate::migrate::finish(self, m);
+                        self.send_reply(key, id, reply);
+                    }
+                }
+            }
             After::Upgrade(path) => crate::takeover::begin_upgrade(self, key, id, path),
             After::Reboot if self.staging.is_some() => self.send_reply(
                 key,
@@ -661,6 +712,16 @@ impl Server {
             },
             Op::Status => Reply::ok(crate::status::status(self, cred, admin)),
             Op::ReplaceFd => Reply::err(Errno::EINVAL), // answered above
+            Op::Migrate if self.migration.is_some() => {
+                Reply::err_msg(Errno::EBUSY, "A migration is in progress")
+            }
+            Op::Migrate if self.staging.is_some() => {
+                Reply::err_msg(Errno::EBUSY, "An upgrade is in progress")
+            }
+            Op::Migrate => match crate::migrate::start(self, key, 0, cred, admin, arg) {
+                Ok(m) => return (Reply::default(), After::Migrate(Box::new(m))),
+                Err(reply) => reply,
+            },
             Op::List => crate::status::list(self, cred, admin, arg),
             Op::Upgrade => {
                 if !admin {

@@ -39,6 +39,17 @@ pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
             usage.files + clients,
         )
     };
+    // The copy engine and the migration are machine-wide: an administrator's to see.
+    let (migrating, copy) = if admin {
+        (
+            server.migration.as_ref().map_or((0, 0), |m| {
+                (m.progress.load(std::sync::atomic::Ordering::Relaxed), m.total)
+            }),
+            server.copier.stats(),
+        )
+    } else {
+        ((0, 0), luo_copy::Stats::default())
+    };
     let mut version = [0u8; 32];
     let v = VERSION.as_bytes();
     version[..v.len().min(31)].copy_from_slice(&v[..v.len().min(31)]);
@@ -58,6 +69,12 @@ pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
         version,
         last_upgrade_rounds: U32::new(server.last_upgrade.0),
         last_upgrade_flags: U32::new(server.last_upgrade.1),
+        migrate_done: U64::new(migrating.0),
+        migrate_total: U64::new(migrating.1),
+        copy_bytes: U64::new(copy.bytes),
+        copy_units: U64::new(copy.units),
+        copy_units_fallback: U64::new(copy.units_fallback),
+        copy_batches_cpu: U64::new(copy.batches_cpu_policy + copy.batches_cpu_no_driver),
     };
     reply.as_bytes().to_vec()
 }

@@ -62,9 +62,11 @@
 #![allow(unsafe_code)]
 
 pub mod control;
+pub mod copy;
 pub mod error;
 pub mod guest;
 pub mod handoff;
+pub mod migrate;
 pub mod progress;
 pub mod state;
 pub mod vm;

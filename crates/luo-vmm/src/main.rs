@@ -122,6 +122,9 @@ enum Cmd {
         /// The new page size: 4k, 2m or 1g.
         #[arg(long)]
         to: PageSize,
+        /// Fail on purpose at this point (replace, pause), to test the way back.
+        #[arg(long, hide = true)]
+        fail_at: Option<luo_vmm::migrate::FailAt>,
     },
     /// Print the guest's progress.
     Status {
@@ -224,8 +227,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             println!("{reply}");
             Ok(())
         }
-        Cmd::Migrate { at, to } => {
-            let reply = luo_vmm::control::call(&at.config().control, &format!("migrate {to}"))?;
+        Cmd::Migrate { at, to, fail_at } => {
+            let cmd = match fail_at {
+                Some(f) => format!("migrate {to} fail-at={f}"),
+                None => format!("migrate {to}"),
+            };
+            let reply = luo_vmm::control::call(&at.config().control, &cmd)?;
             if !reply.starts_with("MIGRATED") {
                 bail!("migrate failed: {reply}");
             }

@@ -48,6 +48,36 @@ pub const MAX_ROUNDS: u32 = 16;
 /// millisecond.
 pub const SMALL_PAGES: u64 = 256;
 
+/// Where a migrate is made to fail on purpose, to test the way back (`luo-vmm migrate
+/// --fail-at`, hidden; the control socket's `migrate 2m fail-at=pause`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailAt {
+    /// After luod's session took the new files, before the pause.
+    Replace,
+    /// In the pause, after the last copy, before the memory slot is switched.
+    Pause,
+}
+
+impl std::str::FromStr for FailAt {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FailAt, String> {
+        match s {
+            "replace" => Ok(FailAt::Replace),
+            "pause" => Ok(FailAt::Pause),
+            _ => Err(format!("unknown failure point {s:?} (replace, pause)")),
+        }
+    }
+}
+
+impl std::fmt::Display for FailAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailAt::Replace => "replace",
+            FailAt::Pause => "pause",
+        })
+    }
+}
+
 /// What the vCPU thread hands the migrating thread about the memory the guest runs on (with
 /// a mapping of all of it, for reading, that goes to [`precopy`]).
 #[derive(Debug)]
@@ -220,6 +250,7 @@ pub fn dirty_runs(bitmap: &[u64], size: u64) -> (Vec<Range<u64>>, u64) {
 /// file is data throughout. Seeks on a new open file description of the file (the RAM's own is
 /// shared with luod, which records its position); if that cannot be opened, everything is data.
 pub fn data_runs(fd: BorrowedFd<'_>, size: u64) -> Vec<Range<u64>> {
+    #[allow(clippy::single_range_in_vec_init)] // one run: all of it
     let whole = vec![0..size];
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let Ok(own) = rustix::fs::open(
@@ -309,7 +340,8 @@ mod tests {
     fn new_memory_keeps_size_attributes_and_token() {
         let mut old = GuestMemory::create(8 << 20, PageSize::Base4K).expect("memory");
         old.convert(0x1000..0x3000, Attr::Private).expect("convert");
-        old.convert(0x40_0000..0x60_0000, Attr::Private).expect("convert");
+        old.convert(0x40_0000..0x60_0000, Attr::Private)
+            .expect("convert");
         old.set_ram_token(7).expect("token");
         let new = new_memory_like(&old.to_descriptor(), PageSize::Base4K).expect("new");
         assert_eq!(new.size(), old.size());
@@ -327,8 +359,14 @@ mod tests {
             .expect("sparse 1 TiB")
             .to_descriptor();
         let e = new_memory_like(&d, PageSize::Huge1G).expect_err("no pool that large");
-        let text = format!("{e} {}", std::error::Error::source(&e).map_or(String::new(), |s| s.to_string()));
-        assert!(text.contains("1024 free 1048576 KiB huge pages are needed"), "{text}");
+        let text = format!(
+            "{e} {}",
+            std::error::Error::source(&e).map_or(String::new(), |s| s.to_string())
+        );
+        assert!(
+            text.contains("1024 free 1048576 KiB huge pages are needed"),
+            "{text}"
+        );
         assert!(text.contains("nr_hugepages"), "{text}");
     }
 }

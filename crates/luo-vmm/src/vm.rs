@@ -261,7 +261,12 @@ impl Vm {
             Err((e, mapping))
         };
         if mapping.len() as u64 != size {
-            return back(self, old, Error::State("size of the new guest memory"), mapping);
+            return back(
+                self,
+                old,
+                Error::State("size of the new guest memory"),
+                mapping,
+            );
         }
         // SAFETY: deleting the slot (size 0) makes KVM forget the old mapping.
         #[allow(unsafe_code)]

@@ -15,11 +15,11 @@ use luo_guestmem::{Backing, GuestMemory, HostMapping, PageSize};
 
 use crate::copy::Copier;
 use crate::error::Error;
+use crate::guest;
 use crate::handoff::{self, Outgoing};
-use crate::migrate::{self, Prepared, Source};
+use crate::migrate::{self, FailAt, Prepared, Source};
 use crate::progress::{Progress, now_ns};
 use crate::vm::{Vm, step};
-use crate::guest;
 
 /// How long a predecessor waits for its successor to be ready, and then to resume the guest.
 const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,8 +43,9 @@ enum Request {
     Stop(Sender<String>),
     /// A migrate begins: a mapping of the guest's RAM to copy from, and the rest of the source.
     MigrateBegin(Sender<Result<(HostMapping, Source), String>>),
-    /// A migrate's pause: finish the copy, switch the memory slot, run the guest again.
-    MigrateSwitch(Box<Prepared>, Sender<Switched>),
+    /// A migrate's pause: finish the copy, switch the memory slot, run the guest again (or,
+    /// if true, fail on purpose before the switch).
+    MigrateSwitch(Box<Prepared>, bool, Sender<Switched>),
 }
 
 /// How a migrate's pause ended: the report and the old memory (for the migrating thread to
@@ -391,7 +392,7 @@ impl Vmm {
                     Request::MigrateBegin(tx) => {
                         let _ = tx.send(self.migrate_source().map_err(|e| chain(&e)));
                     }
-                    Request::MigrateSwitch(p, tx) => match self.migrate_switch(p)? {
+                    Request::MigrateSwitch(p, fail, tx) => match self.migrate_switch(p, fail)? {
                         Ok(done) => {
                             self.migrations += 1;
                             let _ = tx.send(Ok(done));
@@ -468,6 +469,7 @@ impl Vmm {
     fn migrate_switch(
         &mut self,
         mut p: Box<Prepared>,
+        fail: bool,
     ) -> Result<Result<(String, Retired), (Error, Box<Prepared>)>, Error> {
         let before = self.progress;
         let t_pause = now_ns();
@@ -490,6 +492,10 @@ impl Vmm {
                 "the new guest RAM holds counter {counter_new} but the last step reported was {}",
                 before.last
             ));
+            return Ok(Err((e, p)));
+        }
+        if fail {
+            let e = Error::Migrate("failed on purpose in the pause, before the switch".into());
             return Ok(Err((e, p)));
         }
         let Prepared {
@@ -676,11 +682,20 @@ fn control_loop(
                 let _ = done_tx.send(());
                 return;
             }
-            Some("migrate") => match words.next().map(str::parse::<PageSize>) {
-                Some(Ok(to)) => migrate(&shared, to).unwrap_or_else(|e| format!("ERROR {e}")),
-                Some(Err(e)) => format!("ERROR {e}"),
-                None => "ERROR migrate needs a page size: migrate 4k|2m|1g".into(),
-            },
+            Some("migrate") => {
+                let to = words.next().map(str::parse::<PageSize>);
+                let fail_at = words
+                    .next()
+                    .and_then(|w| w.strip_prefix("fail-at="))
+                    .map(str::parse::<FailAt>);
+                match (to, fail_at) {
+                    (Some(Ok(to)), None) => migrate(&shared, to, None),
+                    (Some(Ok(to)), Some(Ok(f))) => migrate(&shared, to, Some(f)),
+                    (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+                    (None, _) => Err("migrate needs a page size: migrate 4k|2m|1g".into()),
+                }
+                .unwrap_or_else(|e| format!("ERROR {e}"))
+            }
             Some("upgrade") => {
                 let bin = words.next().map_or_else(|| binary.clone(), PathBuf::from);
                 let r = upgrade(&shared, &config, &bin);
@@ -780,39 +795,52 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Moves the running guest's RAM onto new memory of `to` pages (see [`migrate`](crate::migrate))
 /// and returns the pause's report. Runs on a thread other than the vCPU's. Every failure before
 /// the switch leaves the guest on its old memory, and luod's session holding the old files.
-fn migrate(shared: &Shared, to: PageSize) -> Result<String, String> {
+/// `fail_at` makes it fail on purpose there (tests of the way back).
+fn migrate(shared: &Shared, to: PageSize, fail_at: Option<FailAt>) -> Result<String, String> {
     let _busy = shared.claim()?;
-    if !shared.wait_out(SUCCESSOR_TIMEOUT) {
-        return Err("the guest is not preserved in luod (no outgoing session)".into());
-    }
     let t_start = now_ns();
     let (tx, rx) = channel();
     shared.post(Request::MigrateBegin(tx));
     let (src, source) = rx
         .recv_timeout(SUCCESSOR_TIMEOUT)
         .map_err(|_| "the vCPU loop did not answer".to_string())??;
+    if !shared.wait_out(SUCCESSOR_TIMEOUT) {
+        return Err("the guest is not preserved in luod (no outgoing session)".into());
+    }
     let copier = Arc::new(Copier::new());
     let prepared = migrate::precopy(src, &source, to, copier).map_err(|e| chain(&e))?;
     let t_copied = now_ns();
     // luod's session gets the new files before the pause, the old ones back if it fails.
     {
         let out = shared.out.lock().unwrap_or_else(PoisonError::into_inner);
-        let out = out
+        let replaced = out
             .as_ref()
-            .ok_or("the guest is not preserved in luod (no outgoing session)")?;
-        if let Err(e) = replace_files(
-            &out.session,
-            prepared.mem.ram_fd(),
-            prepared.mem.descriptor_fd(),
-            &source,
-        ) {
+            .ok_or_else(|| "the guest is not preserved in luod (no outgoing session)".to_owned())
+            .and_then(|out| {
+                replace_files(
+                    &out.session,
+                    prepared.mem.ram_fd(),
+                    prepared.mem.descriptor_fd(),
+                    &source,
+                )
+            });
+        if let Err(e) = replaced {
             let _ = prepared.log.stop();
-            return Err(e);
+            return Err(format!("{e}; the guest continues on its old memory"));
         }
+    }
+    if fail_at == Some(FailAt::Replace) {
+        return Err(undo(
+            shared,
+            &source,
+            &prepared,
+            "failed on purpose after luod took the new files".into(),
+        ));
     }
     let t_replaced = now_ns();
     let (tx, rx) = channel();
-    shared.post(Request::MigrateSwitch(Box::new(prepared), tx));
+    let fail = fail_at == Some(FailAt::Pause);
+    shared.post(Request::MigrateSwitch(Box::new(prepared), fail, tx));
     match rx.recv_timeout(SUCCESSOR_TIMEOUT) {
         Ok(Ok((report, retired))) => {
             let t_done = now_ns();
@@ -824,28 +852,31 @@ fn migrate(shared: &Shared, to: PageSize) -> Result<String, String> {
                 now_ns() - t_done
             ))
         }
-        Ok(Err((e, prepared))) => {
-            let _ = prepared.log.stop();
-            let out = shared.out.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(out) = out.as_ref() {
-                let back = replace_files(
-                    &out.session,
-                    source.ram.as_fd(),
-                    source.descriptor_fd.as_fd(),
-                    &source,
-                );
-                if let Err(b) = back {
-                    return Err(format!(
-                        "{e}; and luod's session could not take the old memory back: {b}"
-                    ));
-                }
-            }
-            Err(format!("{e}; the guest continues on its old memory"))
-        }
+        Ok(Err((e, prepared))) => Err(undo(shared, &source, &prepared, e)),
         // The vCPU loop holds the new memory: whether it switched is unknown, so luod's session
         // stays as it is (it has the new files, which the loop uses if it switched).
         Err(_) => Err("the vCPU loop did not pause for the switch".into()),
     }
+}
+
+/// The way back from a migrate that failed before the switch: dirty logging off, luod's
+/// session holding the old files again. Returns the message for `why`.
+fn undo(shared: &Shared, old: &Source, prepared: &Prepared, why: String) -> String {
+    let _ = prepared.log.stop();
+    let out = shared.out.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(out) = out.as_ref()
+        && let Err(b) = replace_files(
+            &out.session,
+            old.ram.as_fd(),
+            old.descriptor_fd.as_fd(),
+            old,
+        )
+    {
+        return format!(
+            "{why}; the guest continues on its old memory, but luod's session could not take it back: {b}"
+        );
+    }
+    format!("{why}; the guest continues on its old memory")
 }
 
 /// Swaps guest RAM and descriptor in luod's session for `ram` and `descriptor`; if the second

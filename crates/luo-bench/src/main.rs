@@ -66,7 +66,8 @@
 //!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.
 //! - **`vmm`** — builds luod and luo-vmm and runs `luo-vmm bench` (extra arguments pass
 //!   through, e.g. `--only convert`): VMM upgrades under a running KVM guest
-//!   (`vmm_blackout_*`) and attribute conversions (`convert_pages_per_s`,
+//!   (`vmm_blackout_*`), live migrates of a 1 GiB guest's RAM onto a 1 GiB page and back
+//!   (`vmm_migrate_*`, `--only migrate`) and attribute conversions (`convert_pages_per_s`,
 //!   `attr_bytes_per_range`). Needs root and `/dev/kvm`.
 //! - **`all`** — `image` then `engine` (not `upgrade` or `rpc`, which need the release luod
 //!   binary).

@@ -373,6 +373,8 @@ struct Migrations {
     rounds: Vec<u64>,
     final_pages: Vec<u64>,
     copy_gb_per_s: Vec<f64>,
+    /// The longest guest step during each pre-copy, ms.
+    gap_ms: Vec<f64>,
 }
 
 impl Migrations {
@@ -393,7 +395,7 @@ impl Migrations {
         let ms = |k: &str| f(k) as f64 / 1e6;
         let b = ms("blackout_ns");
         eprintln!(
-            "  migrate {:2} to {to}: blackout {b:.3} ms (notice {:.3}, stop {:.3}, last copy {:.3} of {} pages, switch {:.3}, first step {:.3}); total {:.0} ms (create {:.0}, copy {:.0}, rounds {}, luod {:.3})",
+            "  migrate {:2} to {to}: blackout {b:.3} ms (notice {:.3}, stop {:.3}, last copy {:.3} of {} pages, switch {:.3}, first step {:.3}); total {:.0} ms (create {:.0}, copy {:.0}, rounds {}, luod {:.3}); longest guest step meanwhile {:.3} ms",
             i + 1,
             ms("notice_ns"),
             ms("quiesce_ns"),
@@ -406,7 +408,9 @@ impl Migrations {
             ms("full_copy_ns"),
             f("rounds"),
             ms("replace_ns"),
+            ms("precopy_max_gap_ns"),
         );
+        self.gap_ms.push(ms("precopy_max_gap_ns"));
         self.blackout_ms.push(b);
         self.total_ms.push(ms("total_ns"));
         self.rounds.push(f("rounds"));
@@ -420,6 +424,7 @@ impl Migrations {
         self.blackout_ms.sort_by(f64::total_cmp);
         self.total_ms.sort_by(f64::total_cmp);
         self.copy_gb_per_s.sort_by(f64::total_cmp);
+        self.gap_ms.sort_by(f64::total_cmp);
     }
 }
 
@@ -499,6 +504,10 @@ fn migrate(args: &BenchArgs) -> anyhow::Result<()> {
         out(
             "vmm_migrate_back_total_ms",
             format!("{:.0}", percentile(&back.total_ms, 50.0)),
+        );
+        out(
+            "vmm_migrate_precopy_step_gap_p50_ms",
+            pct(&there.gap_ms, 50.0),
         );
         out(
             "vmm_migrate_max_step_gap_ms",

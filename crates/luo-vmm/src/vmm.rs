@@ -148,6 +148,9 @@ pub struct Vmm {
     /// The longest interval between two guest steps since this VMM resumed the guest (the
     /// blackouts themselves excluded): proof that nothing else paused it.
     max_gap_ns: u64,
+    /// The longest interval between two guest steps since the last migrate began: how much
+    /// the pre-copy slowed the guest.
+    recent_gap_ns: u64,
     /// Live migrates of guest RAM this VMM did.
     migrations: u64,
 }
@@ -185,6 +188,7 @@ impl Vmm {
             shared,
             listener,
             max_gap_ns: 0,
+            recent_gap_ns: 0,
             migrations: 0,
         })
     }
@@ -214,6 +218,7 @@ impl Vmm {
             shared: Arc::new(shared),
             listener,
             max_gap_ns: 0,
+            recent_gap_ns: 0,
             migrations: 0,
         })
     }
@@ -329,6 +334,7 @@ impl Vmm {
                 shared,
                 listener,
                 max_gap_ns: 0,
+                recent_gap_ns: 0,
                 migrations: 0,
             },
             report,
@@ -351,7 +357,9 @@ impl Vmm {
         loop {
             let prev = self.progress.last_ns.get();
             let in_order = step(&mut self.vm, &mut self.progress)?;
-            self.max_gap_ns = self.max_gap_ns.max(self.progress.last_ns.get() - prev);
+            let gap = self.progress.last_ns.get() - prev;
+            self.max_gap_ns = self.max_gap_ns.max(gap);
+            self.recent_gap_ns = self.recent_gap_ns.max(gap);
             if !in_order {
                 eprintln!(
                     "luo-vmm: guest step out of order at {} (anomaly {})",
@@ -390,6 +398,7 @@ impl Vmm {
                         return Ok(Outcome::Stopped);
                     }
                     Request::MigrateBegin(tx) => {
+                        self.recent_gap_ns = 0;
                         let _ = tx.send(self.migrate_source().map_err(|e| chain(&e)));
                     }
                     Request::MigrateSwitch(p, fail, tx) => match self.migrate_switch(p, fail)? {
@@ -541,6 +550,7 @@ impl Vmm {
              from={} to={} rounds={} round_pages={} final_pages={final_pages} \
              full_bytes={} units={} units_fallback={} driver={} \
              create_ns={} full_copy_ns={} precopy_ns={} steps_during_precopy={} \
+             precopy_max_gap_ns={} \
              notice_ns={} quiesce_ns={} final_copy_ns={} switch_ns={} switched_to_first_ns={} \
              steps={} anomalies={} migrations={} mem={} pages={} pid={}",
             t_first.saturating_sub(before.last_ns.get()),
@@ -563,6 +573,7 @@ impl Vmm {
             stats.full_ns,
             stats.precopy_ns,
             steps.saturating_sub(stats.steps_at_start),
+            self.recent_gap_ns,
             t_pause.saturating_sub(before.last_ns.get()),
             t_quiesced - t_pause,
             t_copied - t_quiesced,

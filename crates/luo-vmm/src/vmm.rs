@@ -53,12 +53,14 @@ enum Request {
 /// old).
 type Switched = Result<(String, Retired), (String, Box<Prepared>)>;
 
-/// Guest memory a migrate moved off, with its mappings.
+/// Guest memory a migrate moved off, with its mappings, and the copy engine (whose channel
+/// threads are joined when it goes).
 #[derive(Debug)]
 struct Retired {
     _mem: GuestMemory,
     _slot: HostMapping,
     _src: HostMapping,
+    _copier: Arc<Copier>,
 }
 
 #[derive(Debug)]
@@ -593,6 +595,7 @@ impl Vmm {
                 _mem: old_mem,
                 _slot: old_slot,
                 _src: src,
+                _copier: copier,
             },
         )))
     }

@@ -717,8 +717,8 @@ impl Control {
         let mut full = [0u8; size_of::<StatusReply>()];
         let n = reply.len().min(full.len());
         full[..n].copy_from_slice(&reply[..n]);
-        let s = StatusReply::read_from_bytes(&full)
-            .map_err(|_| Error::new("status", Errno::EPROTO))?;
+        let s =
+            StatusReply::read_from_bytes(&full).map_err(|_| Error::new("status", Errno::EPROTO))?;
         let v = &s.version;
         let vlen = v.iter().position(|&b| b == 0).unwrap_or(v.len());
         Ok(Status {

@@ -100,7 +100,11 @@ fn migrate(
     }
     let m = result?;
     let secs = m.copy_time.as_secs_f64();
-    let gbps = if secs > 0.0 { m.bytes as f64 / secs / 1e9 } else { 0.0 };
+    let gbps = if secs > 0.0 {
+        m.bytes as f64 / secs / 1e9
+    } else {
+        0.0
+    };
     if json {
         println!(
             "{{\"session\":{},\"token\":{},\"bytes\":{},\"page_size\":{},\"copy_ms\":{:.3},\"gb_per_s\":{:.2},\"units\":{},\"units_fallback\":{},\"channels\":{}}}",

@@ -120,7 +120,12 @@ pub fn start(
         0,
         rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
     )
-    .map_err(|e| err(Errno(e.raw_os_error()), "Cannot create the migration's eventfd"))?;
+    .map_err(|e| {
+        err(
+            Errno(e.raw_os_error()),
+            "Cannot create the migration's eventfd",
+        )
+    })?;
     let signal = rustix::io::fcntl_dupfd_cloexec(&done, 3)
         .map_err(|e| err(Errno(e.raw_os_error()), "Cannot duplicate the eventfd"))?;
     let progress = Arc::new(AtomicU64::new(0));
@@ -168,17 +173,23 @@ pub fn finish(server: &mut crate::server::Server, m: Migration) -> Reply {
         Ok(Err(msg)) => return err(Errno::EIO, msg),
         Err(_) => return err(Errno::EIO, "The migration's thread panicked"),
     };
-    let still = server.engine.file_view(m.session, m.token).is_some_and(|f| {
-        rustix::fs::fstat(f.held).is_ok_and(|st| (st.st_dev, st.st_ino) == m.inode)
-            && (f.status == RetrieveStatus::NotRetrieved)
-    });
+    let still = server
+        .engine
+        .file_view(m.session, m.token)
+        .is_some_and(|f| {
+            rustix::fs::fstat(f.held).is_ok_and(|st| (st.st_dev, st.st_ino) == m.inode)
+                && (f.status == RetrieveStatus::NotRetrieved)
+        });
     if !still {
         return err(
             Errno::EBUSY,
             "The file changed while it was copied (retrieved, finished or replaced); nothing was moved",
         );
     }
-    match server.engine.reback_fd(m.session, m.token, copied.fd.as_fd()) {
+    match server
+        .engine
+        .reback_fd(m.session, m.token, copied.fd.as_fd())
+    {
         Ok(()) => Reply::ok(copied.reply.as_bytes().to_vec()),
         Err(e) => err(e.errno(), e.to_string()),
     }
@@ -201,7 +212,12 @@ fn plan(
     let owner = match req.owner.get() {
         MIGRATE_OWN => cred.uid,
         uid if uid == cred.uid || admin => uid,
-        _ => return Err(err(Errno::EPERM, "Only root may migrate another user's files")),
+        _ => {
+            return Err(err(
+                Errno::EPERM,
+                "Only root may migrate another user's files",
+            ));
+        }
     };
     let len = req.name.iter().position(|&b| b == 0).unwrap_or(64);
     if len == 0 || len == 64 {
@@ -225,7 +241,10 @@ fn plan(
     if !outgoing
         && matches!(
             engine.session_info(session).map(|s| s.direction),
-            Some(Direction::Incoming { retrieved: true, .. })
+            Some(Direction::Incoming {
+                retrieved: true,
+                ..
+            })
         )
     {
         // A retrieved session's files may be mapped by its new owner at any moment.
@@ -281,7 +300,8 @@ fn plan(
     // A record written before the access flags existed: the held description's own access.
     let access = match flags & (FLAG_READ | FLAG_WRITE | FLAG_APPEND) {
         0 => {
-            let fl = rustix::fs::fcntl_getfl(&src).map_err(|e| err(Errno(e.raw_os_error()), "F_GETFL"))?;
+            let fl = rustix::fs::fcntl_getfl(&src)
+                .map_err(|e| err(Errno(e.raw_os_error()), "F_GETFL"))?;
             let mode = fl & OFlags::ACCMODE;
             let mut a = 0;
             if mode != OFlags::WRONLY {
@@ -331,7 +351,10 @@ fn new_backing(size: u64, page: PageSize) -> Result<OwnedFd, Reply> {
         // Another user of the pool may have taken pages since the check.
         rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, size).map_err(|_| {
             Pool::check(page, needed).map_or_else(shortage, |()| {
-                err(Errno::ENOMEM, "Cannot take the huge pages for the new backing")
+                err(
+                    Errno::ENOMEM,
+                    "Cannot take the huge pages for the new backing",
+                )
             })
         })?;
     }

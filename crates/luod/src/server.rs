@@ -270,7 +270,11 @@ impl Server {
         if reply.errno == 0 {
             info!(key, "migration done");
         } else {
-            warn!(key, errno = reply.errno, "migration failed; the old file stays");
+            warn!(
+                key,
+                errno = reply.errno,
+                "migration failed; the old file stays"
+            );
         }
         self.epoch += 1;
         self.send_reply(key, id, reply);

@@ -43,7 +43,10 @@ pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
     let (migrating, copy) = if admin {
         (
             server.migration.as_ref().map_or((0, 0), |m| {
-                (m.progress.load(std::sync::atomic::Ordering::Relaxed), m.total)
+                (
+                    m.progress.load(std::sync::atomic::Ordering::Relaxed),
+                    m.total,
+                )
             }),
             server.copier.stats(),
         )

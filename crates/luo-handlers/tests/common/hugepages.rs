@@ -110,4 +110,3 @@ fn write_value(path: &Path, value: u64) -> std::io::Result<()> {
         .open(path)?
         .write_all(format!("{value}\n").as_bytes())
 }
-

@@ -70,7 +70,7 @@ fn foreign_private_dir_let_another_user_serve_the_victims_socket() {
     assert_mentions(&log, &[&dir.display().to_string(), "owned by uid 65534"]);
     assert_only_attacker_files(&dir);
 
-    victim_clients_refused(&tools, victim, &[], "is owned by uid 65534");
+    victim_clients_refused(tools, victim, &[], "is owned by uid 65534");
     attacker.assert_got_nothing(false);
 }
 
@@ -100,7 +100,7 @@ fn symlinked_private_dir_let_another_user_serve_the_victims_socket() {
     assert_mentions(&log, &[&link.display().to_string(), "is a symlink"]);
     assert_only_attacker_files(&target);
 
-    victim_clients_refused(&tools, victim, &[], "is a symlink");
+    victim_clients_refused(tools, victim, &[], "is a symlink");
     attacker.assert_got_nothing(false);
 }
 
@@ -125,7 +125,7 @@ fn world_writable_private_dir_let_another_user_serve_the_victims_socket() {
     // The attacker's own directory, open to all.
     let log = luod_refuses(victim);
     assert_mentions(&log, &["owned by uid 65534"]);
-    victim_clients_refused(&tools, victim, &[], "is owned by uid 65534");
+    victim_clients_refused(tools, victim, &[], "is owned by uid 65534");
 
     // The victim's own directory, still open to all (and the attacker's socket inside).
     std::os::unix::fs::chown(&dir, Some(victim), Some(victim)).expect("chown");
@@ -133,7 +133,7 @@ fn world_writable_private_dir_let_another_user_serve_the_victims_socket() {
     let log = luod_refuses(victim);
     assert_mentions(&log, &[&dir.display().to_string(), "has mode 0777"]);
     assert_only_attacker_files(&dir);
-    victim_clients_refused(&tools, victim, &[], "has mode 0777");
+    victim_clients_refused(tools, victim, &[], "has mode 0777");
     attacker.assert_got_nothing(false);
 }
 
@@ -156,7 +156,7 @@ fn attacker_server_on_the_socket_path_received_the_victims_descriptors() {
 
     let env = [("LUOD_SOCKET", socket.display().to_string())];
     victim_clients_refused(
-        &tools,
+        tools,
         victim,
         &env,
         &format!(
@@ -242,7 +242,7 @@ fn trusted_server_uid_lets_clients_use_a_luod_of_another_uid() {
     );
     let mut env = vec![("LUOD_SOCKET", socket.display().to_string())];
     victim_clients_refused(
-        &tools,
+        tools,
         client,
         &env,
         &format!("is served by uid {service}, not by root or uid {client}"),
@@ -699,14 +699,10 @@ fn attacker() {
     let (mut conns, mut bytes, mut fds) = (0, 0, 0);
     while let Ok(conn) = rustix::net::accept_with(&listener, rustix::net::SocketFlags::CLOEXEC) {
         conns += 1;
-        loop {
-            match transport::recv(conn.as_fd(), false) {
-                Ok(Recv::Message(m)) => {
-                    bytes += m.bytes.len();
-                    fds += m.fds.len();
-                }
-                Ok(Recv::Closed | Recv::WouldBlock) | Err(_) => break,
-            }
+        // Until the end of what was sent: the client closed, or left nothing more.
+        while let Ok(Recv::Message(m)) = transport::recv(conn.as_fd(), false) {
+            bytes += m.bytes.len();
+            fds += m.fds.len();
         }
     }
     say(&format!("GOT conns={conns} bytes={bytes} fds={fds}"));

@@ -125,6 +125,7 @@ pub fn bind(place: &Place, mode: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
         .with_context(|| format!("Invalid socket path {}", socket.display()))?;
     // The socket file is created with mode 0777 less the umask: set the umask so that it has
     // `mode` from the start. A chmod after bind would follow a symlink put there meanwhile.
+    // The umask is the process's: luod has no other thread yet that could create a file.
     let old = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
     let bound = rustix::net::bind(&fd, &addr);
     rustix::process::umask(old);

@@ -198,6 +198,7 @@ fn stale_socket_after_kill_9_is_replaced_by_the_next_luod() {
 
     // An explicit socket of root's.
     let tmp = common::temp_dir("stale");
+    let _clean_tmp = Cleanup(vec![tmp.clone()]);
     let socket = tmp.join("luod.sock");
     let args = [
         "--socket".to_owned(),
@@ -214,7 +215,6 @@ fn stale_socket_after_kill_9_is_replaced_by_the_next_luod() {
         .create_session("after-kill")
         .expect("create");
     drop(second);
-    let _ = std::fs::remove_dir_all(tmp);
 }
 
 /// A luod run by a dedicated uid, serving others: clients refuse it by default (it is neither
@@ -229,6 +229,7 @@ fn trusted_server_uid_lets_clients_use_a_luod_of_another_uid() {
     let service = victim_uid(6);
     let client = victim_uid(7);
     let tmp = common::temp_dir("trusted");
+    let _clean_tmp = Cleanup(vec![tmp.clone()]);
     std::os::unix::fs::chown(&tmp, Some(service), Some(service)).expect("chown");
     let socket = tmp.join("luod.sock");
     let _luod = UserLuod::start(
@@ -259,7 +260,6 @@ fn trusted_server_uid_lets_clients_use_a_luod_of_another_uid() {
     assert!(out.stdout.contains("generation:"), "{out:?}");
     let out = tools.preload(client, &env);
     assert_eq!(out.stdout.trim(), "OPENED", "{out:?}");
-    let _ = std::fs::remove_dir_all(tmp);
 }
 
 /// A symlink at an explicit socket path. Before, luod removed whatever was at the path and
@@ -271,6 +271,7 @@ fn symlink_at_socket_or_lock_was_followed() {
         return;
     }
     let tmp = common::temp_dir("links");
+    let _clean_tmp = Cleanup(vec![tmp.clone()]);
     let socket = tmp.join("luod.sock");
     let args = ["--socket".to_owned(), socket.display().to_string()];
 
@@ -306,7 +307,6 @@ fn symlink_at_socket_or_lock_was_followed() {
     let log = refuses(0, &args);
     assert_mentions(&log, &["exists and is not a socket"]);
     assert_eq!(std::fs::read(&socket).expect("read"), b"not a socket");
-    let _ = std::fs::remove_dir_all(tmp);
 }
 
 /// The default of a user without `XDG_RUNTIME_DIR`, end to end: luod makes `/tmp/luod-<uid>`
@@ -778,8 +778,10 @@ impl Tools {
             "cargo build of luoctl and luo-preload failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // Built where every uid can run it, kept for the life of this process.
-        let dir = std::env::temp_dir().join(format!("luod-test-tools-{}", std::process::id()));
+        // Built where every uid can run it (cargo's scratch directory for tests, under
+        // target/), kept for the life of this process and removed by the next one.
+        remove_stale_tools();
+        let dir = tools_root().join(format!("{TOOLS_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("tools dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -818,6 +820,34 @@ impl Tools {
         as_user(&mut cmd, uid, env);
         cmd.env("LD_PRELOAD", &self.preload);
         run(cmd)
+    }
+}
+
+/// Prefix of the directory a test process builds its tools in; its pid follows.
+const TOOLS_PREFIX: &str = "luod-test-tools-";
+
+/// Where the tools directories are.
+fn tools_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// Removes the tools directories of test processes that are gone.
+fn remove_stale_tools() {
+    let Ok(entries) = std::fs::read_dir(tools_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TOOLS_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -10,8 +10,13 @@
 //!   session is then discarded, an incoming one finished.
 //! - [`Control`]: status, the session list, and the administrative upgrade and reboot.
 //!
+//! Each of them connects to luod's socket, [`default_socket`] unless given a path, and checks
+//! who serves it before it sends anything: root, the caller's own uid, or the uid trusted by
+//! `LUOD_SERVER_UID` (module [`socket`]).
+//!
 //! Every call returns [`Error`], which carries the errno luod (or the kernel, for the same
-//! call on `/dev/liveupdate`) answers.
+//! call on `/dev/liveupdate`) answers; a socket the client refused is [`ErrorKind`]
+//! `UntrustedServer` or `UnsafeDirectory`, with `EACCES`.
 //!
 //! Each call is one request and one reply, a round trip to luod. To preserve many files,
 //! [`Session::preserve_many`] pipelines the requests: the same PRESERVE_FD per file, with the
@@ -52,7 +57,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod socket;
 pub mod transport;
+
+pub use socket::{SocketDir, connect, default_socket};
 
 use std::cell::Cell;
 use std::fmt;
@@ -62,7 +70,6 @@ use std::path::{Path, PathBuf};
 use luo_abi::Errno;
 use luo_abi::uapi::{self, CreateSession, Finish, GetName, PreserveFd};
 use luo_abi::wire::{self, ListEntry, ListReply, ListRequest, Op, StatusReply};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -77,10 +84,73 @@ pub struct Error {
     pub errno: Errno,
     /// luod's explanation, if any.
     pub message: Option<String>,
+    /// What kind of failure: a call that failed, or a socket the client refused.
+    pub kind: ErrorKind,
+}
+
+/// The kinds of [`Error`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// luod answered the errno, or the system call carrying the request failed with it.
+    Call,
+    /// The process serving the socket runs as a uid the client does not trust (see
+    /// [`socket`]): the connection was closed before anything was sent on it. `EACCES`.
+    UntrustedServer {
+        /// The socket.
+        socket: PathBuf,
+        /// The server's uid (`SO_PEERCRED`).
+        server_uid: u32,
+        /// The client's effective uid.
+        client_uid: u32,
+    },
+    /// The socket is the caller's private default (`/tmp/luod-<uid>/luod.sock`), and that
+    /// directory is not the caller's own private directory: nothing was connected. `EACCES`.
+    UnsafeDirectory {
+        /// The socket.
+        socket: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// What is wrong with the directory ("is owned by uid 65534").
+        problem: String,
+    },
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Call => {}
+            ErrorKind::UntrustedServer {
+                socket,
+                server_uid,
+                client_uid,
+            } => {
+                return write!(
+                    f,
+                    "{} refused: {} is served by uid {server_uid}, not by root or uid \
+                     {client_uid}, so it is not luod's socket and nothing was sent (set {}=\
+                     {server_uid} to trust that uid)",
+                    self.op,
+                    socket.display(),
+                    socket::SERVER_UID_ENV,
+                );
+            }
+            ErrorKind::UnsafeDirectory {
+                socket,
+                dir,
+                problem,
+            } => {
+                return write!(
+                    f,
+                    "{} refused: {}: its directory {} {problem}, not a private directory of \
+                     this user (another user may have created it); remove it, or set \
+                     XDG_RUNTIME_DIR or LUOD_SOCKET",
+                    self.op,
+                    socket.display(),
+                    dir.display(),
+                );
+            }
+        }
         write!(f, "{} failed: {}", self.op, self.errno)?;
         if let Some(m) = &self.message {
             write!(f, " ({m})")?;
@@ -97,41 +167,12 @@ impl Error {
             op,
             errno,
             message: None,
+            kind: ErrorKind::Call,
         }
     }
     fn io(op: &'static str, e: rustix::io::Errno) -> Error {
         Error::new(op, Errno(e.raw_os_error()))
     }
-}
-
-/// luod's socket: `LUOD_SOCKET` if set, else `/run/luod/luod.sock` for root and
-/// `$XDG_RUNTIME_DIR/luod.sock` (or `/tmp/luod-<uid>.sock`) for anyone else.
-pub fn default_socket() -> PathBuf {
-    if let Some(p) = std::env::var_os("LUOD_SOCKET") {
-        return PathBuf::from(p);
-    }
-    let uid = rustix::process::geteuid();
-    if uid.is_root() {
-        PathBuf::from("/run/luod/luod.sock")
-    } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        Path::new(&dir).join("luod.sock")
-    } else {
-        PathBuf::from(format!("/tmp/luod-{}.sock", uid.as_raw()))
-    }
-}
-
-/// Connects to luod at `path`. `ENOENT` or `ECONNREFUSED` mean luod is not running there.
-pub fn connect(path: &Path) -> Result<OwnedFd, Error> {
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::io("connect", e))?;
-    let addr = SocketAddrUnix::new(path).map_err(|e| Error::io("connect", e))?;
-    rustix::net::connect(&fd, &addr).map_err(|e| Error::io("connect", e))?;
-    Ok(fd)
 }
 
 thread_local! {
@@ -196,6 +237,7 @@ fn answer(name: &'static str, errno: i32, body: &[u8]) -> Result<(), Error> {
         op: name,
         errno: Errno(errno),
         message,
+        kind: ErrorKind::Call,
     })
 }
 

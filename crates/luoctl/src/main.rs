@@ -5,14 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use luo_client::{Control, SessionSummary, Status};
+use luo_client::{Control, ErrorKind, SessionSummary, Status};
 
 /// Inspect and steer luod, the userspace Live Update Orchestrator.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     /// luod's socket (default: $LUOD_SOCKET, else /run/luod/luod.sock for root,
-    /// $XDG_RUNTIME_DIR/luod.sock otherwise).
+    /// $XDG_RUNTIME_DIR/luod.sock otherwise, else /tmp/luod-<uid>/luod.sock). It must be
+    /// served by root or by your own uid, or by the uid in $LUOD_SERVER_UID.
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -294,11 +295,16 @@ fn main() -> ExitCode {
             if matches!(&args.command, Command::Version) {
                 println!("luoctl {}", env!("CARGO_PKG_VERSION"));
             }
-            eprintln!(
-                "luoctl: cannot reach luod at {} ({}): is luod running? Start it with `luod`.",
-                socket.display(),
-                e.errno
-            );
+            if e.kind == ErrorKind::Call {
+                eprintln!(
+                    "luoctl: cannot reach luod at {} ({}): is luod running? Start it with `luod`.",
+                    socket.display(),
+                    e.errno
+                );
+            } else {
+                // A socket luoctl refused: the error names it, its server and the way out.
+                eprintln!("luoctl: {e}");
+            }
             return ExitCode::from(2);
         }
     };

@@ -395,7 +395,7 @@ impl Migrations {
         let ms = |k: &str| f(k) as f64 / 1e6;
         let b = ms("blackout_ns");
         eprintln!(
-            "  migrate {:2} to {to}: blackout {b:.3} ms (notice {:.3}, stop {:.3}, last copy {:.3} of {} pages, switch {:.3}, first step {:.3}); total {:.0} ms (create {:.0}, copy {:.0}, rounds {}, luod {:.3}); longest guest step meanwhile {:.3} ms",
+            "  migrate {:2} to {to}: blackout {b:.3} ms (notice {:.3}, stop {:.3}, last copy {:.3} of {} pages, switch {:.3}, first step {:.3}); total {:.0} ms (create {:.0}, dirty log on {:.3}, copy {:.0}, rounds {}, luod {:.3}); longest guest step meanwhile {:.3} ms",
             i + 1,
             ms("notice_ns"),
             ms("quiesce_ns"),
@@ -405,6 +405,7 @@ impl Migrations {
             ms("switched_to_first_ns"),
             ms("total_ns"),
             ms("create_ns"),
+            ms("log_on_ns"),
             ms("full_copy_ns"),
             f("rounds"),
             ms("replace_ns"),

@@ -101,6 +101,8 @@ pub struct PreCopy {
     pub steps_at_start: u64,
     /// Creating (and for huge pages allocating) the new memory, ns.
     pub create_ns: u64,
+    /// Turning dirty logging on (KVM write-protects the slot, splitting huge mappings), ns.
+    pub log_on_ns: u64,
     /// The first pass over every data run of the old RAM, ns.
     pub full_ns: u64,
     /// Bytes the first pass copied (holes of a sparse memfd are skipped).
@@ -174,7 +176,9 @@ pub fn precopy(
     let mem = new_memory_like(d, to)?;
     let mut dst = mem.map(0..mem.size())?;
     stats.create_ns = now_ns() - t0;
+    let t_log = now_ns();
     log.start()?;
+    stats.log_on_ns = now_ns() - t_log;
     let r = (|| -> Result<(), Error> {
         let t1 = now_ns();
         let runs = data_runs(ram, d.size);

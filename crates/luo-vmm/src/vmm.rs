@@ -551,7 +551,7 @@ impl Vmm {
              counter_at_pause={counter_old} counter_at_resume={counter_new} lost={} repeated={} \
              from={} to={} rounds={} round_pages={} final_pages={final_pages} \
              full_bytes={} units={} units_fallback={} driver={} \
-             create_ns={} full_copy_ns={} precopy_ns={} steps_during_precopy={} \
+             create_ns={} log_on_ns={} full_copy_ns={} precopy_ns={} steps_during_precopy={} \
              precopy_max_gap_ns={} \
              notice_ns={} quiesce_ns={} final_copy_ns={} switch_ns={} switched_to_first_ns={} \
              steps={} anomalies={} migrations={} mem={} pages={} pid={}",
@@ -572,6 +572,7 @@ impl Vmm {
             stats.units_fallback,
             copier.stats().driver.as_deref().unwrap_or("cpu"),
             stats.create_ns,
+            stats.log_on_ns,
             stats.full_ns,
             stats.precopy_ns,
             steps.saturating_sub(stats.steps_at_start),

@@ -458,6 +458,12 @@ fn migrate(args: &BenchArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
         upgrade_ms.sort_by(f64::total_cmp);
+        // The longest step of the guest left alone for a second (since the last upgrade): the
+        // baseline of the longest step during a pre-copy.
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_gap_ms = field(&luo_vmm::control::call(&b.control, "status")?, "max_gap_ns")
+            .unwrap_or(0) as f64
+            / 1e6;
         eprintln!("vmm-migrate: 1 GiB guest, 1 GiB of data, 4k <-> {target}, {n} times each way");
         let (mut there, mut back) = (Migrations::default(), Migrations::default());
         for i in 0..n {
@@ -510,6 +516,7 @@ fn migrate(args: &BenchArgs) -> anyhow::Result<()> {
             "vmm_migrate_precopy_step_gap_p50_ms",
             pct(&there.gap_ms, 50.0),
         );
+        out("vmm_migrate_idle_step_gap_ms", format!("{idle_gap_ms:.3}"));
         out(
             "vmm_migrate_max_step_gap_ms",
             format!("{:.3}", field(&end, "max_gap_ns").unwrap_or(0) as f64 / 1e6),

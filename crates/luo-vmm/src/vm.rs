@@ -247,18 +247,22 @@ impl Vm {
     /// and added again at the new address, without dirty logging (KVM does not move a slot's
     /// host address in place). The vCPU is stopped meanwhile: this takes `&mut self`, and only
     /// [`run`](Self::run) enters the guest. If anything is refused, the old slot is put back,
-    /// the guest continues on the old memory, and `mapping` comes back with the error.
+    /// the guest continues on the old memory, and `mapping` comes back with the error (boxed:
+    /// it is large).
     pub fn switch_memory(
         &mut self,
         mapping: HostMapping,
-    ) -> Result<HostMapping, (Error, HostMapping)> {
+    ) -> Result<HostMapping, Box<(Error, HostMapping)>> {
         let Some(old) = self.mapping.take() else {
-            return Err((Error::GuestExit("no guest memory attached".into()), mapping));
+            return Err(Box::new((
+                Error::GuestExit("no guest memory attached".into()),
+                mapping,
+            )));
         };
         let (old_addr, size) = (old.as_ptr() as u64, old.len() as u64);
         let back = |vm: &mut Vm, old, e, mapping| {
             vm.mapping = Some(old);
-            Err((e, mapping))
+            Err(Box::new((e, mapping)))
         };
         if mapping.len() as u64 != size {
             return back(

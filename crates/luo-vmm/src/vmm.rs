@@ -519,7 +519,8 @@ impl Vmm {
         } = *p;
         let old_slot = match self.vm.switch_memory(dst) {
             Ok(m) => m,
-            Err((e, dst)) => {
+            Err(refused) => {
+                let (e, dst) = *refused;
                 let p = Prepared {
                     mem,
                     dst,

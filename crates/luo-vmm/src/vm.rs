@@ -426,7 +426,7 @@ impl DirtyLog {
 
     fn set_flags(&self, flags: u32) -> Result<(), Error> {
         let mut slot = lock(&self.slot);
-        let region = slot.ok_or(Error::GuestExit("no guest memory slot".into()))?;
+        let region = slot.ok_or(Error::Migrate("no guest memory slot".into()))?;
         let region = Region { flags, ..region };
         // SAFETY: the same slot at the same address and size, only the flags differ: the `Vm`
         // keeps that memory mapped while the slot exists, and moves or deletes the slot only
@@ -442,9 +442,9 @@ impl DirtyLog {
     /// [`start`](Self::start)).
     pub fn take(&self) -> Result<Vec<u64>, Error> {
         let slot = lock(&self.slot);
-        let region = slot.ok_or(Error::GuestExit("no guest memory slot".into()))?;
+        let region = slot.ok_or(Error::Migrate("no guest memory slot".into()))?;
         if region.flags & KVM_MEM_LOG_DIRTY_PAGES == 0 {
-            return Err(Error::GuestExit("dirty logging is off".into()));
+            return Err(Error::Migrate("dirty logging is off".into()));
         }
         let size = usize::try_from(region.size).map_err(|_| Error::State("memory size"))?;
         self.vm

@@ -1,6 +1,6 @@
 //! [`Vmm`]: a running VMM — its VM, guest memory, progress device and luod session — the
 //! upgrade (starting the successor, stopping the guest, handing off, reporting) and the live
-//! migrate of guest RAM onto new backing ([`migrate`](crate::migrate)).
+//! migrate of guest RAM onto new backing ([`migrate`]).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

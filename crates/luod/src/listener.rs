@@ -7,10 +7,14 @@
 //!   [`Refusal`](crate::budget::Refusal)'s message, which a client that already sent its
 //!   request reads as the answer) and closed at once. Connections of root and luod's own uid
 //!   are never shed while the descriptor table has room.
-//! - **Rate.** At most [`SHED_PER_WINDOW`] connections are shed per [`SHED_WINDOW`]; past that
-//!   the listener is switched off until the window ends, so a uid that reconnects in a loop
-//!   costs luod a bounded share of a core. The kernel keeps the connections in the backlog
-//!   meanwhile, root's among them.
+//! - **Rate.** At most [`OTHERS_PER_WINDOW`] connections of users other than root and luod's
+//!   own are accepted (served or shed) per [`WINDOW`]; past that the listener is switched off
+//!   until the window ends, so a uid that reconnects in a loop costs luod a bounded share of a
+//!   core (each accept-and-close costs luod about 10 µs of kernel time). The kernel keeps the
+//!   connections in the backlog meanwhile, root's among them; the backlog is [`BACKLOG`] deep,
+//!   so root's connection waits at most `BACKLOG / OTHERS_PER_WINDOW` windows behind a flood.
+//!   One turn of the loop accepts at most [`ACCEPT_BURST`] connections, so the connections
+//!   luod already has are served between bursts.
 //! - **The spare.** luod keeps `/dev/null` open. When `accept` fails with `EMFILE`, it closes
 //!   that descriptor, accepts one connection in its place — served if it is an administrator's,
 //!   shed otherwise — and reopens it; this repeats while it works, so the backlog is drained
@@ -42,10 +46,17 @@ use crate::server::Server;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// The longest pause after `accept` fails.
 pub const BACKOFF_MAX: Duration = Duration::from_millis(200);
-/// The window over which sheds are counted.
-pub const SHED_WINDOW: Duration = Duration::from_millis(10);
-/// Connections shed per window before the listener is switched off for the rest of it.
-pub const SHED_PER_WINDOW: u32 = 256;
+/// The window over which connections of users other than root are counted.
+pub const WINDOW: Duration = Duration::from_millis(10);
+/// Connections of users other than root and luod's own accepted per window before the
+/// listener is switched off for the rest of it: 6,400 a second, about 7% of a core when every
+/// one is shed.
+pub const OTHERS_PER_WINDOW: u32 = 32;
+/// Connections accepted per turn of the loop.
+pub const ACCEPT_BURST: usize = 64;
+/// The listen backlog: connections the kernel queues until luod accepts them. Short, so that
+/// root's connection queued behind a flood is reached within a few windows.
+pub const BACKLOG: i32 = 64;
 /// At most one warning of each kind per interval.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -84,7 +95,7 @@ pub struct Admission {
     paused_until: Option<Instant>,
     /// The next pause after a failed `accept`.
     backoff: Duration,
-    /// Start and count of the current shedding window.
+    /// Start of the current window, and connections of other users accepted in it.
     window: (Instant, u32),
     failed: Throttle,
     shed: Throttle,
@@ -157,17 +168,24 @@ pub fn resume(server: &mut Server) {
     }
 }
 
-/// Accepts every pending connection: admits, sheds, or backs off (see the module doc).
+/// Sets the listen backlog to [`BACKLOG`] (`listen` again on a listening socket only changes
+/// it), whatever the listener was bound with.
+pub fn set_backlog(listener: &OwnedFd) -> rustix::io::Result<()> {
+    rustix::net::listen(listener, BACKLOG)
+}
+
+/// Accepts pending connections, up to [`ACCEPT_BURST`]: admits, sheds, or backs off (see the
+/// module doc).
 pub fn accept_all(server: &mut Server) {
     // Set while the spare was closed to make room and the next accept has not used it yet.
     let mut spare_freed = false;
-    loop {
+    for _ in 0..ACCEPT_BURST {
         let now = Instant::now();
         let window = &mut server.admission.window;
-        if now.duration_since(window.0) >= SHED_WINDOW {
+        if now.duration_since(window.0) >= WINDOW {
             *window = (now, 0);
-        } else if window.1 >= SHED_PER_WINDOW {
-            let rest = SHED_WINDOW - now.duration_since(window.0);
+        } else if window.1 >= OTHERS_PER_WINDOW {
+            let rest = WINDOW - now.duration_since(window.0);
             pause(server, rest);
             return;
         }
@@ -218,8 +236,9 @@ fn back_off(server: &mut Server, e: rustix::io::Errno, now: Instant) {
     pause(server, pause_for);
 }
 
-/// Serves connection `fd` or sheds it. `table_full`: it took the spare's slot, and only an
-/// administrator's connection may keep it.
+/// Serves connection `fd` or sheds it, and counts it in the window unless it is an
+/// administrator's. `table_full`: it took the spare's slot, and only an administrator's
+/// connection may keep it.
 fn admit(server: &mut Server, fd: OwnedFd, table_full: bool, now: Instant) {
     let cred = match rustix::net::sockopt::socket_peercred(&fd) {
         Ok(c) => Cred {
@@ -232,7 +251,11 @@ fn admit(server: &mut Server, fd: OwnedFd, table_full: bool, now: Instant) {
             return;
         }
     };
-    let refusal = if server.budget.is_admin(cred.uid) {
+    let admin = server.budget.is_admin(cred.uid);
+    if !admin {
+        server.admission.window.1 += 1;
+    }
+    let refusal = if admin {
         None
     } else if table_full {
         Some(crate::budget::Refusal::Table)
@@ -251,7 +274,6 @@ fn admit(server: &mut Server, fd: OwnedFd, table_full: bool, now: Instant) {
     wire::write_reply(&mut reply, Errno::EMFILE.raw(), 0, message.as_bytes());
     let _ = transport::send(fd.as_fd(), &reply, &[]);
     drop(fd);
-    server.admission.window.1 += 1;
     if let Some(suppressed) = server.admission.shed.allow(now) {
         warn!(
             uid = cred.uid,

@@ -154,6 +154,7 @@ impl Server {
         }
         let pids: std::collections::HashSet<i32> = settings.pids.iter().copied().collect();
         engine.set_excluded(move |fd, st| is_luod_connection(fd, st, &pids));
+        crate::listener::set_backlog(&listener)?;
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &ep,

@@ -63,12 +63,12 @@ struct Args {
     max_bytes: Option<u64>,
 
     /// Most of luod's descriptors (connections and preserved files) one uid other than root
-    /// and luod's own may hold (default: a quarter of luod's descriptor limit).
+    /// and luod's own may hold (default: a quarter of luod's descriptor limit less 64).
     #[arg(long, value_name = "N")]
     max_fds: Option<u64>,
 
     /// luod's descriptors that only root and luod's own uid may use (default: a quarter of
-    /// luod's descriptor limit).
+    /// luod's descriptor limit less 64).
     #[arg(long, value_name = "N")]
     fd_reserve: Option<u64>,
 

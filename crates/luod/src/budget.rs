@@ -29,7 +29,8 @@
 //! A request that would go over (CREATE_SESSION and RETRIEVE_SESSION need two descriptors for
 //! a moment, PRESERVE_FD one) is refused with `EMFILE` and a [`Refusal`] saying which bound it
 //! hit; RETRIEVE_FD is held to the pool and the budget only, as its file was charged to the
-//! uid when it was preserved. A connection of a uid over its share is closed as soon as it is
+//! uid when it was preserved, and REPLACE_FD, which leaves the uid holding as many as before,
+//! to the budget only. A connection of a uid over its share is closed as soon as it is
 //! accepted ([`crate::listener`]). Connections of administrators are never refused while the
 //! descriptor table has room: whatever the other users do, root can connect, ask for STATUS
 //! and upgrade.
@@ -112,6 +113,8 @@ pub enum Scope {
     Share,
     /// The pool and the budget only: for RETRIEVE_FD, whose file the uid was charged for.
     Pool,
+    /// The budget only: for REPLACE_FD, after which the uid holds as many as before.
+    Budget,
 }
 
 impl Budget {
@@ -133,7 +136,7 @@ impl Budget {
 
     /// Whether `uid` may hold `n` descriptors more, given what is held now.
     pub fn check(&self, uid: u32, n: u64, scope: Scope, held: Held) -> Result<(), Refusal> {
-        if !self.is_admin(uid) {
+        if !self.is_admin(uid) && scope != Scope::Budget {
             if scope == Scope::Share && held.uid + n > self.share {
                 return Err(Refusal::Share {
                     uid,
@@ -277,6 +280,12 @@ mod tests {
         );
         // RETRIEVE_FD is not held to the share, but to the pool.
         assert_eq!(b.check(7, 1, Scope::Pool, held(250, 250, 250)), Ok(()));
+        // REPLACE_FD only needs room in the budget.
+        assert_eq!(b.check(7, 1, Scope::Budget, held(250, 750, 750)), Ok(()));
+        assert_eq!(
+            b.check(7, 1, Scope::Budget, held(250, 750, 1000)),
+            Err(Refusal::Full)
+        );
         assert_eq!(
             b.check(7, 1, Scope::Pool, held(500, 750, 750)),
             Err(Refusal::Pool)

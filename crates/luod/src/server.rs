@@ -14,7 +14,7 @@ use rustix::event::epoll;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use tracing::{debug, info, warn};
 
-use crate::budget::{Budget, FdSettings, Tally};
+use crate::budget::{Budget, FdSettings, Scope, Tally};
 use crate::conn::{Conn, Cred, Kind, Outgoing};
 use crate::listener::{Admission, KEY_LISTENER};
 
@@ -695,7 +695,7 @@ impl Server {
         fds: Vec<OwnedFd>,
     ) -> (Reply, After) {
         if op == Op::ReplaceFd {
-            return (self.replace_fd(kind, arg, fds), After::Nothing);
+            return (self.replace_fd(kind, cred, arg, fds), After::Nothing);
         }
         if !fds.is_empty() {
             return (
@@ -984,7 +984,7 @@ impl Server {
     }
 
     /// REPLACE_FD: the file under the token of `arg` swapped for the one descriptor in `fds`.
-    fn replace_fd(&mut self, kind: Kind, arg: &[u8], fds: Vec<OwnedFd>) -> Reply {
+    fn replace_fd(&mut self, kind: Kind, cred: Cred, arg: &[u8], fds: Vec<OwnedFd>) -> Reply {
         let Kind::Session(id) = kind else {
             return Reply::err_msg(Errno::EINVAL, "REPLACE_FD needs an outgoing session");
         };
@@ -994,8 +994,8 @@ impl Server {
         if fds.len() != 1 {
             return Reply::err_msg(Errno::EINVAL, "REPLACE_FD takes exactly one descriptor");
         }
-        if self.fds_in_use() + 1 > self.fd_limit {
-            return Reply::err_msg(Errno::EMFILE, "luod's descriptor budget is exhausted");
+        if let Err(refusal) = self.may_hold(cred.uid, 1, Scope::Budget) {
+            return Reply::err_msg(Errno::EMFILE, &refusal.to_string());
         }
         match self
             .engine

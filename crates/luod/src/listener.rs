@@ -10,9 +10,10 @@
 //! - **Rate.** At most [`OTHERS_PER_WINDOW`] connections of users other than root and luod's
 //!   own are accepted (served or shed) per [`WINDOW`]; past that the listener is switched off
 //!   until the window ends, so a uid that reconnects in a loop costs luod a bounded share of a
-//!   core (each accept-and-close costs luod about 10 µs of kernel time). The kernel keeps the
-//!   connections in the backlog meanwhile, root's among them; the backlog is [`BACKLOG`] deep,
-//!   so root's connection waits at most `BACKLOG / OTHERS_PER_WINDOW` windows behind a flood.
+//!   core (a refused connection costs luod 10 to 30 µs, nearly all of it in the kernel). The
+//!   kernel keeps the connections in the backlog meanwhile, root's among them; the backlog is
+//!   [`BACKLOG`] deep, so root's connection is reached about `BACKLOG / OTHERS_PER_WINDOW`
+//!   windows after it got into the backlog.
 //!   One turn of the loop accepts at most [`ACCEPT_BURST`] connections, so the connections
 //!   luod already has are served between bursts.
 //! - **The spare.** luod keeps `/dev/null` open. When `accept` fails with `EMFILE`, it closes
@@ -49,8 +50,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// The window over which connections of users other than root are counted.
 pub const WINDOW: Duration = Duration::from_millis(10);
 /// Connections of users other than root and luod's own accepted per window before the
-/// listener is switched off for the rest of it: 6,400 a second, about 7% of a core when every
-/// one is shed.
+/// listener is switched off for the rest of it: 3,200 a second, about 9% of a core when every
+/// one is refused (measured by `tests/hostile_flood.rs`, debug build).
 pub const OTHERS_PER_WINDOW: u32 = 32;
 /// Connections accepted per turn of the loop.
 pub const ACCEPT_BURST: usize = 64;
@@ -144,8 +145,7 @@ fn pause(server: &mut Server, pause: Duration) {
     server.admission.paused_until = Some(Instant::now() + pause);
 }
 
-/// Switches the listener back on once its pause is over (and takes a spare again if it has
-/// none). Called on every turn of the loop.
+/// Switches the listener back on once its pause is over. Called on every turn of the loop.
 pub fn resume(server: &mut Server) {
     let Some(until) = server.admission.paused_until else {
         return;
@@ -154,9 +154,6 @@ pub fn resume(server: &mut Server) {
         return;
     }
     server.admission.paused_until = None;
-    if server.admission.spare.is_none() {
-        server.admission.spare = open_spare();
-    }
     if let Err(e) = epoll::add(
         &server.epoll,
         &server.listener,
@@ -177,6 +174,9 @@ pub fn set_backlog(listener: &OwnedFd) -> rustix::io::Result<()> {
 /// Accepts pending connections, up to [`ACCEPT_BURST`]: admits, sheds, or backs off (see the
 /// module doc).
 pub fn accept_all(server: &mut Server) {
+    if server.admission.spare.is_none() {
+        server.admission.spare = open_spare();
+    }
     // Set while the spare was closed to make room and the next accept has not used it yet.
     let mut spare_freed = false;
     for _ in 0..ACCEPT_BURST {
@@ -213,7 +213,7 @@ pub fn accept_all(server: &mut Server) {
         admit(server, fd, table_full, now);
         if table_full {
             // Fails while an administrator's connection holds the spare's slot: the next
-            // EMFILE then backs off, and `resume` tries again.
+            // EMFILE then backs off, and the next round opens it again.
             server.admission.spare = open_spare();
         }
     }

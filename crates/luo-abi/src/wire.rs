@@ -43,7 +43,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::Errno;
 
 /// Version of this framing. Changing any layout here, or an errno rule of `docs/protocol.md`,
-/// bumps it. 2 added the upgrade fields of [`StatusReply`]; 3 the migration's; 4 answers a
+/// bumps it. 2 added the upgrade fields of [`StatusReply`]; 3 added MIGRATE; 4 answers a
 /// descriptor luod could not receive with `EMFILE` (was `EINVAL`), and refuses over a uid's
 /// descriptor budget.
 pub const WIRE_VERSION: u32 = 4;

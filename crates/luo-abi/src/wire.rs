@@ -42,8 +42,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::Errno;
 
-/// Version of this framing. Changing any layout here bumps it.
-pub const WIRE_VERSION: u32 = 3;
+/// Version of this framing. Changing any layout here, or an errno rule of `docs/protocol.md`,
+/// bumps it. 2 added the upgrade fields of [`StatusReply`]; 3 added MIGRATE; 4 answers a
+/// descriptor luod could not receive with `EMFILE` (was `EINVAL`), and refuses over a uid's
+/// descriptor budget.
+pub const WIRE_VERSION: u32 = 4;
 /// Largest message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most descriptors attached to one message (the kernel's `SCM_MAX_FD`).

@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|preload|vmm|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|migrate|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -61,6 +61,13 @@
 //!   `rpc_preserve_vs_raw_fd_pipelined_ratio` (like for like),
 //!   `rpc_preserve_vs_raw_fd_ratio`, `rpc_preserve_vs_sequential_ratio` (what pipelining
 //!   gains) and `rpc_preserve_vs_ping_ratio`.
+//! - **`migrate`** — MIGRATE end to end through a release luod (build it first with
+//!   `cargo build --release -p luod -p luo-bench`; needs root to reserve one 1 GiB page, given
+//!   back at the end): a 1 GiB memfd of 4 KiB pages with every page written, handed off,
+//!   moved onto one 1 GiB page and back onto 4 KiB pages, 5 times each way, each move checked
+//!   (page size, one word per MiB). Prints `migrate_1g_ms` (median, from the client's call to
+//!   its reply, 4 KiB → 1 GiB), `migrate_1g_copy_ms` (the copy alone, as luod reports it),
+//!   `migrate_1g_gb_per_s`, `migrate_1g_to_4k_ms` and `migrate_channels`.
 //! - **`preload`** — builds and runs luo-preload's `bench_preload`: PRESERVE_FD + RETRIEVE_FD
 //!   pairs per second through the `LD_PRELOAD` library and through luo-client, printing
 //!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.
@@ -79,6 +86,7 @@
 mod engine;
 mod external;
 mod image;
+mod migrate;
 mod rpc;
 mod upgrade;
 
@@ -142,7 +150,7 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|preload|vmm|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|migrate|preload|vmm|all>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -152,6 +160,7 @@ fn main() {
         "engine" => engine::run(),
         "upgrade" => upgrade::run(),
         "rpc" => rpc::run(),
+        "migrate" => migrate::run(),
         "preload" => external::preload(),
         "vmm" => external::vmm(args.get(1..).unwrap_or_default()),
         "all" => image::run().and_then(|()| engine::run()),

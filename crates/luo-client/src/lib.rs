@@ -199,8 +199,20 @@ pub fn call(
     let id = take_ids(1);
     let mut msg = Vec::with_capacity(16 + arg.len());
     wire::write_request(&mut msg, op, id, arg).map_err(|e| Error::new(name, e))?;
-    transport::send(fd, &msg, fds).map_err(|e| Error::io(name, e))?;
     let mut buf = [0u8; wire::MAX_MESSAGE];
+    if let Err(e) = transport::send(fd, &msg, fds) {
+        // luod refuses a connection it cannot take (its uid is over its descriptor budget) by
+        // answering it, with request id 0, and closing it: a request sent after the close
+        // fails with EPIPE while the answer still waits to be read.
+        if e == rustix::io::Errno::PIPE
+            && let Ok(Recv::Message(m)) = transport::recv_into(fd, &mut buf, false)
+            && let Ok((hdr, body)) = wire::parse_reply(&buf[..m.len])
+            && hdr.id.get() == 0
+        {
+            answer(name, hdr.errno.get(), body)?;
+        }
+        return Err(Error::io(name, e));
+    }
     loop {
         let reply = receive(fd, name, &mut buf)?;
         let (hdr, body) = wire::parse_reply(&buf[..reply.len]).map_err(|e| Error::new(name, e))?;

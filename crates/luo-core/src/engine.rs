@@ -19,6 +19,8 @@ pub(crate) struct Namespace {
     pub outgoing: HashMap<Box<[u8]>, SessionId>,
     pub incoming: HashMap<Box<[u8]>, SessionId>,
     pub usage: Usage,
+    /// Descriptors the engine holds for this uid's files (see [`Engine::fds_held_by`]).
+    pub fds: u64,
 }
 
 /// What one uid holds: the quantities [`Limits`] bound.
@@ -197,6 +199,12 @@ impl Engine {
         self.fds_held
     }
 
+    /// The part of [`fds_held`](Self::fds_held) that holds `owner`'s files: what the daemon
+    /// charges to the uid's descriptor budget.
+    pub fn fds_held_by(&self, owner: u32) -> u64 {
+        self.namespaces.get(&owner).map_or(0, |ns| ns.fds)
+    }
+
     /// The outgoing session `name` of `owner`, if any.
     pub fn outgoing_session(&self, owner: u32, name: &[u8]) -> Option<SessionId> {
         self.namespaces.get(&owner)?.outgoing.get(name).copied()
@@ -323,6 +331,7 @@ impl Engine {
         if let Some(ns) = self.namespaces.get_mut(&owner) {
             ns.usage.files += 1;
             ns.usage.bytes += file.bytes;
+            ns.fds += 1;
         }
         self.fds_held += 1;
         if let Some(session) = self.sessions.get_mut(&id) {
@@ -564,6 +573,7 @@ impl Engine {
             let copy = dup(&open).map_err(|e| handler_err("engine", "duplicate", e))?;
             Ok((open, copy, identity))
         });
+        let owner = self.sessions.get(&id).map(|s| s.owner);
         let file = self.file_mut(id, token)?;
         match outcome {
             Ok((open, copy, identity)) => {
@@ -575,6 +585,9 @@ impl Engine {
                     self.identities.insert(identity);
                 }
                 self.fds_held += 1;
+                if let Some(ns) = owner.and_then(|o| self.namespaces.get_mut(&o)) {
+                    ns.fds += 1;
+                }
                 Ok(copy)
             }
             Err(e) => {
@@ -687,11 +700,12 @@ impl Engine {
         if let Some(identity) = file.identity {
             self.identities.remove(&identity);
         }
+        let held = 1 + u64::from(file.retrieved.is_some());
         if let Some(ns) = self.namespaces.get_mut(&owner) {
             ns.usage.files = ns.usage.files.saturating_sub(1);
             ns.usage.bytes = ns.usage.bytes.saturating_sub(file.bytes);
+            ns.fds = ns.fds.saturating_sub(held);
         }
-        let held = 1 + u64::from(file.retrieved.is_some());
         self.fds_held = self.fds_held.saturating_sub(held);
     }
 

@@ -283,6 +283,7 @@ fn build(
         ns.usage.sessions += 1;
         ns.usage.files += session.files.len() as u64;
         ns.usage.bytes += session.bytes();
+        ns.fds += held;
         let map = if session.is_outgoing() {
             &mut ns.outgoing
         } else {

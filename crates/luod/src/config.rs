@@ -29,6 +29,10 @@ pub struct FileLimits {
     pub files: Option<u64>,
     /// Most preserved bytes per uid.
     pub bytes: Option<u64>,
+    /// Most of luod's descriptors per uid other than root and luod's own.
+    pub fds: Option<u64>,
+    /// luod's descriptors only root and luod's own uid may use.
+    pub fd_reserve: Option<u64>,
 }
 
 impl FileConfig {

@@ -6,8 +6,10 @@
 //! update (`luoctl reboot`) without losing a preserved file. See `docs/operations.md`.
 #![allow(unsafe_code)] // Only `takeover`: inheriting descriptors across exec, and adopting them.
 
+mod budget;
 mod config;
 mod conn;
+mod listener;
 mod migrate;
 mod server;
 mod socket;
@@ -38,7 +40,8 @@ struct Args {
     #[arg(long, env = "LUOD_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// TOML config file (keys: socket, socket_mode, [limits] sessions/files/bytes).
+    /// TOML config file (keys: socket, socket_mode, [limits] sessions/files/bytes/fds/
+    /// fd_reserve).
     #[arg(long, env = "LUOD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
@@ -58,6 +61,16 @@ struct Args {
     /// Most bytes of preserved memory one uid may hold (default: unlimited).
     #[arg(long, value_name = "BYTES")]
     max_bytes: Option<u64>,
+
+    /// Most of luod's descriptors (connections and preserved files) one uid other than root
+    /// and luod's own may hold (default: a quarter of luod's descriptor limit less 64).
+    #[arg(long, value_name = "N")]
+    max_fds: Option<u64>,
+
+    /// luod's descriptors that only root and luod's own uid may use (default: a quarter of
+    /// luod's descriptor limit less 64).
+    #[arg(long, value_name = "N")]
+    fd_reserve: Option<u64>,
 
     /// Log filter, as RUST_LOG (e.g. "info", "luod=debug").
     #[arg(long, env = "LUOD_LOG", default_value = "info", value_name = "FILTER")]
@@ -150,6 +163,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let settings = Settings {
         socket: socket.clone(),
         limits,
+        fds: budget::FdSettings {
+            share: args.max_fds.or(file.limits.fds),
+            reserve: args.fd_reserve.or(file.limits.fd_reserve),
+        },
         binary,
         pids: Vec::new(),
     };

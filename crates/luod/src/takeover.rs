@@ -407,6 +407,8 @@ fn settings_text(s: &Settings, upgrades: u64, _keep_conns: bool) -> String {
         ("sessions", s.limits.sessions),
         ("files", s.limits.files),
         ("bytes", s.limits.bytes),
+        ("fds", s.fds.share),
+        ("fd_reserve", s.fds.reserve),
     ] {
         if let Some(v) = v {
             t.push_str(&format!("limit.{k}={v}\n"));
@@ -926,6 +928,7 @@ fn build_successor(
     let mut settings = Settings {
         socket: Default::default(),
         limits: Default::default(),
+        fds: Default::default(),
         binary: Default::default(),
         pids: Vec::new(),
     };
@@ -960,6 +963,8 @@ fn build_successor(
             "limit.sessions" => settings.limits.sessions = Some(v.parse()?),
             "limit.files" => settings.limits.files = Some(v.parse()?),
             "limit.bytes" => settings.limits.bytes = Some(v.parse()?),
+            "limit.fds" => settings.fds.share = Some(v.parse()?),
+            "limit.fd_reserve" => settings.fds.reserve = Some(v.parse()?),
             "listener" => listener = Some(take(v)?),
             "lock" => lock = Some(take(v)?),
             "conn" => {

@@ -348,13 +348,15 @@ impl Engine {
     /// memory moves to new backing (a live VMM re-backing its RAM, `migrate`).
     ///
     /// `EINVAL` on an incoming session, `ENOENT` for an unknown token, then PRESERVE_FD's
-    /// errors for the new descriptor.
+    /// errors for the new descriptor. Returns the old file's held descriptor, for the caller to
+    /// close where it likes: closing the last reference to a large memory file frees it, which
+    /// takes time.
     pub fn replace_fd(
         &mut self,
         id: SessionId,
         token: u64,
         fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(), Error> {
+    ) -> Result<OwnedFd, Error> {
         self.swap_file(id, token, fd, false)
     }
 
@@ -367,7 +369,7 @@ impl Engine {
         id: SessionId,
         token: u64,
         fd: BorrowedFd<'_>,
-    ) -> Result<(), Error> {
+    ) -> Result<OwnedFd, Error> {
         self.swap_file(id, token, Some(fd), true)
     }
 
@@ -377,7 +379,7 @@ impl Engine {
         token: u64,
         fd: Option<BorrowedFd<'_>>,
         incoming_too: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<OwnedFd, Error> {
         self.check_thawed()?;
         let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
         let outgoing = session.is_outgoing();
@@ -428,7 +430,7 @@ impl Engine {
         if let Some(ns) = self.namespaces.get_mut(&owner) {
             ns.usage.bytes = ns.usage.bytes.saturating_sub(old.bytes) + new_bytes;
         }
-        Ok(())
+        Ok(old.data.fd)
     }
 
     /// PRESERVE_FD from the descriptor on, for a file of `owner` under `token`: picks the

@@ -1001,7 +1001,11 @@ impl Server {
             .engine
             .replace_fd(id, req.token.get(), fds.first().map(|f| f.as_fd()))
         {
-            Ok(()) => Reply::ok(Vec::new()),
+            // The client holds the old file too (it replaced it): closing luod's copy is cheap.
+            Ok(old) => {
+                drop(old);
+                Reply::ok(Vec::new())
+            }
             Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
         }
     }

@@ -42,8 +42,11 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::Errno;
 
-/// Version of this framing. Changing any layout here bumps it.
-pub const WIRE_VERSION: u32 = 2;
+/// Version of this framing. Changing any layout here, or an errno rule of `docs/protocol.md`,
+/// bumps it. 2 added the upgrade fields of [`StatusReply`]; 3 added MIGRATE; 4 answers a
+/// descriptor luod could not receive with `EMFILE` (was `EINVAL`), and refuses over a uid's
+/// descriptor budget.
+pub const WIRE_VERSION: u32 = 4;
 /// Largest message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most descriptors attached to one message (the kernel's `SCM_MAX_FD`).
@@ -104,6 +107,13 @@ pub enum Op {
     Reboot = NATIVE_BASE + 6,
     /// Liveness: no argument, empty reply.
     Ping = NATIVE_BASE + 7,
+    /// On a session connection: replace the file preserved under a token of the outgoing
+    /// session with the one descriptor attached, in one step (the old file stays if anything
+    /// fails). Argument [`ReplaceFdRequest`], empty reply.
+    ReplaceFd = NATIVE_BASE + 8,
+    /// Move a preserved memory file onto new backing (another page size), copying it with
+    /// luod's copy engine: argument [`MigrateRequest`], reply [`MigrateReply`].
+    Migrate = NATIVE_BASE + 9,
 }
 
 impl Op {
@@ -117,10 +127,71 @@ impl Op {
             5 => Op::Upgrade,
             6 => Op::Reboot,
             7 => Op::Ping,
+            8 => Op::ReplaceFd,
+            9 => Op::Migrate,
             _ => return None,
         })
     }
 }
+
+/// Argument of [`Op::ReplaceFd`]: the token whose file is replaced.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ReplaceFdRequest {
+    /// The token, as given to PRESERVE_FD.
+    pub token: U64,
+}
+
+const _: () = assert!(size_of::<ReplaceFdRequest>() == 8);
+
+/// [`MigrateRequest::owner`] for the caller's own namespace.
+pub const MIGRATE_OWN: u32 = u32::MAX;
+
+/// Argument of [`Op::Migrate`]: which file, and onto what.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MigrateRequest {
+    /// The session's name, 1..=63 bytes, NUL-terminated, zero-padded.
+    pub name: [u8; 64],
+    /// The file's token.
+    pub token: U64,
+    /// The page size of the new backing: 4096, 2 MiB or 1 GiB.
+    pub page_size: U64,
+    /// The namespace (uid) of the session, or [`MIGRATE_OWN`]; another uid's is root's only.
+    pub owner: U32,
+    /// Zero.
+    pub flags: U32,
+}
+
+const _: () = assert!(size_of::<MigrateRequest>() == 88);
+
+/// Reply of [`Op::Migrate`]: what was copied and how.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MigrateReply {
+    /// Bytes copied (the file's size).
+    pub bytes: U64,
+    /// The new backing's page size.
+    pub page_size: U64,
+    /// Nanoseconds the copy took.
+    pub copy_ns: U64,
+    /// Units copied.
+    pub units: U64,
+    /// Units a copy channel did not complete, copied by the CPU instead.
+    pub units_fallback: U64,
+    /// Copy channels of the driver (0: the CPU alone).
+    pub channels: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+
+const _: () = assert!(size_of::<MigrateReply>() == 48);
 
 /// Argument of [`Op::List`]: the first session to list (0 for the start).
 ///
@@ -217,8 +288,24 @@ pub struct StatusReply {
     /// [`UPGRADE_STOP_AND_COPY`] if the last upgrade fell back to stopping the old server
     /// while its successor prepared.
     pub last_upgrade_flags: U32,
+    /// The migration in progress: bytes copied so far (0 when none). Wire version 3.
+    pub migrate_done: U64,
+    /// The migration in progress: bytes to copy (0 when none).
+    pub migrate_total: U64,
+    /// The copy engine since start: bytes copied.
+    pub copy_bytes: U64,
+    /// The copy engine since start: units copied.
+    pub copy_units: U64,
+    /// The copy engine since start: units a copy channel left undone, copied by the CPU.
+    pub copy_units_fallback: U64,
+    /// The copy engine since start: batches the policy kept on the CPU.
+    pub copy_batches_cpu: U64,
 }
-const _: () = assert!(core::mem::size_of::<StatusReply>() == 128);
+const _: () = assert!(core::mem::size_of::<StatusReply>() == 176);
+
+/// The length of a [`StatusReply`] of wire version 2 (before the migration and copy fields);
+/// a reader pads a shorter reply with zeros.
+pub const STATUS_REPLY_V2_LEN: usize = 128;
 
 /// [`StatusReply::last_upgrade_flags`]: the state kept changing while successors prepared in
 /// the background, so the last one prepared with the old server stopped.

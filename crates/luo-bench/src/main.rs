@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|copy|preload|vmm|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|copy|migrate|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -74,12 +74,20 @@
 //!   `copy_offload_overhead_1ch_us` / `_2ch_us` (what handing one batch to the channels
 //!   costs). `LUO_BENCH_COPY_BATCH_MIB`, `LUO_BENCH_COPY_CHUNK_KIB`, `LUO_BENCH_COPY_PIN=1`
 //!   and `LUO_BENCH_COPY_ONLY=key,...` change the setup. Needs 5 GiB free.
+//! - **`migrate`** — MIGRATE end to end through a release luod (build it first with
+//!   `cargo build --release -p luod -p luo-bench`; needs root to reserve one 1 GiB page, given
+//!   back at the end): a 1 GiB memfd of 4 KiB pages with every page written, handed off,
+//!   moved onto one 1 GiB page and back onto 4 KiB pages, 5 times each way, each move checked
+//!   (page size, one word per MiB). Prints `migrate_1g_ms` (median, from the client's call to
+//!   its reply, 4 KiB → 1 GiB), `migrate_1g_copy_ms` (the copy alone, as luod reports it),
+//!   `migrate_1g_gb_per_s`, `migrate_1g_to_4k_ms` and `migrate_channels`.
 //! - **`preload`** — builds and runs luo-preload's `bench_preload`: PRESERVE_FD + RETRIEVE_FD
 //!   pairs per second through the `LD_PRELOAD` library and through luo-client, printing
 //!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.
 //! - **`vmm`** — builds luod and luo-vmm and runs `luo-vmm bench` (extra arguments pass
 //!   through, e.g. `--only convert`): VMM upgrades under a running KVM guest
-//!   (`vmm_blackout_*`) and attribute conversions (`convert_pages_per_s`,
+//!   (`vmm_blackout_*`), live migrates of a 1 GiB guest's RAM onto a 1 GiB page and back
+//!   (`vmm_migrate_*`, `--only migrate`) and attribute conversions (`convert_pages_per_s`,
 //!   `attr_bytes_per_range`). Needs root and `/dev/kvm`.
 //! - **`all`** — `image` then `engine` (not `upgrade` or `rpc`, which need the release luod
 //!   binary).
@@ -92,6 +100,7 @@ mod copy;
 mod engine;
 mod external;
 mod image;
+mod migrate;
 mod rpc;
 mod upgrade;
 
@@ -155,7 +164,7 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|copy|preload|vmm|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|copy|migrate|preload|vmm|all>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -166,6 +175,7 @@ fn main() {
         "upgrade" => upgrade::run(),
         "copy" => copy::run(),
         "rpc" => rpc::run(),
+        "migrate" => migrate::run(),
         "preload" => external::preload(),
         "vmm" => external::vmm(args.get(1..).unwrap_or_default()),
         "all" => image::run().and_then(|()| engine::run()),

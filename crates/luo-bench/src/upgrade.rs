@@ -238,7 +238,7 @@ pub(crate) fn memfd(name: &str, content: &[u8]) -> Result<OwnedFd> {
 }
 
 /// A memfd of `len` bytes with every page written.
-fn big_memfd(len: u64) -> Result<OwnedFd> {
+pub(crate) fn big_memfd(len: u64) -> Result<OwnedFd> {
     const CHUNK: usize = 1 << 20;
     let fd = rustix::fs::memfd_create("luo-bench-big", MemfdFlags::CLOEXEC)?;
     rustix::fs::ftruncate(&fd, len)?;

@@ -10,8 +10,13 @@
 //!   session is then discarded, an incoming one finished.
 //! - [`Control`]: status, the session list, and the administrative upgrade and reboot.
 //!
+//! Each of them connects to luod's socket, [`default_socket`] unless given a path, and checks
+//! who serves it before it sends anything: root, the caller's own uid, or the uid trusted by
+//! `LUOD_SERVER_UID` (module [`socket`]).
+//!
 //! Every call returns [`Error`], which carries the errno luod (or the kernel, for the same
-//! call on `/dev/liveupdate`) answers.
+//! call on `/dev/liveupdate`) answers; a socket the client refused is [`ErrorKind`]
+//! `UntrustedServer` or `UnsafeDirectory`, with `EACCES`.
 //!
 //! Each call is one request and one reply, a round trip to luod. To preserve many files,
 //! [`Session::preserve_many`] pipelines the requests: the same PRESERVE_FD per file, with the
@@ -52,7 +57,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod socket;
 pub mod transport;
+
+pub use socket::{SocketDir, connect, default_socket};
 
 use std::cell::Cell;
 use std::fmt;
@@ -62,7 +70,6 @@ use std::path::{Path, PathBuf};
 use luo_abi::Errno;
 use luo_abi::uapi::{self, CreateSession, Finish, GetName, PreserveFd};
 use luo_abi::wire::{self, ListEntry, ListReply, ListRequest, Op, StatusReply};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -77,10 +84,73 @@ pub struct Error {
     pub errno: Errno,
     /// luod's explanation, if any.
     pub message: Option<String>,
+    /// What kind of failure: a call that failed, or a socket the client refused.
+    pub kind: ErrorKind,
+}
+
+/// The kinds of [`Error`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// luod answered the errno, or the system call carrying the request failed with it.
+    Call,
+    /// The process serving the socket runs as a uid the client does not trust (see
+    /// [`socket`]): the connection was closed before anything was sent on it. `EACCES`.
+    UntrustedServer {
+        /// The socket.
+        socket: PathBuf,
+        /// The server's uid (`SO_PEERCRED`).
+        server_uid: u32,
+        /// The client's effective uid.
+        client_uid: u32,
+    },
+    /// The socket is the caller's private default (`/tmp/luod-<uid>/luod.sock`), and that
+    /// directory is not the caller's own private directory: nothing was connected. `EACCES`.
+    UnsafeDirectory {
+        /// The socket.
+        socket: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+        /// What is wrong with the directory ("is owned by uid 65534").
+        problem: String,
+    },
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Call => {}
+            ErrorKind::UntrustedServer {
+                socket,
+                server_uid,
+                client_uid,
+            } => {
+                return write!(
+                    f,
+                    "{} refused: {} is served by uid {server_uid}, not by root or uid \
+                     {client_uid}, so it is not luod's socket and nothing was sent (set {}=\
+                     {server_uid} to trust that uid)",
+                    self.op,
+                    socket.display(),
+                    socket::SERVER_UID_ENV,
+                );
+            }
+            ErrorKind::UnsafeDirectory {
+                socket,
+                dir,
+                problem,
+            } => {
+                return write!(
+                    f,
+                    "{} refused: {}: its directory {} {problem}, not a private directory of \
+                     this user (another user may have created it); remove it, or set \
+                     XDG_RUNTIME_DIR or LUOD_SOCKET",
+                    self.op,
+                    socket.display(),
+                    dir.display(),
+                );
+            }
+        }
         write!(f, "{} failed: {}", self.op, self.errno)?;
         if let Some(m) = &self.message {
             write!(f, " ({m})")?;
@@ -97,41 +167,12 @@ impl Error {
             op,
             errno,
             message: None,
+            kind: ErrorKind::Call,
         }
     }
     fn io(op: &'static str, e: rustix::io::Errno) -> Error {
         Error::new(op, Errno(e.raw_os_error()))
     }
-}
-
-/// luod's socket: `LUOD_SOCKET` if set, else `/run/luod/luod.sock` for root and
-/// `$XDG_RUNTIME_DIR/luod.sock` (or `/tmp/luod-<uid>.sock`) for anyone else.
-pub fn default_socket() -> PathBuf {
-    if let Some(p) = std::env::var_os("LUOD_SOCKET") {
-        return PathBuf::from(p);
-    }
-    let uid = rustix::process::geteuid();
-    if uid.is_root() {
-        PathBuf::from("/run/luod/luod.sock")
-    } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        Path::new(&dir).join("luod.sock")
-    } else {
-        PathBuf::from(format!("/tmp/luod-{}.sock", uid.as_raw()))
-    }
-}
-
-/// Connects to luod at `path`. `ENOENT` or `ECONNREFUSED` mean luod is not running there.
-pub fn connect(path: &Path) -> Result<OwnedFd, Error> {
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::io("connect", e))?;
-    let addr = SocketAddrUnix::new(path).map_err(|e| Error::io("connect", e))?;
-    rustix::net::connect(&fd, &addr).map_err(|e| Error::io("connect", e))?;
-    Ok(fd)
 }
 
 thread_local! {
@@ -158,8 +199,20 @@ pub fn call(
     let id = take_ids(1);
     let mut msg = Vec::with_capacity(16 + arg.len());
     wire::write_request(&mut msg, op, id, arg).map_err(|e| Error::new(name, e))?;
-    transport::send(fd, &msg, fds).map_err(|e| Error::io(name, e))?;
     let mut buf = [0u8; wire::MAX_MESSAGE];
+    if let Err(e) = transport::send(fd, &msg, fds) {
+        // luod refuses a connection it cannot take (its uid is over its descriptor budget) by
+        // answering it, with request id 0, and closing it: a request sent after the close
+        // fails with EPIPE while the answer still waits to be read.
+        if e == rustix::io::Errno::PIPE
+            && let Ok(Recv::Message(m)) = transport::recv_into(fd, &mut buf, false)
+            && let Ok((hdr, body)) = wire::parse_reply(&buf[..m.len])
+            && hdr.id.get() == 0
+        {
+            answer(name, hdr.errno.get(), body)?;
+        }
+        return Err(Error::io(name, e));
+    }
     loop {
         let reply = receive(fd, name, &mut buf)?;
         let (hdr, body) = wire::parse_reply(&buf[..reply.len]).map_err(|e| Error::new(name, e))?;
@@ -196,6 +249,7 @@ fn answer(name: &'static str, errno: i32, body: &[u8]) -> Result<(), Error> {
         op: name,
         errno: Errno(errno),
         message,
+        kind: ErrorKind::Call,
     })
 }
 
@@ -439,6 +493,25 @@ impl Session {
         Ok(String::from_utf8_lossy(&raw[..len]).into_owned())
     }
 
+    /// REPLACE_FD (a luod extension): swap the file preserved under `token` in this outgoing
+    /// session for `file`, in one step. `file` passes every check of
+    /// [`preserve`](Self::preserve); if anything fails, the old file stays preserved as it
+    /// was. A VMM that moved its guest's RAM onto new backing calls this so that its next
+    /// handoff carries the new memory.
+    pub fn replace(&self, token: u64, file: impl AsFd) -> Result<(), Error> {
+        let req = wire::ReplaceFdRequest {
+            token: U64::new(token),
+        };
+        call(
+            self.fd.as_fd(),
+            "REPLACE_FD",
+            Op::ReplaceFd as u32,
+            req.as_bytes(),
+            &[file.as_fd()],
+        )?;
+        Ok(())
+    }
+
     /// Handoff: freeze this outgoing session and move it to the incoming set, where a
     /// successor retrieves it by name. This descriptor is then inert.
     pub fn handoff(&self) -> Result<(), Error> {
@@ -614,6 +687,35 @@ pub struct Status {
     /// The last upgrade fell back to stop and copy (the state kept changing while successors
     /// prepared).
     pub last_upgrade_stop_and_copy: bool,
+    /// The migration in progress: bytes copied so far (0 when none, and for non-root).
+    pub migrate_done: u64,
+    /// The migration in progress: bytes to copy (0 when none).
+    pub migrate_total: u64,
+    /// luod's copy engine since start: bytes copied (root only).
+    pub copy_bytes: u64,
+    /// Units copied.
+    pub copy_units: u64,
+    /// Units a copy channel left undone, copied by the CPU instead.
+    pub copy_units_fallback: u64,
+    /// Batches the policy kept on the CPU.
+    pub copy_batches_cpu: u64,
+}
+
+/// What a migration did ([`Control::migrate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Migrated {
+    /// Bytes copied: the file's size.
+    pub bytes: u64,
+    /// The new backing's page size.
+    pub page_size: u64,
+    /// How long the copy took.
+    pub copy_time: std::time::Duration,
+    /// Units copied.
+    pub units: u64,
+    /// Units a copy channel left undone, copied by the CPU instead.
+    pub units_fallback: u64,
+    /// Copy channels of luod's copy engine (0: the CPU alone).
+    pub channels: u32,
 }
 
 /// One session, as `luoctl sessions` shows it.
@@ -662,9 +764,15 @@ impl Control {
     /// The daemon's status.
     pub fn status(&self) -> Result<Status, Error> {
         let (reply, _) = call(self.fd.as_fd(), "status", Op::Status as u32, &[], &[])?;
-        let s = StatusReply::read_from_prefix(&reply)
-            .map_err(|_| Error::new("status", Errno::EPROTO))?
-            .0;
+        // An older luod sends a shorter reply: what it lacks reads as zero.
+        if reply.len() < wire::STATUS_REPLY_V2_LEN {
+            return Err(Error::new("status", Errno::EPROTO));
+        }
+        let mut full = [0u8; size_of::<StatusReply>()];
+        let n = reply.len().min(full.len());
+        full[..n].copy_from_slice(&reply[..n]);
+        let s =
+            StatusReply::read_from_bytes(&full).map_err(|_| Error::new("status", Errno::EPROTO))?;
         let v = &s.version;
         let vlen = v.iter().position(|&b| b == 0).unwrap_or(v.len());
         Ok(Status {
@@ -684,6 +792,48 @@ impl Control {
             last_upgrade_stop_and_copy: s.last_upgrade_flags.get()
                 & luo_abi::wire::UPGRADE_STOP_AND_COPY
                 != 0,
+            migrate_done: s.migrate_done.get(),
+            migrate_total: s.migrate_total.get(),
+            copy_bytes: s.copy_bytes.get(),
+            copy_units: s.copy_units.get(),
+            copy_units_fallback: s.copy_units_fallback.get(),
+            copy_batches_cpu: s.copy_batches_cpu.get(),
+        })
+    }
+
+    /// MIGRATE (a luod extension): moves the memory file preserved under `token` in session
+    /// `name` onto new backing with pages of `page_size` bytes (4096, 2 MiB or 1 GiB), copying
+    /// it with luod's copy engine, and swaps it in for the old one in one step. The session is
+    /// the caller's incoming one (not retrieved), or its outgoing one, whose memory the caller
+    /// must not write until this returns; `owner` names another uid's namespace (root only).
+    /// Blocks until the copy is done; any failure leaves the old file in place. `ENOMEM` with a
+    /// message saying what to reserve when the huge page pool is short.
+    pub fn migrate(
+        &self,
+        name: &str,
+        token: u64,
+        page_size: u64,
+        owner: Option<u32>,
+    ) -> Result<Migrated, Error> {
+        let op = "migrate";
+        let n = name_struct(op, name)?;
+        let req = wire::MigrateRequest {
+            name: n.name,
+            token: U64::new(token),
+            page_size: U64::new(page_size),
+            owner: U32::new(owner.unwrap_or(wire::MIGRATE_OWN)),
+            flags: U32::new(0),
+        };
+        let (reply, _) = call(self.fd.as_fd(), op, Op::Migrate as u32, req.as_bytes(), &[])?;
+        let r = wire::MigrateReply::read_from_bytes(&reply)
+            .map_err(|_| Error::new(op, Errno::EPROTO))?;
+        Ok(Migrated {
+            bytes: r.bytes.get(),
+            page_size: r.page_size.get(),
+            copy_time: std::time::Duration::from_nanos(r.copy_ns.get()),
+            units: r.units.get(),
+            units_fallback: r.units_fallback.get(),
+            channels: r.channels.get(),
         })
     }
 

@@ -19,6 +19,8 @@ pub(crate) struct Namespace {
     pub outgoing: HashMap<Box<[u8]>, SessionId>,
     pub incoming: HashMap<Box<[u8]>, SessionId>,
     pub usage: Usage,
+    /// Descriptors the engine holds for this uid's files (see [`Engine::fds_held_by`]).
+    pub fds: u64,
 }
 
 /// What one uid holds: the quantities [`Limits`] bound.
@@ -72,6 +74,28 @@ pub struct Engine {
     /// Descriptors the engine holds (held files and retrieved open files).
     pub(crate) fds_held: u64,
     pub(crate) excluded: Excluded,
+}
+
+/// One preserved file, as [`Engine::file_view`] shows it.
+#[derive(Debug)]
+pub struct FileView<'a> {
+    /// The compatible string of its handler.
+    pub compatible: &'a str,
+    /// The handler's record.
+    pub record: &'a [u8],
+    /// The descriptor the engine holds.
+    pub held: BorrowedFd<'a>,
+    /// How its retrieve went (incoming files).
+    pub status: RetrieveStatus,
+    /// Memory it keeps alive, as counted.
+    pub bytes: u64,
+}
+
+/// The file a [`Engine::replace_fd`] replaces, as the checks of the new one see it.
+#[derive(Clone, Copy)]
+struct Replacing {
+    identity: Option<Identity>,
+    bytes: u64,
 }
 
 /// A predicate over descriptors.
@@ -173,6 +197,12 @@ impl Engine {
     /// Descriptors the engine holds: one per preserved file, plus one per retrieved open file.
     pub fn fds_held(&self) -> u64 {
         self.fds_held
+    }
+
+    /// The part of [`fds_held`](Self::fds_held) that holds `owner`'s files: what the daemon
+    /// charges to the uid's descriptor budget.
+    pub fn fds_held_by(&self, owner: u32) -> u64 {
+        self.namespaces.get(&owner).map_or(0, |ns| ns.fds)
     }
 
     /// The outgoing session `name` of `owner`, if any.
@@ -285,6 +315,139 @@ impl Engine {
         if session.files.contains_key(&token) {
             return Err(Error::TokenTaken);
         }
+        let owner = session.owner;
+        let usage = self.usage(owner);
+        let full = self.limits.files.is_some_and(|max| usage.files >= max);
+        let file = self.take(
+            owner,
+            fd,
+            token,
+            None,
+            full.then_some(Error::Quota("files")),
+        )?;
+        if let Some(identity) = file.identity {
+            self.identities.insert(identity);
+        }
+        if let Some(ns) = self.namespaces.get_mut(&owner) {
+            ns.usage.files += 1;
+            ns.usage.bytes += file.bytes;
+            ns.fds += 1;
+        }
+        self.fds_held += 1;
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.insert_file(file);
+        }
+        Ok(())
+    }
+
+    /// Replaces the file preserved under `token` in the outgoing session `id` with `fd`, in one
+    /// step: the new descriptor goes through every check of PRESERVE_FD (a handler chosen
+    /// afresh, the double-preserve check, the FLBs, the byte quota counted without the old
+    /// file), then takes the old file's place in the session and in the preservation order, and
+    /// the old file is unpreserved. On any failure the old file stays, untouched. This is how
+    /// memory moves to new backing (a live VMM re-backing its RAM, `migrate`).
+    ///
+    /// `EINVAL` on an incoming session, `ENOENT` for an unknown token, then PRESERVE_FD's
+    /// errors for the new descriptor. Returns the old file's held descriptor, for the caller to
+    /// close where it likes: closing the last reference to a large memory file frees it, which
+    /// takes time.
+    pub fn replace_fd(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<OwnedFd, Error> {
+        self.swap_file(id, token, fd, false)
+    }
+
+    /// [`replace_fd`](Self::replace_fd) for luod's own use (`migrate`): also takes a file of an
+    /// incoming session that nobody retrieved yet, if neither its handler nor the new one has
+    /// FLBs (an incoming FLB's counts are not the engine's to move). `EBUSY` for a file
+    /// retrieved (someone may have it mapped) or with FLBs.
+    pub fn reback_fd(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: BorrowedFd<'_>,
+    ) -> Result<OwnedFd, Error> {
+        self.swap_file(id, token, Some(fd), true)
+    }
+
+    fn swap_file(
+        &mut self,
+        id: SessionId,
+        token: u64,
+        fd: Option<BorrowedFd<'_>>,
+        incoming_too: bool,
+    ) -> Result<OwnedFd, Error> {
+        self.check_thawed()?;
+        let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
+        let outgoing = session.is_outgoing();
+        if !outgoing && !incoming_too {
+            return Err(Error::NotOutgoing);
+        }
+        let old = session.files.get(&token).ok_or(Error::NoToken)?;
+        if !outgoing
+            && (old.status != RetrieveStatus::NotRetrieved
+                || !self.registry.handler_flbs[old.handler].is_empty())
+        {
+            return Err(Error::Busy("the file was retrieved or has FLBs"));
+        }
+        let owner = session.owner;
+        let replacing = Replacing {
+            identity: old.identity,
+            bytes: old.bytes,
+        };
+        let new = self.take(owner, fd, token, Some(replacing), None)?;
+        let registry = Arc::clone(&self.registry);
+        if !outgoing && !registry.handler_flbs[new.handler].is_empty() {
+            let mut new = new;
+            registry.handlers[new.handler].unpreserve(&mut new.data);
+            self.flb_unpreserve(new.handler);
+            return Err(Error::Busy("the new file's handler has FLBs"));
+        }
+        let new_identity = new.identity;
+        let new_bytes = new.bytes;
+        let Some(mut old) = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|s| s.files.insert(token, new))
+        else {
+            return Err(Error::NoToken);
+        };
+        if outgoing {
+            registry.handlers[old.handler].unpreserve(&mut old.data);
+            self.flb_unpreserve(old.handler);
+        } else {
+            registry.handlers[old.handler].finish(&mut old.data, RetrieveStatus::NotRetrieved);
+        }
+        if let Some(identity) = old.identity {
+            self.identities.remove(&identity);
+        }
+        if let Some(identity) = new_identity {
+            self.identities.insert(identity);
+        }
+        if let Some(ns) = self.namespaces.get_mut(&owner) {
+            ns.usage.bytes = ns.usage.bytes.saturating_sub(old.bytes) + new_bytes;
+        }
+        Ok(old.data.fd)
+    }
+
+    /// PRESERVE_FD from the descriptor on, for a file of `owner` under `token`: picks the
+    /// handler, checks the identity, preserves the FLBs and the file, checks the byte quota
+    /// and what the file carries. Returns the file, not yet in any session or count; on
+    /// failure every step is undone. With `replacing`, that file's identity is no conflict
+    /// and its bytes do not count against the quota. `refuse`, if given, is returned once the
+    /// descriptor passed the handler and identity checks (the kernel's order puts the files
+    /// quota there), with nothing preserved.
+    fn take(
+        &mut self,
+        owner: u32,
+        fd: Option<BorrowedFd<'_>>,
+        token: u64,
+        replacing: Option<Replacing>,
+        refuse: Option<Error>,
+    ) -> Result<File, Error> {
         let fd = fd.ok_or(Error::BadFd)?;
         let st = rustix::fs::fstat(fd).map_err(|_| Error::BadFd)?;
         if self
@@ -313,15 +476,17 @@ impl Engine {
                 .identity(fd)
                 .map_err(|e| handler_err(handler.compatible(), "identify", e))?
         };
-
-        if self.identities.contains(&identity) {
+        let ours = replacing.and_then(|r| r.identity);
+        if self.identities.contains(&identity) && ours != Some(identity) {
             return Err(Error::AlreadyPreserved);
         }
-        let owner = session.owner;
-        let usage = self.usage(owner);
-        if self.limits.files.is_some_and(|max| usage.files >= max) {
-            return Err(Error::Quota("files"));
+        if let Some(err) = refuse {
+            return Err(err);
         }
+        let usage_bytes = self
+            .usage(owner)
+            .bytes
+            .saturating_sub(replacing.map_or(0, |r| r.bytes));
         self.flb_preserve(h)?;
         let mut preserved = match handler.preserve_with_stat(fd, &st) {
             Ok(p) => p,
@@ -333,7 +498,7 @@ impl Engine {
         let refused = if self
             .limits
             .bytes
-            .is_some_and(|max| usage.bytes.saturating_add(preserved.bytes) > max)
+            .is_some_and(|max| usage_bytes.saturating_add(preserved.bytes) > max)
         {
             Some(Error::Quota("bytes"))
         } else if let Some(exclude) = self.excluded.0.as_ref() {
@@ -357,13 +522,7 @@ impl Engine {
             self.flb_unpreserve(h);
             return Err(err);
         }
-        self.identities.insert(identity);
-        if let Some(ns) = self.namespaces.get_mut(&owner) {
-            ns.usage.files += 1;
-            ns.usage.bytes += preserved.bytes;
-        }
-        self.fds_held += 1;
-        let file = File {
+        Ok(File {
             handler: h,
             data: FileData {
                 token,
@@ -376,11 +535,7 @@ impl Engine {
             frozen: false,
             status: RetrieveStatus::NotRetrieved,
             retrieved: None,
-        };
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.insert_file(file);
-        }
-        Ok(())
+        })
     }
 
     /// RETRIEVE_FD: the open file preserved under `token` in the incoming session `id`.
@@ -420,6 +575,7 @@ impl Engine {
             let copy = dup(&open).map_err(|e| handler_err("engine", "duplicate", e))?;
             Ok((open, copy, identity))
         });
+        let owner = self.sessions.get(&id).map(|s| s.owner);
         let file = self.file_mut(id, token)?;
         match outcome {
             Ok((open, copy, identity)) => {
@@ -431,6 +587,9 @@ impl Engine {
                     self.identities.insert(identity);
                 }
                 self.fds_held += 1;
+                if let Some(ns) = owner.and_then(|o| self.namespaces.get_mut(&o)) {
+                    ns.fds += 1;
+                }
                 Ok(copy)
             }
             Err(e) => {
@@ -543,11 +702,12 @@ impl Engine {
         if let Some(identity) = file.identity {
             self.identities.remove(&identity);
         }
+        let held = 1 + u64::from(file.retrieved.is_some());
         if let Some(ns) = self.namespaces.get_mut(&owner) {
             ns.usage.files = ns.usage.files.saturating_sub(1);
             ns.usage.bytes = ns.usage.bytes.saturating_sub(file.bytes);
+            ns.fds = ns.fds.saturating_sub(held);
         }
-        let held = 1 + u64::from(file.retrieved.is_some());
         self.fds_held = self.fds_held.saturating_sub(held);
     }
 
@@ -576,6 +736,19 @@ impl Engine {
             .get(&id)
             .map(|s| &*s.name)
             .ok_or(Error::StaleSession)
+    }
+
+    /// One preserved file as it is now: its handler, record, held descriptor and retrieve
+    /// status, for a daemon that works on the memory itself (`migrate`).
+    pub fn file_view(&self, id: SessionId, token: u64) -> Option<FileView<'_>> {
+        let file = self.sessions.get(&id)?.files.get(&token)?;
+        Some(FileView {
+            compatible: self.registry.handlers[file.handler].compatible(),
+            record: &file.data.record,
+            held: file.data.fd.as_fd(),
+            status: file.status,
+            bytes: file.bytes,
+        })
     }
 
     /// What one session looks like now.

@@ -42,6 +42,9 @@ pub enum Error {
     /// The same underlying object is already preserved (or retrieved and not finished).
     #[error("Object already preserved")]
     AlreadyPreserved,
+    /// The file cannot be moved to new backing now (retrieved, or bound to FLBs).
+    #[error("File is busy: {0}")]
+    Busy(&'static str),
     /// The file carries in flight a descriptor no handler may take (a Unix socket with one of
     /// luod's own connections queued in it): holding it could keep that descriptor alive
     /// forever.
@@ -128,7 +131,9 @@ impl Error {
             }
             Error::BadFd => Errno::EBADF,
             Error::Quota(_) => Errno::ENOSPC,
-            Error::AlreadyPreserved | Error::FinishVetoed(_) | Error::Frozen => Errno::EBUSY,
+            Error::AlreadyPreserved | Error::FinishVetoed(_) | Error::Frozen | Error::Busy(_) => {
+                Errno::EBUSY
+            }
             Error::Handler { source, .. } | Error::Flb { source, .. } => source.errno,
             Error::RetrieveFailed(e) => *e,
             Error::Image(_) | Error::UnknownCompatible(_) | Error::FdMismatch { .. } => Errno::EIO,

@@ -1,6 +1,7 @@
 //! Freezing: handoff of one session, and freezing every outgoing session into a handover image
 //! for a reboot, both with the kernel's rollback.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -9,12 +10,34 @@ use luo_abi::image::{
     SESSION_FINISHED, SESSION_INCOMING, SESSION_RETRIEVED, SessionSpec,
 };
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Namespace};
 use crate::error::Error;
-use crate::session::{Direction, SessionId};
+use crate::registry::Registry;
+use crate::session::{Direction, File, SessionId};
 
 /// The writer version stored in images.
 pub const WRITER_VERSION: &str = concat!("luod ", env!("CARGO_PKG_VERSION"));
+
+/// Counts `file`'s memory again from its record (which `freeze` or `unfreeze` may have
+/// rewritten), in the file and in its owner's usage.
+fn recount(
+    registry: &Registry,
+    file: &mut File,
+    namespaces: &mut HashMap<u32, Namespace>,
+    owner: u32,
+) {
+    let now = registry.handlers[file.handler].record_bytes(&file.data.record);
+    if now != file.bytes {
+        if let Some(ns) = namespaces.get_mut(&owner) {
+            ns.usage.bytes = ns
+                .usage
+                .bytes
+                .saturating_sub(file.bytes)
+                .saturating_add(now);
+        }
+        file.bytes = now;
+    }
+}
 
 impl Engine {
     /// Freezes the files of session `id` in preservation order. On failure at file k, files
@@ -30,11 +53,14 @@ impl Engine {
                 continue;
             };
             let handler = &registry.handlers[file.handler];
-            if let Err(e) = handler.freeze(&mut file.data) {
+            let outcome = handler.freeze(&mut file.data);
+            recount(&registry, file, &mut self.namespaces, session.owner);
+            if let Err(e) = outcome {
                 for done in &tokens[..k] {
                     if let Some(file) = session.files.get_mut(done) {
                         registry.handlers[file.handler].unfreeze(&mut file.data);
                         file.frozen = false;
+                        recount(&registry, file, &mut self.namespaces, session.owner);
                     }
                 }
                 return Err(Error::Handler {
@@ -60,6 +86,7 @@ impl Engine {
             {
                 registry.handlers[file.handler].unfreeze(&mut file.data);
                 file.frozen = false;
+                recount(&registry, file, &mut self.namespaces, session.owner);
             }
         }
     }

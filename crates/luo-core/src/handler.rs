@@ -107,7 +107,8 @@ pub struct Preserved {
     pub fd: OwnedFd,
     /// The handler's record: whatever it needs to hand the file back. Stored in the image.
     pub record: Vec<u8>,
-    /// Memory the file keeps alive, for quotas and status (0 when it does not apply).
+    /// Memory the file keeps alive, for quotas and status (0 when it does not apply). Must be
+    /// what [`FileHandler::record_bytes`] says of `record`.
     pub bytes: u64,
 }
 
@@ -188,6 +189,16 @@ pub trait FileHandler: Send + Sync + std::fmt::Debug {
     fn preserve_with_stat(&self, fd: BorrowedFd<'_>, st: &Stat) -> Result<Preserved, HandlerError> {
         let _ = st;
         self.preserve(fd)
+    }
+
+    /// Optional. The memory a file whose record is `record` keeps alive, for quotas and
+    /// status: what [`Preserved::bytes`] said at preserve, and what the engine counts after
+    /// each `freeze` and `unfreeze` and after a restore, so the count crosses an upgrade or a
+    /// restart unchanged. A pure function of the record, no system call. The default is 0 (a
+    /// file that keeps no memory of its own).
+    fn record_bytes(&self, record: &[u8]) -> u64 {
+        let _ = record;
+        0
     }
 
     /// Optional. Runs on PRESERVE_FD right after `preserve`, when the engine has descriptors

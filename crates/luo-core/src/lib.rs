@@ -78,7 +78,7 @@ mod registry;
 mod restore;
 pub mod session;
 
-pub use engine::{Engine, Limits, Usage};
+pub use engine::{Engine, FileView, Limits, Usage};
 pub use error::Error;
 pub use flb::Flb;
 pub use freeze::WRITER_VERSION;

@@ -17,8 +17,6 @@ use crate::registry::Registry;
 use crate::session::{Direction, File, Session};
 use rustix::fs::Stat;
 
-const S_IFREG: u32 = 0o100000;
-
 impl Engine {
     /// Builds an engine from a handover image: a reboot image (every session incoming) or an
     /// upgrade snapshot (the whole live state).
@@ -259,10 +257,7 @@ fn build(
                 _ => None,
             };
             let mode = st.map_or(0, |st| st.st_mode & S_IFMT);
-            let bytes = match st {
-                Some(st) if mode == S_IFREG => st.st_size as u64,
-                _ => 0,
-            };
+            let bytes = engine.registry.handlers[h].record_bytes(file.record);
             held += 1 + u64::from(retrieved.is_some());
             if let Some(id) = identity {
                 engine.identities.insert(id);
@@ -288,6 +283,7 @@ fn build(
         ns.usage.sessions += 1;
         ns.usage.files += session.files.len() as u64;
         ns.usage.bytes += session.bytes();
+        ns.fds += held;
         let map = if session.is_outgoing() {
             &mut ns.outgoing
         } else {

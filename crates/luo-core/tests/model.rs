@@ -371,6 +371,11 @@ impl Harness {
             owned,
             "preserved objects"
         );
+        // Every descriptor the engine holds is charged to exactly one uid.
+        let engine = self.engine.as_ref().unwrap();
+        let owners: std::collections::BTreeSet<u32> = infos.iter().map(|i| i.owner).collect();
+        let charged: u64 = owners.iter().map(|&o| engine.fds_held_by(o)).sum();
+        assert_eq!(charged, engine.fds_held(), "descriptors charged to uids");
     }
 }
 

@@ -112,6 +112,10 @@ impl FileHandler for GuestmemHandler {
         })
     }
 
+    fn record_bytes(&self, record: &[u8]) -> u64 {
+        record.len() as u64
+    }
+
     fn unpreserve(&self, file: &mut FileData) {
         let _ = file;
     }

@@ -179,6 +179,10 @@ impl FileHandler for HugetlbHandler {
         hold(fd, &State::from_stat(fd, st)?, page)
     }
 
+    fn record_bytes(&self, record: &[u8]) -> u64 {
+        HugetlbRecord::parse(record).map_or(0, |r| r.size.get())
+    }
+
     fn unpreserve(&self, file: &mut FileData) {
         let _ = file;
     }

@@ -71,7 +71,7 @@ pub mod pci_device;
 mod shmem;
 
 pub use error::Error;
-pub use fdref::{FDREF_COMPATIBLE, FdKind, FdrefHandler, FdrefRecord};
+pub use fdref::{FDREF_COMPATIBLE, FDREF_FLAG_RIGHTS_OFF, FdKind, FdrefHandler, FdrefRecord};
 pub use guestmem::{GUESTMEM_COMPATIBLE, GuestmemHandler};
 pub use hugetlb::{HUGETLB_COMPATIBLE, HugetlbHandler, HugetlbRecord};
 pub use memfd::{MEMFD_COMPATIBLE, MemfdHandler, MemfdRecord};

@@ -149,6 +149,10 @@ impl FileHandler for MemfdHandler {
         hold(fd, &State::from_stat(fd, st)?)
     }
 
+    fn record_bytes(&self, record: &[u8]) -> u64 {
+        MemfdRecord::parse(record).map_or(0, |r| r.size.get())
+    }
+
     fn unpreserve(&self, file: &mut FileData) {
         // The engine closes the held descriptor; nothing else was taken.
         let _ = file;

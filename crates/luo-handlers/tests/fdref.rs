@@ -193,3 +193,91 @@ fn retrieve_refuses_a_record_of_another_kind_or_object() {
         Some(FdKind::Pipe)
     );
 }
+
+/// `SO_PASSRIGHTS` of a Unix socket, through the raw option.
+fn passrights(fd: impl AsFd) -> bool {
+    luo_sys::sockopt::passrights(fd)
+        .expect("SO_PASSRIGHTS")
+        .expect("this kernel has SO_PASSRIGHTS")
+}
+
+/// A preserved Unix socket accepts no descriptor while the handler holds it, and gets
+/// `SO_PASSRIGHTS` back on every way the handler lets go of it: retrieve, unpreserve, and a
+/// finish without retrieve. A socket whose owner had already turned it off stays off.
+#[test]
+fn unix_socket_refuses_descriptors_while_held_and_gets_them_back() {
+    let pair = || {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair")
+    };
+    let h = FdrefHandler::new();
+    type LetGo = fn(&FdrefHandler, &mut luo_core::FileData);
+    let ways: [(&str, LetGo); 3] = [
+        ("retrieve", |h, f| drop(h.retrieve(f).expect("retrieve"))),
+        ("unpreserve", |h, f| h.unpreserve(f)),
+        ("finish without retrieve", |h, f| {
+            h.finish(f, RetrieveStatus::NotRetrieved)
+        }),
+    ];
+    for (how, let_go) in ways {
+        let (a, _b) = pair();
+        assert!(passrights(&a));
+        let mut f = preserve(&h, a.as_fd(), 1);
+        assert!(!passrights(&a), "{how}: off while held");
+        let rec = FdrefRecord::parse(&f.record).expect("record");
+        assert_eq!(rec.flags.get(), luo_handlers::FDREF_FLAG_RIGHTS_OFF);
+        let_go(&h, &mut f);
+        assert!(passrights(&a), "{how}: on again");
+    }
+    let (a, _b) = pair();
+    luo_sys::sockopt::set_passrights(&a, false).expect("off by its owner");
+    let mut f = preserve(&h, a.as_fd(), 1);
+    assert_eq!(
+        FdrefRecord::parse(&f.record).expect("record").flags.get(),
+        0
+    );
+    h.unpreserve(&mut f);
+    assert!(!passrights(&a), "the owner's choice is kept");
+
+    // What is queued is shown to `carries`, without being consumed.
+    let (a, b) = pair();
+    let m = rustix::fs::memfd_create("carried", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+    let fds = [m.as_fd()];
+    assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+    rustix::net::sendmsg(
+        &b,
+        &[std::io::IoSlice::new(b"m")],
+        &mut control,
+        rustix::net::SendFlags::empty(),
+    )
+    .expect("send");
+    let f = preserve(&h, a.as_fd(), 1);
+    let want = common::inode(&m);
+    for _ in 0..2 {
+        let mut seen = Vec::new();
+        let found = h
+            .carries(f.fd.as_fd(), &mut |c| {
+                seen.push(common::inode(c));
+                false
+            })
+            .expect("carries");
+        assert!(!found);
+        assert_eq!(
+            seen,
+            [want],
+            "the queued memfd, seen again: nothing was consumed"
+        );
+    }
+    assert!(
+        h.carries(f.fd.as_fd(), &mut |c| common::inode(c) == want)
+            .expect("carries"),
+        "a yes from the visitor is the answer"
+    );
+}

@@ -218,48 +218,124 @@ pub(crate) fn classify(fd: RawFd) -> Option<Kind> {
     }
 }
 
-/// luod's socket, as `luo_client::default_socket` finds it: `LUOD_SOCKET`, else
-/// `/run/luod/luod.sock` for root, else `$XDG_RUNTIME_DIR/luod.sock`, else
-/// `/tmp/luod-<uid>.sock`; NUL-terminated.
-fn socket_path() -> Writer {
-    fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
-        // SAFETY: getenv returns NULL or a pointer into the environment, NUL-terminated; the
-        // bytes are copied out before this hook returns (a setenv racing with it is the
-        // program's own data race, as with any libc call reading the environment).
-        let p = unsafe { libc::getenv(name.as_ptr()) };
-        if p.is_null() {
-            return None;
-        }
-        // SAFETY: non-NULL and NUL-terminated (see above).
-        Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+/// The value of environment variable `name`, if set.
+fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv returns NULL or a pointer into the environment, NUL-terminated; the
+    // bytes are copied out or parsed before this hook returns (a setenv racing with it is the
+    // program's own data race, as with any libc call reading the environment).
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return None;
     }
+    // SAFETY: non-NULL and NUL-terminated (see above).
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+/// `/tmp/luod-<uid>`, the private directory of `uid` (`luo_client::socket::private_dir`),
+/// not NUL-terminated.
+fn private_dir(uid: u32) -> Writer {
+    let mut dir = Writer::new();
+    dir.push(b"/tmp/luod-");
+    dir.push_decimal(u64::from(uid));
+    dir
+}
+
+/// luod's socket, as `luo_client::default_socket` finds it: `LUOD_SOCKET`, else
+/// `/run/luod/luod.sock` for root, else `$XDG_RUNTIME_DIR/luod.sock` (an absolute path), else
+/// `/tmp/luod-<uid>/luod.sock`; NUL-terminated.
+fn socket_path(uid: u32) -> Writer {
     let mut path = Writer::new();
-    let uid = rustix::process::geteuid();
     if let Some(p) = env(c"LUOD_SOCKET") {
         path.push(p);
-    } else if uid.is_root() {
+    } else if uid == 0 {
         path.push(b"/run/luod/luod.sock");
-    } else if let Some(dir) = env(c"XDG_RUNTIME_DIR") {
+    } else if let Some(dir) = env(c"XDG_RUNTIME_DIR").filter(|d| d.starts_with(b"/")) {
         path.push(dir);
         path.push(b"/luod.sock");
     } else {
-        path.push(b"/tmp/luod-");
-        path.push_decimal(u64::from(uid.as_raw()));
-        path.push(b".sock");
+        path.push(private_dir(uid).bytes().unwrap_or_default());
+        path.push(b"/luod.sock");
     }
     path.push(b"\0");
     path
 }
 
+/// `EACCES` if `path` (NUL-terminated) is the private default socket of `uid` and its
+/// directory is not a directory owned by `uid` without permission for group or other, as
+/// `luo_client::connect` checks. A directory that does not exist passes (the connect then
+/// finds no luod).
+fn check_private_dir(path: &[u8], uid: u32) -> Result<(), i32> {
+    let dir = private_dir(uid);
+    let mut socket = Writer::new();
+    socket.push(dir.bytes().unwrap_or_default());
+    socket.push(b"/luod.sock\0");
+    if socket.bytes() != Some(path) {
+        return Ok(());
+    }
+    let mut dir_z = Writer::new();
+    dir_z.push(dir.bytes().unwrap_or_default());
+    dir_z.push(b"\0");
+    let Some(dir_z) = dir_z
+        .bytes()
+        .and_then(|b| core::ffi::CStr::from_bytes_with_nul(b).ok())
+    else {
+        return Err(libc::EACCES);
+    };
+    let st = match rustix::fs::statat(
+        rustix::fs::CWD,
+        dir_z,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(_) => return Err(libc::EACCES),
+    };
+    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+    if !is_dir || st.st_uid != uid || st.st_mode & 0o077 != 0 {
+        return Err(libc::EACCES);
+    }
+    Ok(())
+}
+
+/// True if a server running as `server` may serve a client of effective uid `client`: root,
+/// the client itself, or the decimal uid in `LUOD_SERVER_UID` (`luo_client::socket::trusted`).
+fn trusted(server: u32, client: u32) -> bool {
+    server == 0 || server == client || env(c"LUOD_SERVER_UID").and_then(parse_uid) == Some(server)
+}
+
+/// A decimal uid, surrounding spaces allowed (as Rust's `str::trim` and `parse::<u32>`).
+fn parse_uid(text: &[u8]) -> Option<u32> {
+    let text = text.trim_ascii();
+    let digits = text.strip_prefix(b"+").unwrap_or(text);
+    if digits.is_empty() {
+        return None;
+    }
+    let mut uid: u32 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        uid = uid
+            .checked_mul(10)?
+            .checked_add(u32::from(b.wrapping_sub(b'0')))?;
+    }
+    Some(uid)
+}
+
 /// Opens the device: connects to luod with `SOCK_SEQPACKET`, close-on-exec if `flags` has
-/// `O_CLOEXEC`, and asks for the caller's device connection. luod not running → `ENOENT`, as
-/// on a kernel without LUO; the device already open → `EBUSY`.
+/// `O_CLOEXEC`, checks who serves the socket, and asks for the caller's device connection.
+/// luod not running → `ENOENT`, as on a kernel without LUO; the device already open → `EBUSY`;
+/// a socket served by a uid other than root, the caller's effective uid and `LUOD_SERVER_UID`,
+/// or a private default directory `/tmp/luod-<uid>` that is not the caller's own → `EACCES`,
+/// with nothing sent.
 pub(crate) fn open_device(flags: c_int) -> Result<c_int, i32> {
-    let path = socket_path();
+    let uid = rustix::process::geteuid().as_raw();
+    let path = socket_path(uid);
     let path = path
         .bytes()
         .and_then(|b| core::ffi::CStr::from_bytes_with_nul(b).ok())
         .ok_or(libc::ENOENT)?;
+    check_private_dir(path.to_bytes_with_nul(), uid)?;
     let addr = SocketAddrUnix::new(path).map_err(|_| libc::ENOENT)?;
     let mut sock_flags = SocketFlags::empty();
     if flags & libc::O_CLOEXEC != 0 {
@@ -278,6 +354,11 @@ pub(crate) fn open_device(flags: c_int) -> Result<c_int, i32> {
             Err(Errno::NOENT | Errno::CONNREFUSED | Errno::NOTDIR) => return Err(libc::ENOENT),
             Err(e) => return Err(raw(e)),
         }
+    }
+    // Before anything is sent: the server must be luod, as far as its uid tells.
+    match rustix::net::sockopt::socket_peercred(&sock) {
+        Ok(cred) if trusted(cred.uid.as_raw(), uid) => {}
+        _ => return Err(libc::EACCES),
     }
     if flags & libc::O_NONBLOCK != 0 {
         rustix::io::ioctl_fionbio(&sock, true).map_err(raw)?;

@@ -3,6 +3,8 @@
 //! Everything else in the workspace goes through rustix and forbids `unsafe`; this crate is
 //! the exception, and each `unsafe` block in it says why it is sound.
 //!
+//! - [`mmap`]: [`mmap::SharedMap`], a whole memory file mapped shared and seen as a byte
+//!   slice, for copying memory files (migrate).
 //! - [`sockopt`]: integer socket options rustix has no wrapper for: `SO_PASSRIGHTS` (whether a
 //!   Unix socket accepts descriptors, Linux 6.16 and later) and `SO_PEEK_OFF` (the offset at
 //!   which `MSG_PEEK` reads).
@@ -23,4 +25,5 @@
 //! ```
 #![allow(unsafe_code)] // Raw getsockopt and setsockopt: every unsafe block says why it is sound.
 
+pub mod mmap;
 pub mod sockopt;

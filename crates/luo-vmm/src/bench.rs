@@ -4,6 +4,11 @@
 //!   under the new): a 1 GiB guest on one 1 GiB page, the same on 4 KiB pages, and a 64 MiB
 //!   guest, 20 upgrades each, through a luod this command starts on a private socket. The
 //!   baseline, measured in the same run, is the guest's ordinary interval between two steps.
+//! - The live migrate of a 1 GiB guest whose RAM is full of data (`--only migrate`): 4 KiB
+//!   pages onto one 1 GiB page (2 MiB pages if no 1 GiB page can be reserved, and it says so)
+//!   and back, 10 times each way: the blackout the guest sees, the whole migrate, the pre-copy
+//!   rounds. Baselines in the same run: the guest's ordinary step, and upgrades of the same
+//!   guest.
 //! - Random shared/private conversions on a sparse 64 GiB guest memory object, and the memory
 //!   one attribute range costs.
 //!
@@ -27,10 +32,13 @@ pub struct BenchArgs {
     /// Upgrades per configuration.
     #[arg(long, default_value_t = 20)]
     upgrades: usize,
+    /// Live migrates of the 1 GiB guest, each way.
+    #[arg(long, default_value_t = 10)]
+    migrations: usize,
     /// Random conversions on the 64 GiB object.
     #[arg(long, default_value_t = 20_000)]
     conversions: usize,
-    /// Only these parts: vmm, convert (default both).
+    /// Only this part: vmm, migrate or convert (default all three).
     #[arg(long)]
     only: Option<String>,
 }
@@ -101,15 +109,21 @@ struct Measured {
     cold_ms: f64,
 }
 
-/// One configuration: boots a VMM, upgrades it `n` times.
-fn upgrades(
+/// A VMM this benchmark started, and the time from its start to the guest's first step.
+struct Booted {
+    first: Child,
+    control: PathBuf,
+    cold_ms: f64,
+}
+
+/// Boots a VMM of `mem` bytes on `pages` pages; returns once the guest has made its first step.
+fn boot(
     dir: &Path,
     luod_socket: &Path,
     tag: &str,
     mem: &str,
     pages: &str,
-    n: usize,
-) -> anyhow::Result<Measured> {
+) -> anyhow::Result<Booted> {
     let exe = std::env::current_exe()?;
     let t_spawn = Instant::now();
     let control = dir.join(format!("{tag}.sock"));
@@ -146,13 +160,53 @@ fn upgrades(
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    std::thread::sleep(Duration::from_millis(300));
-    let s0 = luo_vmm::control::call(&control, "status")?;
+    Ok(Booted {
+        first,
+        control,
+        cold_ms,
+    })
+}
+
+/// Stops the VMM at `control` and waits until its process (an orphan, after upgrades) is gone,
+/// so that its memory returns to the pool. Returns its last status.
+fn stop(control: &Path, mut first: Child) -> anyhow::Result<String> {
+    let end = luo_vmm::control::call(control, "stop")?;
+    let _ = first.wait();
+    if let Some(pid) = field(&end, "pid") {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(end)
+}
+
+/// The guest's ordinary interval between two steps, µs, over half a second.
+fn step_us(control: &Path) -> anyhow::Result<f64> {
+    let s0 = luo_vmm::control::call(control, "status")?;
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
-    let s1 = luo_vmm::control::call(&control, "status")?;
+    let s1 = luo_vmm::control::call(control, "status")?;
     let steps = field(&s1, "steps").unwrap_or(0) - field(&s0, "steps").unwrap_or(0);
-    let step_us = t0.elapsed().as_secs_f64() * 1e6 / steps.max(1) as f64;
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / steps.max(1) as f64)
+}
+
+/// One configuration: boots a VMM, upgrades it `n` times.
+fn upgrades(
+    dir: &Path,
+    luod_socket: &Path,
+    tag: &str,
+    mem: &str,
+    pages: &str,
+    n: usize,
+) -> anyhow::Result<Measured> {
+    let Booted {
+        first,
+        control,
+        cold_ms,
+    } = boot(dir, luod_socket, tag, mem, pages)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let step_us = step_us(&control)?;
     let mut ms = Vec::with_capacity(n);
     for i in 0..n {
         let r = luo_vmm::control::call(&control, "upgrade")?;
@@ -178,17 +232,9 @@ fn upgrades(
         ms.push(b);
         std::thread::sleep(Duration::from_millis(100));
     }
-    let end = luo_vmm::control::call(&control, "stop")?;
+    let end = stop(&control, first)?;
     if field(&end, "anomalies") != Some(0) {
         bail!("{tag}: the guest saw out-of-order steps: {end}");
-    }
-    let _ = first.wait();
-    // Wait for the last VMM (an orphan) to exit so its memory returns to the pool.
-    if let Some(pid) = field(&end, "pid") {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
     ms.sort_by(f64::total_cmp);
     Ok(Measured {
@@ -198,7 +244,12 @@ fn upgrades(
     })
 }
 
-fn vmm(args: &BenchArgs) -> anyhow::Result<()> {
+/// Runs `f` with a luod this command starts on a private socket in a private directory
+/// (`f` gets both), and stops it afterwards; keeps the logs if `f` fails.
+fn with_luod(
+    args: &BenchArgs,
+    f: impl FnOnce(&Path, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let luod = args
         .luod
@@ -231,14 +282,29 @@ fn vmm(args: &BenchArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let result = (|| -> anyhow::Result<()> {
+    let result = f(&dir, &socket);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon),
+        rustix::process::Signal::TERM,
+    );
+    let _ = daemon.wait();
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("logs kept in {}", dir.display());
+    }
+    result
+}
+
+fn vmm(args: &BenchArgs) -> anyhow::Result<()> {
+    with_luod(args, |dir, socket| {
         let n = args.upgrades;
         let pct = |ms: &[f64], p: f64| format!("{:.3}", percentile(ms, p));
         let mut p50_1g = None;
         match Pool::grow(1 << 20, 1) {
             Ok(_pool) => {
                 eprintln!("vmm: 1 GiB guest on one 1 GiB page, {n} upgrades");
-                let m = upgrades(&dir, &socket, "vm-1g-huge", "1G", "1g", n)?;
+                let m = upgrades(dir, socket, "vm-1g-huge", "1G", "1g", n)?;
                 let p50 = percentile(&m.ms, 50.0);
                 out("vmm_blackout_1g_hugetlb_p50_ms", pct(&m.ms, 50.0));
                 out("vmm_blackout_1g_hugetlb_p99_ms", pct(&m.ms, 99.0));
@@ -256,11 +322,11 @@ fn vmm(args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
         eprintln!("vmm: 1 GiB guest on 4 KiB pages, {n} upgrades");
-        let m = upgrades(&dir, &socket, "vm-1g-4k", "1G", "4k", n)?;
+        let m = upgrades(dir, socket, "vm-1g-4k", "1G", "4k", n)?;
         out("vmm_blackout_1g_4k_p50_ms", pct(&m.ms, 50.0));
         out("vmm_blackout_1g_4k_p99_ms", pct(&m.ms, 99.0));
         eprintln!("vmm: 64 MiB guest on 4 KiB pages, {n} upgrades");
-        let m = upgrades(&dir, &socket, "vm-64m", "64M", "4k", n)?;
+        let m = upgrades(dir, socket, "vm-64m", "64M", "4k", n)?;
         let p50_64m = percentile(&m.ms, 50.0);
         out("vmm_blackout_64m_p50_ms", pct(&m.ms, 50.0));
         out("vmm_blackout_64m_p99_ms", pct(&m.ms, 99.0));
@@ -273,18 +339,199 @@ fn vmm(args: &BenchArgs) -> anyhow::Result<()> {
             out("vmm_guest_step_us", format!("{:.1}", m.step_us));
         }
         Ok(())
-    })();
-    let _ = rustix::process::kill_process(
-        rustix::process::Pid::from_child(&daemon),
-        rustix::process::Signal::TERM,
-    );
-    let _ = daemon.wait();
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        eprintln!("logs kept in {}", dir.display());
+    })
+}
+
+/// Fills all of the guest RAM of the VMM at `control` with non-zero bytes (through
+/// `/proc/<pid>/fd`, `pwrite`: the RAM is a 4 KiB memfd), so that a migrate copies all of it.
+/// The guest's own first pages are left alone.
+fn fill(control: &Path) -> anyhow::Result<()> {
+    let st = luo_vmm::control::call(control, "status")?;
+    let (Some(pid), Some(fd), Some(size)) =
+        (field(&st, "pid"), field(&st, "ram_fd"), field(&st, "mem"))
+    else {
+        bail!("status without pid, ram_fd or mem: {st}");
+    };
+    let ram = std::fs::File::options()
+        .write(true)
+        .open(format!("/proc/{pid}/fd/{fd}"))
+        .context("open guest RAM")?;
+    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+    let mut at = 1u64 << 20;
+    while at < size {
+        let n = rustix::io::pwrite(&ram, &chunk[..chunk.len().min((size - at) as usize)], at)?;
+        at += n as u64;
     }
-    result
+    Ok(())
+}
+
+/// What the migrates of one direction measured.
+#[derive(Default)]
+struct Migrations {
+    blackout_ms: Vec<f64>,
+    total_ms: Vec<f64>,
+    rounds: Vec<u64>,
+    final_pages: Vec<u64>,
+    copy_gb_per_s: Vec<f64>,
+    /// The longest guest step during each pre-copy, ms.
+    gap_ms: Vec<f64>,
+}
+
+impl Migrations {
+    /// Runs one migrate to `to` and records it; checks the guest continued exactly.
+    fn run(&mut self, control: &Path, to: &str, i: usize) -> anyhow::Result<()> {
+        let r = luo_vmm::control::call(control, &format!("migrate {to}"))?;
+        if !r.starts_with("MIGRATED") {
+            bail!("migrate {i} to {to} failed: {r}");
+        }
+        let f = |k: &str| field(&r, k).unwrap_or(0);
+        if f("lost") != 0
+            || f("repeated") != 0
+            || f("first_after") != f("last_before") + 1
+            || f("counter_at_resume") != f("last_before")
+        {
+            bail!("migrate {i} to {to} lost or repeated a guest step: {r}");
+        }
+        let ms = |k: &str| f(k) as f64 / 1e6;
+        let b = ms("blackout_ns");
+        eprintln!(
+            "  migrate {:2} to {to}: blackout {b:.3} ms (notice {:.3}, stop {:.3}, last copy {:.3} of {} pages, switch {:.3}, first step {:.3}); total {:.0} ms (create {:.0}, dirty log on {:.3}, copy {:.0}, rounds {}, luod {:.3}); longest guest step meanwhile {:.3} ms",
+            i + 1,
+            ms("notice_ns"),
+            ms("quiesce_ns"),
+            ms("final_copy_ns"),
+            f("final_pages"),
+            ms("switch_ns"),
+            ms("switched_to_first_ns"),
+            ms("total_ns"),
+            ms("create_ns"),
+            ms("log_on_ns"),
+            ms("full_copy_ns"),
+            f("rounds"),
+            ms("replace_ns"),
+            ms("precopy_max_gap_ns"),
+        );
+        self.gap_ms.push(ms("precopy_max_gap_ns"));
+        self.blackout_ms.push(b);
+        self.total_ms.push(ms("total_ns"));
+        self.rounds.push(f("rounds"));
+        self.final_pages.push(f("final_pages"));
+        self.copy_gb_per_s
+            .push(f("full_bytes") as f64 / f("full_copy_ns").max(1) as f64);
+        Ok(())
+    }
+
+    fn sort(&mut self) {
+        self.blackout_ms.sort_by(f64::total_cmp);
+        self.total_ms.sort_by(f64::total_cmp);
+        self.copy_gb_per_s.sort_by(f64::total_cmp);
+        self.gap_ms.sort_by(f64::total_cmp);
+    }
+}
+
+/// The live migrate of a 1 GiB guest whose RAM is full of data: from 4 KiB pages onto one
+/// 1 GiB page (onto 2 MiB pages if no 1 GiB page can be reserved) and back, `n` times each way.
+/// Baselines in the same run: the guest's ordinary step, and upgrades of the same guest.
+fn migrate(args: &BenchArgs) -> anyhow::Result<()> {
+    let n = args.migrations;
+    let (target, _pool) = match Pool::grow(1 << 20, 1) {
+        Ok(p) => ("1g", p),
+        Err(why) => {
+            eprintln!("vmm-migrate: cannot reserve a 1 GiB page ({why}): onto 2 MiB pages");
+            let p = Pool::grow(2048, 512)
+                .map_err(|e| anyhow::anyhow!("cannot reserve 512 2 MiB pages either: {e}"))?;
+            ("2m", p)
+        }
+    };
+    with_luod(args, |dir, socket| {
+        let b = boot(dir, socket, "vm-migrate", "1G", "4k")?;
+        fill(&b.control)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let step_us = step_us(&b.control)?;
+        let mut upgrade_ms = Vec::new();
+        for i in 0..5 {
+            let r = luo_vmm::control::call(&b.control, "upgrade")?;
+            if !r.starts_with("RESUMED") || field(&r, "lost") != Some(0) {
+                bail!("upgrade {i} failed: {r}");
+            }
+            upgrade_ms.push(field(&r, "blackout_ns").unwrap_or(0) as f64 / 1e6);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        upgrade_ms.sort_by(f64::total_cmp);
+        // The longest step of the guest left alone for a second (since the last upgrade): the
+        // baseline of the longest step during a pre-copy.
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_gap_ms = field(&luo_vmm::control::call(&b.control, "status")?, "max_gap_ns")
+            .unwrap_or(0) as f64
+            / 1e6;
+        eprintln!("vmm-migrate: 1 GiB guest, 1 GiB of data, 4k <-> {target}, {n} times each way");
+        let (mut there, mut back) = (Migrations::default(), Migrations::default());
+        for i in 0..n {
+            there.run(&b.control, target, i)?;
+            std::thread::sleep(Duration::from_millis(100));
+            back.run(&b.control, "4k", i)?;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let end = stop(&b.control, b.first)?;
+        if field(&end, "anomalies") != Some(0) {
+            bail!("the guest saw out-of-order steps: {end}");
+        }
+        there.sort();
+        back.sort();
+        let pct = |v: &[f64], p: f64| format!("{:.3}", percentile(v, p));
+        let p50 = percentile(&there.blackout_ms, 50.0);
+        out("vmm_migrate_target", target);
+        out("vmm_migrate_count", n);
+        out("vmm_migrate_blackout_p50_ms", pct(&there.blackout_ms, 50.0));
+        out("vmm_migrate_blackout_p99_ms", pct(&there.blackout_ms, 99.0));
+        out(
+            "vmm_migrate_total_ms",
+            format!("{:.0}", percentile(&there.total_ms, 50.0)),
+        );
+        out(
+            "vmm_migrate_rounds",
+            there.rounds.iter().max().unwrap_or(&0),
+        );
+        out(
+            "vmm_migrate_final_pages_max",
+            there.final_pages.iter().max().unwrap_or(&0),
+        );
+        out(
+            "vmm_migrate_copy_gb_per_s",
+            format!("{:.2}", percentile(&there.copy_gb_per_s, 50.0)),
+        );
+        out(
+            "vmm_migrate_back_blackout_p50_ms",
+            pct(&back.blackout_ms, 50.0),
+        );
+        out(
+            "vmm_migrate_back_blackout_p99_ms",
+            pct(&back.blackout_ms, 99.0),
+        );
+        out(
+            "vmm_migrate_back_total_ms",
+            format!("{:.0}", percentile(&back.total_ms, 50.0)),
+        );
+        out(
+            "vmm_migrate_precopy_step_gap_p50_ms",
+            pct(&there.gap_ms, 50.0),
+        );
+        out("vmm_migrate_idle_step_gap_ms", format!("{idle_gap_ms:.3}"));
+        out(
+            "vmm_migrate_max_step_gap_ms",
+            format!("{:.3}", field(&end, "max_gap_ns").unwrap_or(0) as f64 / 1e6),
+        );
+        out("vmm_migrate_guest_step_us", format!("{step_us:.1}"));
+        out(
+            "vmm_migrate_upgrade_blackout_p50_ms",
+            pct(&upgrade_ms, 50.0),
+        );
+        out(
+            "vmm_migrate_blackout_over_upgrade",
+            format!("{:.2}", p50 / percentile(&upgrade_ms, 50.0)),
+        );
+        Ok(())
+    })
 }
 
 /// A small deterministic generator (xorshift64*), so runs are comparable.
@@ -354,6 +601,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if only.is_empty() || only == "vmm" {
         vmm(&args)?;
+    }
+    if only.is_empty() || only == "migrate" {
+        migrate(&args)?;
     }
     Ok(())
 }

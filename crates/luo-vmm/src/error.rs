@@ -40,6 +40,12 @@ pub enum Error {
     /// The handoff partner said something unexpected or went away.
     #[error("Handoff: {0}")]
     Handoff(String),
+    /// The copy engine refused a copy (its units did not fit the memory).
+    #[error("Copy of guest memory")]
+    Copy(#[source] luo_copy::Error),
+    /// A live migrate of guest memory cannot be done here, or was refused.
+    #[error("Migrate: {0}")]
+    Migrate(String),
 }
 
 impl Error {

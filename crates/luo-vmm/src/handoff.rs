@@ -9,6 +9,9 @@
 //! | [`DESCRIPTOR_TOKEN`] (2) | the guest memory descriptor | `guestmem-v1`: validated and recorded at freeze |
 //! | [`STATE_TOKEN`] (3) | the state memfd ([`VmState`]) | `memfd-v1`: size recorded at freeze |
 //!
+//! A live migrate ([`migrate`](crate::migrate)) swaps RAM and descriptor for the new memory's
+//! under the same tokens (`Session::replace`, luod's `REPLACE_FD`), so the layout never changes.
+//!
 //! **Handshake.** The predecessor starts its successor with one end of a `SOCK_SEQPACKET`
 //! socket pair and they exchange one-line messages:
 //!

@@ -16,7 +16,10 @@
 //!   the state memfd that carries them (a versioned format).
 //! - [`handoff`]: the session layout in luod (RAM, descriptor, state under tokens 1, 2, 3) and
 //!   the READY / GO / RESUMED handshake between a VMM and its successor.
-//! - [`Vmm`]: a running VMM: boot, serve its control socket, upgrade, resume.
+//! - [`Vmm`]: a running VMM: boot, serve its control socket, upgrade, resume, migrate.
+//! - [`migrate`]: live re-backing — the running guest's RAM moved onto new guest memory of
+//!   another page size, pre-copied under KVM's dirty log ([`vm::DirtyLog`]) by the batch copy
+//!   engine ([`copy::Copier`], luo-copy), then a short pause to switch the memory slot.
 //!
 //! An upgrade, as `luo-vmm upgrade` (or SIGUSR1) drives it:
 //!
@@ -52,19 +55,44 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A live migrate, as `luo-vmm migrate --to 1g` drives it (the guest counts throughout):
+//!
+//! ```text
+//!  control thread                                vCPU thread
+//!  new GuestMemory on 1 GiB pages (same size,
+//!  same attributes); dirty logging on slot 0     guest running
+//!  copy all of the old RAM, then rounds of the
+//!  pages KVM_GET_DIRTY_LOG reports, until few
+//!  luod: REPLACE_FD of RAM and descriptor
+//!                          ---------------------> stop vCPU (immediate_exit); last dirty log,
+//!                                                 copy those pages; slot 0 deleted and added
+//!                                                 at the new memory; KVM_RUN
+//!                          <--------------------- MIGRATED blackout_ns=... rounds=...
+//!  drop the old memory                            guest running on 1 GiB pages
+//! ```
+//!
+//! The blackout is measured as an upgrade's is, from the guest's last step on the old memory to
+//! its first on the new; the counter in the new RAM must equal the last step reported. luod's
+//! session then holds the new RAM and descriptor, so the next upgrade carries the new backing.
+//! A failure anywhere before the switch (a pool with too few huge pages, luod refusing the new
+//! files) leaves the guest on its old memory, and the session holding it.
+//!
 //! With `--guest-memfd`, guest RAM is a real KVM guest_memfd of the VM (mappable, initially
 //! shared). It runs the same, but it cannot cross an upgrade — the kernel binds a guest_memfd
-//! to the VM that created it — so the upgrade is refused and the guest keeps running.
+//! to the VM that created it — so the upgrade is refused and the guest keeps running. A migrate
+//! is refused too: KVM keeps no dirty log of a guest_memfd.
 //!
 //! `unsafe` is allowed in this crate for what needs it — registering guest memory with KVM,
-//! loading a full XSAVE area, adopting the handshake descriptor and the guest_memfd — each block
-//! with its `SAFETY` argument.
+//! loading a full XSAVE area, adopting the handshake descriptor and the guest_memfd, handing
+//! guest RAM to the copy engine — each block with its `SAFETY` argument.
 #![allow(unsafe_code)]
 
 pub mod control;
+pub mod copy;
 pub mod error;
 pub mod guest;
 pub mod handoff;
+pub mod migrate;
 pub mod progress;
 pub mod state;
 pub mod vm;

@@ -3,6 +3,7 @@
 //! ```text
 //! luo-vmm run --mem 64M --pages 1g --session vm1     boot the guest, serve its control socket
 //! luo-vmm upgrade --session vm1 [--binary PATH]      replace the running VMM (or send SIGUSR1)
+//! luo-vmm migrate --session vm1 --to 1g              move guest RAM onto 1 GiB pages, live
 //! luo-vmm status --session vm1                       the guest's progress
 //! luo-vmm stop --session vm1                         stop the guest
 //! luo-vmm resume --session vm1                       take over a handed-off session
@@ -14,6 +15,11 @@
 //! state were preserved at boot). The successor retrieves them, maps the same RAM (nothing is
 //! copied), restores the vCPU, runs it, and reports the blackout the guest saw: the time from
 //! the guest's last step under the old VMM to its first under the new one.
+//!
+//! A migrate moves the running guest's RAM onto new memory of another page size: pre-copy
+//! rounds driven by KVM's dirty log while the guest runs, then a short pause to copy the last
+//! dirty pages and switch the memory slot; luod's session then holds the new RAM, so the next
+//! upgrade carries it. It reports the blackout the same way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -107,6 +113,18 @@ enum Cmd {
         /// The new VMM binary.
         #[arg(long)]
         binary: Option<PathBuf>,
+    },
+    /// Move the running guest's RAM onto new memory of another page size (the guest keeps
+    /// running; luod's session then holds the new RAM).
+    Migrate {
+        #[command(flatten)]
+        at: Where,
+        /// The new page size: 4k, 2m or 1g.
+        #[arg(long)]
+        to: PageSize,
+        /// Fail on purpose at this point (replace, pause), to test the way back.
+        #[arg(long, hide = true)]
+        fail_at: Option<luo_vmm::migrate::FailAt>,
     },
     /// Print the guest's progress.
     Status {
@@ -205,6 +223,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             let reply = luo_vmm::control::call(&at.config().control, &cmd)?;
             if !reply.starts_with("RESUMED") {
                 bail!("upgrade failed: {reply}");
+            }
+            println!("{reply}");
+            Ok(())
+        }
+        Cmd::Migrate { at, to, fail_at } => {
+            let cmd = match fail_at {
+                Some(f) => format!("migrate {to} fail-at={f}"),
+                None => format!("migrate {to}"),
+            };
+            let reply = luo_vmm::control::call(&at.config().control, &cmd)?;
+            if !reply.starts_with("MIGRATED") {
+                bail!("migrate failed: {reply}");
             }
             println!("{reply}");
             Ok(())

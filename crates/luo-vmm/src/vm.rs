@@ -6,9 +6,10 @@
 //! the predecessor's guest is still running.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_bindings::{
-    KVM_MAX_CPUID_ENTRIES, KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd,
+    KVM_MAX_CPUID_ENTRIES, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, kvm_create_guest_memfd,
     kvm_userspace_memory_region, kvm_userspace_memory_region2,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
@@ -31,11 +32,25 @@ pub enum Exit {
     Interrupted,
 }
 
+/// What memory slot 0 is registered as: host address, size, flags (`None`: no slot).
+type SlotCell = Arc<Mutex<Option<Region>>>;
+
+/// A registration of memory slot 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Region {
+    addr: u64,
+    size: u64,
+    flags: u32,
+}
+
 /// A VM, its vCPU and (once attached) its guest memory mapping.
 #[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
-    vm: VmFd,
+    vm: Arc<VmFd>,
+    /// Slot 0 as last registered. Every change of the slot happens under this lock, so
+    /// a [`DirtyLog`] on another thread only ever re-registers what is there.
+    slot: SlotCell,
     vcpu: VcpuFd,
     msrs: Vec<u32>,
     xsave: bool,
@@ -72,7 +87,8 @@ impl Vm {
         let xsave = kvm.check_extension(Cap::Xsave) && (xsave_size == 0 || xsave_size <= 4096);
         Ok(Vm {
             kvm,
-            vm,
+            vm: Arc::new(vm),
+            slot: Arc::new(Mutex::new(None)),
             vcpu,
             msrs,
             xsave,
@@ -197,7 +213,8 @@ impl Vm {
         Ok(())
     }
 
-    /// Sets memory slot 0 to `size` bytes at host address `addr` (size 0 deletes it).
+    /// Sets memory slot 0 to `size` bytes at host address `addr` (size 0 deletes it), without
+    /// dirty logging.
     ///
     /// # Safety
     ///
@@ -205,16 +222,74 @@ impl Vm {
     /// exists, and must not be memory Rust code relies on being untouched.
     #[allow(unsafe_code)]
     unsafe fn set_slot(&self, addr: u64, size: u64) -> Result<(), Error> {
-        let region = kvm_userspace_memory_region {
-            slot: 0,
+        let mut slot = lock(&self.slot);
+        let region = Region {
+            addr,
+            size,
             flags: 0,
-            guest_phys_addr: 0,
-            memory_size: size,
-            userspace_addr: addr,
         };
         // SAFETY: the caller guarantees the range's lifetime and exclusivity.
-        unsafe { self.vm.set_user_memory_region(region) }
-            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))
+        unsafe { register(&self.vm, region) }?;
+        *slot = (size > 0).then_some(region);
+        Ok(())
+    }
+
+    /// A handle on slot 0's dirty log for another thread, while the vCPU keeps running here.
+    pub fn dirty_log(&self) -> DirtyLog {
+        DirtyLog {
+            vm: Arc::clone(&self.vm),
+            slot: Arc::clone(&self.slot),
+        }
+    }
+
+    /// Moves slot 0 onto `mapping`, a mapping of new guest memory of the same size, and keeps
+    /// it for as long as the VM exists; returns the mapping it replaces. The slot is deleted
+    /// and added again at the new address, without dirty logging (KVM does not move a slot's
+    /// host address in place). The vCPU is stopped meanwhile: this takes `&mut self`, and only
+    /// [`run`](Self::run) enters the guest. If anything is refused, the old slot is put back,
+    /// the guest continues on the old memory, and `mapping` comes back with the error (boxed:
+    /// it is large).
+    pub fn switch_memory(
+        &mut self,
+        mapping: HostMapping,
+    ) -> Result<HostMapping, Box<(Error, HostMapping)>> {
+        let Some(old) = self.mapping.take() else {
+            return Err(Box::new((
+                Error::GuestExit("no guest memory attached".into()),
+                mapping,
+            )));
+        };
+        let (old_addr, size) = (old.as_ptr() as u64, old.len() as u64);
+        let back = |vm: &mut Vm, old, e, mapping| {
+            vm.mapping = Some(old);
+            Err(Box::new((e, mapping)))
+        };
+        if mapping.len() as u64 != size {
+            return back(
+                self,
+                old,
+                Error::State("size of the new guest memory"),
+                mapping,
+            );
+        }
+        // SAFETY: deleting the slot (size 0) makes KVM forget the old mapping.
+        #[allow(unsafe_code)]
+        if let Err(e) = unsafe { self.set_slot(0, 0) } {
+            return back(self, old, e, mapping);
+        }
+        // SAFETY: the slot is exactly the live `HostMapping` of `size` bytes, which this `Vm`
+        // keeps (in `self.mapping`, below) for as long as the VM exists.
+        #[allow(unsafe_code)]
+        if let Err(e) = unsafe { self.set_slot(mapping.as_ptr() as u64, size) } {
+            // SAFETY: the old mapping, alive in `old` and kept in `self.mapping` again, as it
+            // was registered before. If even that is refused the guest has no memory: its next
+            // run fails.
+            #[allow(unsafe_code)]
+            let _ = unsafe { self.set_slot(old_addr, size) };
+            return back(self, old, e, mapping);
+        }
+        self.mapping = Some(mapping);
+        Ok(old)
     }
 
     /// The guest's counter, read from guest RAM.
@@ -302,6 +377,79 @@ impl Vm {
     /// The KVM system descriptor.
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Registers `region` as slot 0.
+///
+/// # Safety
+///
+/// As [`Vm::set_slot`]: the range must stay mapped for as long as the slot exists.
+#[allow(unsafe_code)]
+unsafe fn register(vm: &VmFd, region: Region) -> Result<(), Error> {
+    let r = kvm_userspace_memory_region {
+        slot: 0,
+        flags: region.flags,
+        guest_phys_addr: 0,
+        memory_size: region.size,
+        userspace_addr: region.addr,
+    };
+    // SAFETY: the caller guarantees the range's lifetime and exclusivity.
+    unsafe { vm.set_user_memory_region(r) }.map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))
+}
+
+/// Slot 0's dirty log (`KVM_MEM_LOG_DIRTY_PAGES`, `KVM_GET_DIRTY_LOG`), driven from a thread
+/// other than the vCPU's while the guest runs: a live migrate's pre-copy. It only ever changes
+/// the flags of the slot as currently registered (under the `Vm`'s slot lock), never its
+/// address, so it cannot outlive or misplace the memory the slot points at.
+#[derive(Clone, Debug)]
+pub struct DirtyLog {
+    vm: Arc<VmFd>,
+    slot: SlotCell,
+}
+
+impl DirtyLog {
+    /// Turns dirty logging on: from now on every page the guest writes is recorded until
+    /// [`take`](Self::take) fetches it.
+    pub fn start(&self) -> Result<(), Error> {
+        self.set_flags(KVM_MEM_LOG_DIRTY_PAGES)
+    }
+
+    /// Turns dirty logging off (a migrate that gives up).
+    pub fn stop(&self) -> Result<(), Error> {
+        self.set_flags(0)
+    }
+
+    fn set_flags(&self, flags: u32) -> Result<(), Error> {
+        let mut slot = lock(&self.slot);
+        let region = slot.ok_or(Error::Migrate("no guest memory slot".into()))?;
+        let region = Region { flags, ..region };
+        // SAFETY: the same slot at the same address and size, only the flags differ: the `Vm`
+        // keeps that memory mapped while the slot exists, and moves or deletes the slot only
+        // under the lock held here.
+        #[allow(unsafe_code)]
+        unsafe { register(&self.vm, region) }?;
+        *slot = Some(region);
+        Ok(())
+    }
+
+    /// Fetches and clears the dirty bitmap (`KVM_GET_DIRTY_LOG`): one bit per 4 KiB page of
+    /// the slot, set if the guest wrote the page since the last fetch (or since
+    /// [`start`](Self::start)).
+    pub fn take(&self) -> Result<Vec<u64>, Error> {
+        let slot = lock(&self.slot);
+        let region = slot.ok_or(Error::Migrate("no guest memory slot".into()))?;
+        if region.flags & KVM_MEM_LOG_DIRTY_PAGES == 0 {
+            return Err(Error::Migrate("dirty logging is off".into()));
+        }
+        let size = usize::try_from(region.size).map_err(|_| Error::State("memory size"))?;
+        self.vm
+            .get_dirty_log(0, size)
+            .map_err(Error::kvm("KVM_GET_DIRTY_LOG"))
     }
 }
 

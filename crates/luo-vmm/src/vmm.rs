@@ -1,5 +1,6 @@
-//! [`Vmm`]: a running VMM — its VM, guest memory, progress device and luod session — and the
-//! upgrade: starting the successor, stopping the guest, handing off, reporting.
+//! [`Vmm`]: a running VMM — its VM, guest memory, progress device and luod session — the
+//! upgrade (starting the successor, stopping the guest, handing off, reporting) and the live
+//! migrate of guest RAM onto new backing ([`migrate`]).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -9,11 +10,14 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use luo_client::Device;
-use luo_guestmem::{GuestMemory, PageSize};
+use luo_client::{Device, Session};
+use luo_guestmem::{Backing, GuestMemory, HostMapping, PageSize};
 
+use crate::copy::Copier;
 use crate::error::Error;
+use crate::guest;
 use crate::handoff::{self, Outgoing};
+use crate::migrate::{self, FailAt, Prepared, Source};
 use crate::progress::{Progress, now_ns};
 use crate::vm::{Vm, step};
 
@@ -37,6 +41,26 @@ enum Request {
     Status(Sender<String>),
     Handoff(OwnedFd, Sender<Result<String, String>>),
     Stop(Sender<String>),
+    /// A migrate begins: a mapping of the guest's RAM to copy from, and the rest of the source.
+    MigrateBegin(Sender<Result<(HostMapping, Source), String>>),
+    /// A migrate's pause: finish the copy, switch the memory slot, run the guest again (or,
+    /// if true, fail on purpose before the switch).
+    MigrateSwitch(Box<Prepared>, bool, Sender<Switched>),
+}
+
+/// How a migrate's pause ended: the report and the old memory (for the migrating thread to
+/// drop, outside the vCPU loop), or why not and the new memory back (the guest runs on the
+/// old).
+type Switched = Result<(String, Retired), (String, Box<Prepared>)>;
+
+/// Guest memory a migrate moved off, with its mappings, and the copy engine (whose channel
+/// threads are joined when it goes).
+#[derive(Debug)]
+struct Retired {
+    _mem: GuestMemory,
+    _slot: HostMapping,
+    _src: HostMapping,
+    _copier: Arc<Copier>,
 }
 
 #[derive(Debug)]
@@ -47,9 +71,11 @@ struct Shared {
     out: Mutex<Option<Outgoing>>,
     out_ready: Condvar,
     /// Guest memory size and page size, for the successor to prepare its memory slot.
-    geometry: (u64, PageSize),
+    geometry: Mutex<(u64, PageSize)>,
     /// Why this VM cannot be upgraded, if it cannot.
     refuse: Option<String>,
+    /// An upgrade or a migrate is under way (one at a time).
+    busy: AtomicBool,
 }
 
 impl Shared {
@@ -59,9 +85,22 @@ impl Shared {
             requests: Mutex::new(Vec::new()),
             out: Mutex::new(None),
             out_ready: Condvar::new(),
-            geometry: (size, page),
+            geometry: Mutex::new((size, page)),
             refuse: None,
+            busy: AtomicBool::new(false),
         }
+    }
+
+    /// Claims the VMM for an upgrade or a migrate, until the guard is dropped.
+    fn claim(&self) -> Result<Busy<'_>, String> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err("another upgrade or migrate is under way".into());
+        }
+        Ok(Busy(&self.busy))
+    }
+
+    fn geometry(&self) -> (u64, PageSize) {
+        *self.geometry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set_out(&self, out: Outgoing) {
@@ -77,6 +116,15 @@ impl Shared {
             .wait_timeout_while(guard, within, |o| o.is_none())
             .unwrap_or_else(PoisonError::into_inner);
         guard.is_some()
+    }
+}
+
+/// An upgrade or migrate under way; dropping it ends the claim.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -100,8 +148,13 @@ pub struct Vmm {
     shared: Arc<Shared>,
     listener: OwnedFd,
     /// The longest interval between two guest steps since this VMM resumed the guest (the
-    /// blackout itself excluded): proof that nothing else paused it.
+    /// blackouts themselves excluded): proof that nothing else paused it.
     max_gap_ns: u64,
+    /// The longest interval between two guest steps since the last migrate began: how much
+    /// the pre-copy slowed the guest.
+    recent_gap_ns: u64,
+    /// Live migrates of guest RAM this VMM did.
+    migrations: u64,
 }
 
 /// How the vCPU loop ended.
@@ -137,6 +190,8 @@ impl Vmm {
             shared,
             listener,
             max_gap_ns: 0,
+            recent_gap_ns: 0,
+            migrations: 0,
         })
     }
 
@@ -165,6 +220,8 @@ impl Vmm {
             shared: Arc::new(shared),
             listener,
             max_gap_ns: 0,
+            recent_gap_ns: 0,
+            migrations: 0,
         })
     }
 
@@ -279,6 +336,8 @@ impl Vmm {
                 shared,
                 listener,
                 max_gap_ns: 0,
+                recent_gap_ns: 0,
+                migrations: 0,
             },
             report,
         ))
@@ -300,7 +359,9 @@ impl Vmm {
         loop {
             let prev = self.progress.last_ns.get();
             let in_order = step(&mut self.vm, &mut self.progress)?;
-            self.max_gap_ns = self.max_gap_ns.max(self.progress.last_ns.get() - prev);
+            let gap = self.progress.last_ns.get() - prev;
+            self.max_gap_ns = self.max_gap_ns.max(gap);
+            self.recent_gap_ns = self.recent_gap_ns.max(gap);
             if !in_order {
                 eprintln!(
                     "luo-vmm: guest step out of order at {} (anomaly {})",
@@ -338,6 +399,19 @@ impl Vmm {
                         let _ = done_rx.recv_timeout(Duration::from_secs(2));
                         return Ok(Outcome::Stopped);
                     }
+                    Request::MigrateBegin(tx) => {
+                        self.recent_gap_ns = 0;
+                        let _ = tx.send(self.migrate_source().map_err(|e| chain(&e)));
+                    }
+                    Request::MigrateSwitch(p, fail, tx) => match self.migrate_switch(p, fail)? {
+                        Ok(done) => {
+                            self.migrations += 1;
+                            let _ = tx.send(Ok(done));
+                        }
+                        Err((e, p)) => {
+                            let _ = tx.send(Err((chain(&e), p)));
+                        }
+                    },
                     Request::Handoff(sock, tx) => match self.hand_off(&sock) {
                         Ok(go) => {
                             let _ = tx.send(Ok(go));
@@ -358,18 +432,174 @@ impl Vmm {
 
     fn status(&self) -> String {
         format!(
-            "pid={} steps={} last={} counter={} anomalies={} upgrades={} max_gap_ns={} mem={} pages={} backing={:?}",
+            "pid={} steps={} last={} counter={} anomalies={} upgrades={} migrations={} max_gap_ns={} mem={} pages={} backing={:?} ram_fd={}",
             std::process::id(),
             self.progress.steps,
             self.progress.last,
             self.vm.guest_counter().unwrap_or(0),
             self.progress.anomalies,
             self.progress.upgrades,
+            self.migrations,
             self.max_gap_ns,
             self.mem.size(),
             self.mem.page_size(),
             self.mem.backing(),
+            self.mem.ram_fd().as_raw_fd(),
         )
+    }
+
+    /// A migrate begins (on the vCPU loop, between two guest steps): a new mapping of all of
+    /// guest RAM to copy from, the dirty log, and the old memory's descriptor and files.
+    fn migrate_source(&self) -> Result<(HostMapping, Source), Error> {
+        if self.mem.backing() == Backing::GuestMemfd {
+            return Err(Error::Migrate(
+                "guest RAM is a KVM guest_memfd: KVM keeps no dirty log of it, so it cannot be \
+                 re-backed under a running guest"
+                    .into(),
+            ));
+        }
+        let dup = |fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(Error::sys("dup"));
+        let map = self.mem.map(0..self.mem.size())?;
+        Ok((
+            map,
+            Source {
+                log: self.vm.dirty_log(),
+                descriptor: self.mem.to_descriptor(),
+                ram: dup(self.mem.ram_fd())?,
+                descriptor_fd: dup(self.mem.descriptor_fd())?,
+                steps: self.progress.steps.get(),
+            },
+        ))
+    }
+
+    /// A migrate's pause: stop the vCPU, copy the pages the guest dirtied since the last round,
+    /// check the guest's counter arrived, switch slot 0 onto the new memory, and run the guest
+    /// until its next step. The inner error (with the new memory back) leaves the guest
+    /// running on the old memory, untouched; the outer one is the guest failing to run.
+    #[allow(clippy::type_complexity)]
+    fn migrate_switch(
+        &mut self,
+        mut p: Box<Prepared>,
+        fail: bool,
+    ) -> Result<Result<(String, Retired), (Error, Box<Prepared>)>, Error> {
+        let before = self.progress;
+        let t_pause = now_ns();
+        if let Err(e) = self.vm.quiesce() {
+            return Ok(Err((e, p)));
+        }
+        let counter_old = self.vm.guest_counter().unwrap_or(0);
+        let t_quiesced = now_ns();
+        let final_pages = match p.finish_copy() {
+            Ok(n) => n,
+            Err(e) => return Ok(Err((e, p))),
+        };
+        let t_copied = now_ns();
+        let counter_new = p
+            .dst
+            .read_u64(guest::COUNTER as usize)
+            .map_or(0, |v| v as u32);
+        if u64::from(counter_new) != before.last.get() {
+            let e = Error::Progress(format!(
+                "the new guest RAM holds counter {counter_new} but the last step reported was {}",
+                before.last
+            ));
+            return Ok(Err((e, p)));
+        }
+        if fail {
+            let e = Error::Migrate("failed on purpose in the pause, before the switch".into());
+            return Ok(Err((e, p)));
+        }
+        let Prepared {
+            mem,
+            dst,
+            src,
+            log,
+            copier,
+            stats,
+        } = *p;
+        let old_slot = match self.vm.switch_memory(dst) {
+            Ok(m) => m,
+            Err(refused) => {
+                let (e, dst) = *refused;
+                let p = Prepared {
+                    mem,
+                    dst,
+                    src,
+                    log,
+                    copier,
+                    stats,
+                };
+                return Ok(Err((e, Box::new(p))));
+            }
+        };
+        let t_switched = now_ns();
+        let old_mem = std::mem::replace(&mut self.mem, mem);
+        *self
+            .shared
+            .geometry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (self.mem.size(), self.mem.page_size());
+        let steps = self.progress.steps.get();
+        let mut in_order = true;
+        while self.progress.steps.get() == steps {
+            in_order = step(&mut self.vm, &mut self.progress)?;
+        }
+        let first = self.progress.last.get();
+        let t_first = self.progress.last_ns.get();
+        let rounds: Vec<String> = stats.round_pages.iter().map(u64::to_string).collect();
+        let report = format!(
+            "MIGRATED blackout_ns={} last_before={} first_after={first} \
+             counter_at_pause={counter_old} counter_at_resume={counter_new} lost={} repeated={} \
+             from={} to={} rounds={} round_pages={} final_pages={final_pages} \
+             full_bytes={} units={} units_fallback={} driver={} \
+             create_ns={} log_on_ns={} full_copy_ns={} precopy_ns={} steps_during_precopy={} \
+             precopy_max_gap_ns={} \
+             notice_ns={} quiesce_ns={} final_copy_ns={} switch_ns={} switched_to_first_ns={} \
+             steps={} anomalies={} migrations={} mem={} pages={} pid={}",
+            t_first.saturating_sub(before.last_ns.get()),
+            before.last,
+            u64::from(!in_order && first > before.last.get() + 1),
+            u64::from(!in_order && first <= before.last.get()),
+            old_mem.page_size(),
+            self.mem.page_size(),
+            stats.rounds(),
+            if rounds.is_empty() {
+                "-".to_owned()
+            } else {
+                rounds.join(",")
+            },
+            stats.full_bytes,
+            stats.units,
+            stats.units_fallback,
+            copier.stats().driver.as_deref().unwrap_or("cpu"),
+            stats.create_ns,
+            stats.log_on_ns,
+            stats.full_ns,
+            stats.precopy_ns,
+            steps.saturating_sub(stats.steps_at_start),
+            self.recent_gap_ns,
+            t_pause.saturating_sub(before.last_ns.get()),
+            t_quiesced - t_pause,
+            t_copied - t_quiesced,
+            t_switched - t_copied,
+            t_first.saturating_sub(t_switched),
+            self.progress.steps,
+            self.progress.anomalies,
+            self.migrations + 1,
+            self.mem.size(),
+            self.mem.page_size(),
+            std::process::id(),
+        );
+        drop(log);
+        Ok(Ok((
+            report,
+            Retired {
+                _mem: old_mem,
+                _slot: old_slot,
+                _src: src,
+                _copier: copier,
+            },
+        )))
     }
 
     /// The pause: stop the vCPU, save its state, hand the session off, tell the successor.
@@ -468,6 +698,20 @@ fn control_loop(
                 let _ = done_tx.send(());
                 return;
             }
+            Some("migrate") => {
+                let to = words.next().map(str::parse::<PageSize>);
+                let fail_at = words
+                    .next()
+                    .and_then(|w| w.strip_prefix("fail-at="))
+                    .map(str::parse::<FailAt>);
+                match (to, fail_at) {
+                    (Some(Ok(to)), None) => migrate(&shared, to, None),
+                    (Some(Ok(to)), Some(Ok(f))) => migrate(&shared, to, Some(f)),
+                    (Some(Err(e)), _) | (_, Some(Err(e))) => Err(e),
+                    (None, _) => Err("migrate needs a page size: migrate 4k|2m|1g".into()),
+                }
+                .unwrap_or_else(|e| format!("ERROR {e}"))
+            }
             Some("upgrade") => {
                 let bin = words.next().map_or_else(|| binary.clone(), PathBuf::from);
                 let r = upgrade(&shared, &config, &bin);
@@ -480,7 +724,9 @@ fn control_loop(
                 }
                 continue;
             }
-            _ => format!("ERROR unknown command {line:?} (status, upgrade [BINARY], stop)"),
+            _ => format!(
+                "ERROR unknown command {line:?} (status, upgrade [BINARY], migrate 4k|2m|1g, stop)"
+            ),
         };
         let _ = write_all(&conn, format!("{reply}\n").as_bytes());
     }
@@ -507,9 +753,11 @@ fn upgrade(shared: &Shared, config: &Config, binary: &Path) -> Result<String, St
     if let Some(why) = &shared.refuse {
         return Err(why.clone());
     }
+    let _busy = shared.claim()?;
     if !shared.wait_out(SUCCESSOR_TIMEOUT) {
         return Err("the guest is not preserved in luod (no outgoing session)".into());
     }
+    let geometry = shared.geometry();
     let (ours, theirs) = handoff::socket_pair().map_err(|e| e.to_string())?;
     rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty()).map_err(|e| e.to_string())?;
     let mut child = Command::new(binary)
@@ -523,9 +771,9 @@ fn upgrade(shared: &Shared, config: &Config, binary: &Path) -> Result<String, St
         .arg("--handoff-fd")
         .arg(theirs.as_raw_fd().to_string())
         .arg("--mem")
-        .arg(shared.geometry.0.to_string())
+        .arg(geometry.0.to_string())
         .arg("--pages")
-        .arg(shared.geometry.1.name())
+        .arg(geometry.1.name())
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
@@ -546,4 +794,125 @@ fn upgrade(shared: &Shared, config: &Config, binary: &Path) -> Result<String, St
         format!("handed off ({go}) but the successor did not report: {e}; the session waits in luod for `luo-vmm resume`")
     })?;
     Ok(report)
+}
+
+/// An error with its sources: `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut at = e.source();
+    while let Some(src) = at {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        at = src.source();
+    }
+    s
+}
+
+/// Moves the running guest's RAM onto new memory of `to` pages (see [`migrate`](crate::migrate))
+/// and returns the pause's report. Runs on a thread other than the vCPU's. Every failure before
+/// the switch leaves the guest on its old memory, and luod's session holding the old files.
+/// `fail_at` makes it fail on purpose there (tests of the way back).
+fn migrate(shared: &Shared, to: PageSize, fail_at: Option<FailAt>) -> Result<String, String> {
+    let _busy = shared.claim()?;
+    let t_start = now_ns();
+    let (tx, rx) = channel();
+    shared.post(Request::MigrateBegin(tx));
+    let (src, source) = rx
+        .recv_timeout(SUCCESSOR_TIMEOUT)
+        .map_err(|_| "the vCPU loop did not answer".to_string())??;
+    if !shared.wait_out(SUCCESSOR_TIMEOUT) {
+        return Err("the guest is not preserved in luod (no outgoing session)".into());
+    }
+    let copier = Arc::new(Copier::new());
+    let prepared = migrate::precopy(src, &source, to, copier).map_err(|e| chain(&e))?;
+    let t_copied = now_ns();
+    // luod's session gets the new files before the pause, the old ones back if it fails.
+    {
+        let out = shared.out.lock().unwrap_or_else(PoisonError::into_inner);
+        let replaced = out
+            .as_ref()
+            .ok_or_else(|| "the guest is not preserved in luod (no outgoing session)".to_owned())
+            .and_then(|out| {
+                replace_files(
+                    &out.session,
+                    prepared.mem.ram_fd(),
+                    prepared.mem.descriptor_fd(),
+                    &source,
+                )
+            });
+        if let Err(e) = replaced {
+            let _ = prepared.log.stop();
+            return Err(format!("{e}; the guest continues on its old memory"));
+        }
+    }
+    if fail_at == Some(FailAt::Replace) {
+        return Err(undo(
+            shared,
+            &source,
+            &prepared,
+            "failed on purpose after luod took the new files".into(),
+        ));
+    }
+    let t_replaced = now_ns();
+    let (tx, rx) = channel();
+    let fail = fail_at == Some(FailAt::Pause);
+    shared.post(Request::MigrateSwitch(Box::new(prepared), fail, tx));
+    match rx.recv_timeout(SUCCESSOR_TIMEOUT) {
+        Ok(Ok((report, retired))) => {
+            let t_done = now_ns();
+            drop(retired);
+            Ok(format!(
+                "{report} replace_ns={} total_ns={} release_ns={}",
+                t_replaced - t_copied,
+                t_done - t_start,
+                now_ns() - t_done
+            ))
+        }
+        Ok(Err((e, prepared))) => Err(undo(shared, &source, &prepared, e)),
+        // The vCPU loop holds the new memory: whether it switched is unknown, so luod's session
+        // stays as it is (it has the new files, which the loop uses if it switched).
+        Err(_) => Err("the vCPU loop did not pause for the switch".into()),
+    }
+}
+
+/// The way back from a migrate that failed before the switch: dirty logging off, luod's
+/// session holding the old files again. Returns the message for `why`.
+fn undo(shared: &Shared, old: &Source, prepared: &Prepared, why: String) -> String {
+    let _ = prepared.log.stop();
+    let out = shared.out.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(out) = out.as_ref()
+        && let Err(b) = replace_files(
+            &out.session,
+            old.ram.as_fd(),
+            old.descriptor_fd.as_fd(),
+            old,
+        )
+    {
+        return format!(
+            "{why}; the guest continues on its old memory, but luod's session could not take it back: {b}"
+        );
+    }
+    format!("{why}; the guest continues on its old memory")
+}
+
+/// Swaps guest RAM and descriptor in luod's session for `ram` and `descriptor`; if the second
+/// swap fails, puts the old RAM (from `old`) back.
+fn replace_files(
+    session: &Session,
+    ram: std::os::fd::BorrowedFd<'_>,
+    descriptor: std::os::fd::BorrowedFd<'_>,
+    old: &Source,
+) -> Result<(), String> {
+    let token = old.descriptor.ram_token.unwrap_or(handoff::RAM_TOKEN);
+    session
+        .replace(token, ram)
+        .map_err(|e| format!("luod did not take the new guest RAM: {}", chain(&e)))?;
+    if let Err(e) = session.replace(handoff::DESCRIPTOR_TOKEN, descriptor) {
+        let _ = session.replace(token, old.ram.as_fd());
+        return Err(format!(
+            "luod did not take the new guest memory descriptor: {}",
+            chain(&e)
+        ));
+    }
+    Ok(())
 }

@@ -6,20 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-/// Where the socket is when nothing says otherwise.
-pub fn default_socket() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        PathBuf::from("/run/luod/luod.sock")
-    } else if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-        Path::new(&dir).join("luod.sock")
-    } else {
-        PathBuf::from(format!(
-            "/tmp/luod-{}.sock",
-            rustix::process::geteuid().as_raw()
-        ))
-    }
-}
-
 /// The config file (`--config`, `LUOD_CONFIG`). Every field is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +29,10 @@ pub struct FileLimits {
     pub files: Option<u64>,
     /// Most preserved bytes per uid.
     pub bytes: Option<u64>,
+    /// Most of luod's descriptors per uid other than root and luod's own.
+    pub fds: Option<u64>,
+    /// luod's descriptors only root and luod's own uid may use.
+    pub fd_reserve: Option<u64>,
 }
 
 impl FileConfig {

@@ -6,25 +6,28 @@
 //! update (`luoctl reboot`) without losing a preserved file. See `docs/operations.md`.
 #![allow(unsafe_code)] // Only `takeover`: inheriting descriptors across exec, and adopting them.
 
+mod budget;
 mod config;
 mod conn;
+mod listener;
+mod migrate;
 mod server;
+mod socket;
 mod status;
 mod takeover;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use luo_core::{Engine, Limits, Registry};
-use rustix::fs::{FlockOperation, Mode, OFlags};
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use tracing::info;
 
-use crate::config::{FileConfig, default_socket, parse_mode};
+use crate::config::{FileConfig, parse_mode};
 use crate::server::{Server, Settings};
+use crate::socket::Place;
 
 /// luod: keeps descriptors (memfds, hugetlb memfds, sockets...) alive across the replacement of
 /// the processes that own them, and speaks the kernel's /dev/liveupdate protocol.
@@ -32,11 +35,13 @@ use crate::server::{Server, Settings};
 #[command(version, about, long_about = None)]
 struct Args {
     /// Socket to serve. Default: /run/luod/luod.sock for root, $XDG_RUNTIME_DIR/luod.sock
-    /// otherwise. Overrides the config file.
+    /// otherwise, else /tmp/luod-<uid>/luod.sock (a private directory luod creates, mode 0700).
+    /// Overrides the config file.
     #[arg(long, env = "LUOD_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// TOML config file (keys: socket, socket_mode, [limits] sessions/files/bytes).
+    /// TOML config file (keys: socket, socket_mode, [limits] sessions/files/bytes/fds/
+    /// fd_reserve).
     #[arg(long, env = "LUOD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
@@ -56,6 +61,16 @@ struct Args {
     /// Most bytes of preserved memory one uid may hold (default: unlimited).
     #[arg(long, value_name = "BYTES")]
     max_bytes: Option<u64>,
+
+    /// Most of luod's descriptors (connections and preserved files) one uid other than root
+    /// and luod's own may hold (default: a quarter of luod's descriptor limit less 64).
+    #[arg(long, value_name = "N")]
+    max_fds: Option<u64>,
+
+    /// luod's descriptors that only root and luod's own uid may use (default: a quarter of
+    /// luod's descriptor limit less 64).
+    #[arg(long, value_name = "N")]
+    fd_reserve: Option<u64>,
 
     /// Log filter, as RUST_LOG (e.g. "info", "luod=debug").
     #[arg(long, env = "LUOD_LOG", default_value = "info", value_name = "FILTER")]
@@ -126,7 +141,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let socket = args.socket.or(file.socket).unwrap_or_else(default_socket);
+    let place = match args.socket.or(file.socket) {
+        Some(path) => Place::explicit(path),
+        None => Place::default_for_caller(),
+    };
     let mode = match args.socket_mode.as_deref().or(file.socket_mode.as_deref()) {
         Some(m) => parse_mode(m)?,
         None => 0o600,
@@ -138,55 +156,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let signals = signal_pipe()?;
     let binary = std::env::current_exe().context("Cannot find luod's own binary")?;
-    let (listener, lock) = bind(&socket, mode)?;
+    let (listener, lock) = socket::bind(&place, mode)?;
+    let socket = place.socket;
     let mut engine = Engine::new(registry()?);
     engine.set_limits(limits);
     let settings = Settings {
         socket: socket.clone(),
         limits,
+        fds: budget::FdSettings {
+            share: args.max_fds.or(file.limits.fds),
+            reserve: args.fd_reserve.or(file.limits.fd_reserve),
+        },
         binary,
         pids: Vec::new(),
     };
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
     info!(socket = %socket.display(), fd_limit, "luod serving");
     server.run()
-}
-
-/// Takes the socket's lock (a second luod fails here), then binds and listens.
-fn bind(socket: &std::path::Path, mode: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    if let Some(dir) = socket.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("Cannot create the socket directory {}", dir.display()))?;
-    }
-    let lock_path = socket.with_extension("lock");
-    let lock = rustix::fs::open(
-        &lock_path,
-        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .with_context(|| format!("Cannot open the lock file {}", lock_path.display()))?;
-    if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
-        bail!(
-            "Another luod is already serving {} (it holds {}); stop it first",
-            socket.display(),
-            lock_path.display()
-        );
-    }
-    let _ = std::fs::remove_file(socket);
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    let addr = SocketAddrUnix::new(socket)
-        .with_context(|| format!("Invalid socket path {}", socket.display()))?;
-    rustix::net::bind(&fd, &addr).with_context(|| format!("Cannot bind {}", socket.display()))?;
-    rustix::fs::chmod(socket, Mode::from_raw_mode(mode))?;
-    rustix::net::listen(&fd, 1024)?;
-    let _ = fd.as_fd();
-    Ok((fd, lock))
 }

@@ -14,13 +14,13 @@ use rustix::event::epoll;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use tracing::{debug, info, warn};
 
+use crate::budget::{Budget, FdSettings, Scope, Tally};
 use crate::conn::{Conn, Cred, Kind, Outgoing};
+use crate::listener::{Admission, KEY_LISTENER};
 
-/// Fixed descriptors of the process (stdio, epoll, listener, lock, signal pipe, spares) that
-/// the descriptor budget keeps free.
-const FD_RESERVE: u64 = 64;
 /// Descriptors luod holds besides connections and preserved files: stdin, stdout, stderr,
-/// epoll, listener, lock, and the signal pipe's three ends.
+/// epoll, listener, lock, and the signal pipe's three ends (and the listener's spare, counted
+/// apart).
 const FD_FIXED: u64 = 9;
 /// Messages read from one connection before the loop looks at the others.
 const BURST: usize = 32;
@@ -28,12 +28,12 @@ const BURST: usize = 32;
 /// upgrade or a reboot) or exits after one: a connection that cannot take them by then is
 /// closed, as its replies could not travel with it.
 const HANDOVER_FLUSH_MS: u64 = 1000;
-/// epoll key of the listening socket.
-const KEY_LISTENER: u64 = 0;
 /// epoll key of the signal pipe.
 const KEY_SIGNAL: u64 = 1;
 /// epoll key of the handover channel of a staged upgrade.
 const KEY_SUCCESSOR: u64 = u64::MAX;
+/// The epoll key of the migration in progress (its worker's eventfd).
+const KEY_MIGRATION: u64 = u64::MAX - 1;
 
 /// What luod was started with, carried across upgrades.
 #[derive(Clone, Debug)]
@@ -42,6 +42,8 @@ pub struct Settings {
     pub socket: PathBuf,
     /// Per-uid quotas.
     pub limits: Limits,
+    /// Per-uid descriptor budget (see [`crate::budget`]).
+    pub fds: FdSettings,
     /// The binary an upgrade runs when none is named.
     pub binary: PathBuf,
     /// Every luod process that served this socket since it was bound (this one included): the
@@ -87,6 +89,8 @@ pub enum After {
     Nothing,
     Upgrade(PathBuf),
     Reboot,
+    /// A migration started; its reply goes out when its copy is done.
+    Migrate(Box<crate::migrate::Migration>),
 }
 
 /// The daemon's state.
@@ -107,6 +111,11 @@ pub struct Server {
     /// Rounds and flags of the upgrade that started this process (see `StatusReply`).
     pub last_upgrade: (u32, u32),
     pub fd_limit: u64,
+    /// The descriptor budget in force, and what each uid holds besides its files.
+    pub budget: Budget,
+    pub tally: Tally,
+    /// Accepting, shedding and backing off (see [`crate::listener`]).
+    pub admission: Admission,
     pub stop: bool,
     /// Moves whenever something an upgrade image records may have changed (a request that is
     /// not read-only, a connection opened or closed): a staged successor is used only if its
@@ -114,6 +123,10 @@ pub struct Server {
     pub epoch: u64,
     /// The upgrade in progress, if any.
     pub staging: Option<crate::takeover::Staging>,
+    /// The migration in progress, if any.
+    pub migration: Option<crate::migrate::Migration>,
+    /// The batch copy engine migrations copy with (its driver: copy channels on threads).
+    pub copier: std::sync::Arc<luo_copy::Engine>,
     /// Discarded successors not yet reaped.
     zombies: Vec<crate::takeover::Successor>,
     reaping: bool,
@@ -141,6 +154,7 @@ impl Server {
         }
         let pids: std::collections::HashSet<i32> = settings.pids.iter().copied().collect();
         engine.set_excluded(move |fd, st| is_luod_connection(fd, st, &pids));
+        crate::listener::set_backlog(&listener)?;
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &ep,
@@ -154,6 +168,7 @@ impl Server {
             epoll::EventData::new_u64(KEY_SIGNAL),
             epoll::EventFlags::IN,
         )?;
+        let budget = Budget::new(fd_limit, settings.fds, rustix::process::geteuid().as_raw());
         Ok(Server {
             engine,
             settings,
@@ -169,9 +184,14 @@ impl Server {
             upgrades: 0,
             last_upgrade: (0, 0),
             fd_limit,
+            budget,
+            tally: Tally::default(),
+            admission: Admission::new(),
             stop: false,
             epoch: 0,
             staging: None,
+            migration: None,
+            copier: crate::migrate::copier(),
             zombies: Vec::new(),
             reaping: false,
             rx: vec![0; wire::MAX_MESSAGE],
@@ -190,6 +210,7 @@ impl Server {
             epoll::EventData::new_u64(key),
             epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
         )?;
+        self.tally.add(cred.uid, 1);
         match kind {
             Kind::Device => {
                 self.devices.insert(cred.uid, key);
@@ -217,10 +238,8 @@ impl Server {
         while !self.stop {
             events.clear();
             self.reap_zombies();
-            let timeout = self
-                .staging
-                .as_ref()
-                .map(crate::takeover::Staging::time_left);
+            crate::listener::resume(self);
+            let timeout = self.wait_timeout();
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
@@ -233,9 +252,10 @@ impl Server {
             for ev in events.iter() {
                 let key = ev.data.u64();
                 match key {
-                    KEY_LISTENER => self.accept_all(),
+                    KEY_LISTENER => crate::listener::accept_all(self),
                     KEY_SIGNAL => self.on_signal(),
                     KEY_SUCCESSOR => crate::takeover::on_successor(self),
+                    KEY_MIGRATION => self.on_migrated(),
                     _ => self.on_conn(key, ev.flags),
                 }
                 if self.stop {
@@ -246,6 +266,27 @@ impl Server {
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// The migration in progress finished copying: swap the file in and answer.
+    fn on_migrated(&mut self) {
+        let Some(m) = self.migration.take() else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, &m.done);
+        let (key, id) = (m.key, m.id);
+        let reply = crate::migrate::finish(self, m);
+        if reply.errno == 0 {
+            info!(key, "migration done");
+        } else {
+            warn!(
+                key,
+                errno = reply.errno,
+                "migration failed; the old file stays"
+            );
+        }
+        self.epoch += 1;
+        self.send_reply(key, id, reply);
     }
 
     /// Watches the handover channel of a staged upgrade.
@@ -294,35 +335,27 @@ impl Server {
         let _ = std::fs::remove_file(&self.settings.socket);
     }
 
-    fn accept_all(&mut self) {
-        loop {
-            let fd = match rustix::net::accept_with(
-                &self.listener,
-                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            ) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::AGAIN) => return,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    return;
-                }
-            };
-            let cred = match rustix::net::sockopt::socket_peercred(&fd) {
-                Ok(c) => Cred {
-                    pid: c.pid.as_raw_nonzero().get(),
-                    uid: c.uid.as_raw(),
-                    gid: c.gid.as_raw(),
-                },
-                Err(e) => {
-                    warn!(error = %e, "SO_PEERCRED failed; dropping connection");
-                    continue;
-                }
-            };
-            match self.add_conn(fd, Kind::Control, cred) {
-                Ok(key) => debug!(key, uid = cred.uid, pid = cred.pid, "client connected"),
-                Err(e) => warn!(error = %e, "cannot watch a new connection"),
-            }
+    /// How long the loop may wait: until a staged upgrade's deadline or the end of the
+    /// listener's pause, whichever comes first.
+    fn wait_timeout(&self) -> Option<rustix::event::Timespec> {
+        let staging = self
+            .staging
+            .as_ref()
+            .map(crate::takeover::Staging::time_left);
+        let paused = self
+            .admission
+            .time_left(Instant::now())
+            .map(|left| rustix::event::Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            });
+        match (staging, paused) {
+            (Some(a), Some(b)) => Some(if (a.tv_sec, a.tv_nsec) <= (b.tv_sec, b.tv_nsec) {
+                a
+            } else {
+                b
+            }),
+            (a, b) => a.or(b),
         }
     }
 
@@ -384,7 +417,9 @@ impl Server {
             };
             match sent {
                 Ok(()) => {
-                    conn.outbox.pop_front();
+                    if let Some(out) = conn.outbox.pop_front() {
+                        self.tally.sub(conn.cred.uid, out.fds.len() as u64);
+                    }
                 }
                 Err(rustix::io::Errno::AGAIN) => return false,
                 Err(e) => {
@@ -447,6 +482,7 @@ impl Server {
             };
             let mut failed = None;
             while let Some(out) = conn.outbox.pop_front() {
+                self.tally.sub(conn.cred.uid, out.fds.len() as u64);
                 let left = deadline.saturating_duration_since(Instant::now());
                 let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
                 let fds: Vec<BorrowedFd<'_>> = out.fds.iter().map(AsFd::as_fd).collect();
@@ -468,6 +504,29 @@ impl Server {
     fn after(&mut self, key: u64, id: u64, after: After) {
         match after {
             After::Nothing => {}
+            After::Upgrade(_) | After::Reboot if self.migration.is_some() => self.send_reply(
+                key,
+                id,
+                Reply::err_msg(Errno::EBUSY, "A migration is in progress"),
+            ),
+            After::Migrate(m) => {
+                let mut m = *m;
+                m.id = id;
+                match epoll::add(
+                    &self.epoll,
+                    &m.done,
+                    epoll::EventData::new_u64(KEY_MIGRATION),
+                    epoll::EventFlags::IN,
+                ) {
+                    Ok(()) => self.migration = Some(m),
+                    Err(e) => {
+                        // Cannot learn when it ends: wait for it here.
+                        warn!(error = %e, "cannot watch the migration; waiting for it");
+                        let reply = crate::migrate::finish(self, m);
+                        self.send_reply(key, id, reply);
+                    }
+                }
+            }
             After::Upgrade(path) => crate::takeover::begin_upgrade(self, key, id, path),
             After::Reboot if self.staging.is_some() => self.send_reply(
                 key,
@@ -500,6 +559,7 @@ impl Server {
         };
         self.epoch += 1;
         let _ = epoll::delete(&self.epoll, &conn.fd);
+        self.tally.sub(conn.cred.uid, 1 + waiting_fds(&conn));
         crate::takeover::requester_gone(self, key);
         match conn.kind {
             Kind::Device => {
@@ -565,6 +625,7 @@ impl Server {
         match sent {
             Ok(()) => self.tx = out,
             Err(rustix::io::Errno::AGAIN) => {
+                self.tally.add(conn.cred.uid, reply.fds.len() as u64);
                 conn.outbox.push_back(Outgoing {
                     bytes: out,
                     fds: reply.fds,
@@ -592,15 +653,16 @@ impl Server {
         };
         let id = hdr.id.get();
         if msg.truncated || msg.fds_truncated {
-            self.send_reply(
-                key,
-                id,
-                Reply::err(if msg.truncated {
-                    Errno(90)
-                } else {
-                    Errno::EINVAL
-                }),
-            );
+            let reply = if msg.truncated {
+                Reply::err(Errno(90))
+            } else if msg.fds.len() < wire::MAX_FDS {
+                // The kernel could not install a descriptor in luod's table (MSG_CTRUNC with
+                // fewer than the most a message carries): luod's problem, not the request's.
+                Reply::err_msg(Errno::EMFILE, FDS_NOT_RECEIVED)
+            } else {
+                Reply::err(Errno::EINVAL)
+            };
+            self.send_reply(key, id, reply);
             return;
         }
         let op = hdr.op.get();
@@ -632,6 +694,9 @@ impl Server {
         arg: &[u8],
         fds: Vec<OwnedFd>,
     ) -> (Reply, After) {
+        if op == Op::ReplaceFd {
+            return (self.replace_fd(kind, cred, arg, fds), After::Nothing);
+        }
         if !fds.is_empty() {
             return (
                 Reply::err_msg(Errno::EINVAL, "No descriptors expected"),
@@ -657,6 +722,17 @@ impl Server {
                 _ => Reply::err_msg(Errno::EINVAL, "Handoff needs a session connection"),
             },
             Op::Status => Reply::ok(crate::status::status(self, cred, admin)),
+            Op::ReplaceFd => Reply::err(Errno::EINVAL), // answered above
+            Op::Migrate if self.migration.is_some() => {
+                Reply::err_msg(Errno::EBUSY, "A migration is in progress")
+            }
+            Op::Migrate if self.staging.is_some() => {
+                Reply::err_msg(Errno::EBUSY, "An upgrade is in progress")
+            }
+            Op::Migrate => match crate::migrate::start(self, key, 0, cred, admin, arg) {
+                Ok(m) => return (Reply::default(), After::Migrate(Box::new(m))),
+                Err(reply) => reply,
+            },
             Op::List => crate::status::list(self, cred, admin, arg),
             Op::Upgrade => {
                 if !admin {
@@ -736,10 +812,6 @@ impl Server {
         Reply::ok(Vec::new())
     }
 
-    fn fds_in_use(&self) -> u64 {
-        FD_RESERVE + self.conns.len() as u64 + self.engine.fds_held()
-    }
-
     fn kernel_op(
         &mut self,
         kind: Kind,
@@ -795,6 +867,11 @@ impl Server {
             return Reply::err(Errno::EINVAL);
         }
         let copy_back = (size.min(desc.known_size)) as usize;
+        if let Some((n, scope)) = Server::fds_needed(op)
+            && let Err(refusal) = self.may_hold(cred.uid, n, scope)
+        {
+            return Reply::err_msg(Errno::EMFILE, &refusal.to_string());
+        }
         let mut reply = match op {
             uapi::LIVEUPDATE_IOCTL_CREATE_SESSION => self.create_session(cred, &buf),
             uapi::LIVEUPDATE_IOCTL_RETRIEVE_SESSION => self.retrieve_session(cred, &buf),
@@ -825,9 +902,6 @@ impl Server {
     }
 
     fn create_session(&mut self, cred: Cred, buf: &[u8; 72]) -> Reply {
-        if self.fds_in_use() + 2 > self.fd_limit {
-            return Reply::err_msg(Errno::EMFILE, "luod's descriptor budget is exhausted");
-        }
         let mut raw = [0u8; 64];
         raw.copy_from_slice(&buf[8..72]);
         let Some(name) = uapi::session_name(&raw) else {
@@ -893,9 +967,6 @@ impl Server {
             return Reply::err(Errno::EINVAL);
         };
         let token = u64::from_le_bytes(buf[8..16].try_into().unwrap_or_default());
-        if self.fds_in_use() + 1 > self.fd_limit {
-            return Reply::err_msg(Errno::EMFILE, "luod's descriptor budget is exhausted");
-        }
         let fd = fds.first().map(|f| f.as_fd());
         let mut result = self.engine.preserve_fd(id, fd, token);
         if matches!(result, Err(luo_core::Error::AlreadyPreserved)) && self.reap_hung_up(None) {
@@ -908,6 +979,33 @@ impl Server {
         }
         match result {
             Ok(()) => Reply::ok(buf[..16].to_vec()),
+            Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
+        }
+    }
+
+    /// REPLACE_FD: the file under the token of `arg` swapped for the one descriptor in `fds`.
+    fn replace_fd(&mut self, kind: Kind, cred: Cred, arg: &[u8], fds: Vec<OwnedFd>) -> Reply {
+        let Kind::Session(id) = kind else {
+            return Reply::err_msg(Errno::EINVAL, "REPLACE_FD needs an outgoing session");
+        };
+        let Ok(req) = <wire::ReplaceFdRequest as zerocopy::FromBytes>::read_from_bytes(arg) else {
+            return Reply::err_msg(Errno::EINVAL, "REPLACE_FD takes an 8-byte token");
+        };
+        if fds.len() != 1 {
+            return Reply::err_msg(Errno::EINVAL, "REPLACE_FD takes exactly one descriptor");
+        }
+        if let Err(refusal) = self.may_hold(cred.uid, 1, Scope::Budget) {
+            return Reply::err_msg(Errno::EMFILE, &refusal.to_string());
+        }
+        match self
+            .engine
+            .replace_fd(id, req.token.get(), fds.first().map(|f| f.as_fd()))
+        {
+            // The client holds the old file too (it replaced it): closing luod's copy is cheap.
+            Ok(old) => {
+                drop(old);
+                Reply::ok(Vec::new())
+            }
             Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
         }
     }
@@ -963,11 +1061,21 @@ impl Server {
     }
 
     /// Descriptors the process holds (for status): its fixed ones (stdio, epoll, listener,
-    /// lock, signal pipe), one per connection, and the engine's.
+    /// lock, signal pipe, the listener's spare), one per connection and per descriptor of a
+    /// waiting reply, and the engine's.
     pub fn fds_used(&self) -> u64 {
-        FD_FIXED + self.conns.len() as u64 + self.engine.fds_held()
+        FD_FIXED + self.admission.fds() + self.tally.total() + self.engine.fds_held()
     }
 }
+
+/// Descriptors of the replies waiting in `conn`'s outbox.
+fn waiting_fds(conn: &Conn) -> u64 {
+    conn.outbox.iter().map(|o| o.fds.len() as u64).sum()
+}
+
+/// The answer to a request whose descriptor luod could not receive.
+pub const FDS_NOT_RECEIVED: &str =
+    "luod could not receive the descriptor: its descriptor table is full";
 
 /// True for the requests that change nothing an upgrade image records.
 fn read_only(op: u32) -> bool {

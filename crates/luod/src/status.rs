@@ -18,12 +18,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The STATUS reply. Root and luod's own uid (`admin`) see the whole machine; any other uid
 /// sees only its own sessions, files, bytes, connections and descriptors.
 pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
-    let ((out, inc), usage, clients, fd_used) = if admin {
+    let ((out, inc), usage, clients, fd_used, fd_limit) = if admin {
         (
             server.engine.session_counts(),
             server.engine.total_usage(),
             server.conns.len() as u64,
             server.fds_used(),
+            server.fd_limit,
         )
     } else {
         let usage = server.engine.usage(cred.uid);
@@ -32,12 +33,28 @@ pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
             .values()
             .filter(|c| c.cred.uid == cred.uid)
             .count() as u64;
+        // What its descriptor budget counts, out of its share.
         (
             server.engine.session_counts_of(cred.uid),
             usage,
             clients,
-            usage.files + clients,
+            server.held(cred.uid).uid,
+            server.budget.share,
         )
+    };
+    // The copy engine and the migration are machine-wide: an administrator's to see.
+    let (migrating, copy) = if admin {
+        (
+            server.migration.as_ref().map_or((0, 0), |m| {
+                (
+                    m.progress.load(std::sync::atomic::Ordering::Relaxed),
+                    m.total,
+                )
+            }),
+            server.copier.stats(),
+        )
+    } else {
+        ((0, 0), luo_copy::Stats::default())
     };
     let mut version = [0u8; 32];
     let v = VERSION.as_bytes();
@@ -52,12 +69,18 @@ pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
         bytes: U64::new(usage.bytes),
         clients: U64::new(clients),
         uptime_ms: U64::new(server.started.elapsed().as_millis() as u64),
-        fd_limit: U64::new(server.fd_limit),
+        fd_limit: U64::new(fd_limit),
         fd_used: U64::new(fd_used),
         upgrades: U64::new(server.upgrades),
         version,
         last_upgrade_rounds: U32::new(server.last_upgrade.0),
         last_upgrade_flags: U32::new(server.last_upgrade.1),
+        migrate_done: U64::new(migrating.0),
+        migrate_total: U64::new(migrating.1),
+        copy_bytes: U64::new(copy.bytes),
+        copy_units: U64::new(copy.units),
+        copy_units_fallback: U64::new(copy.units_fallback),
+        copy_batches_cpu: U64::new(copy.batches_cpu_policy + copy.batches_cpu_no_driver),
     };
     reply.as_bytes().to_vec()
 }

@@ -407,6 +407,8 @@ fn settings_text(s: &Settings, upgrades: u64, _keep_conns: bool) -> String {
         ("sessions", s.limits.sessions),
         ("files", s.limits.files),
         ("bytes", s.limits.bytes),
+        ("fds", s.fds.share),
+        ("fd_reserve", s.fds.reserve),
     ] {
         if let Some(v) = v {
             t.push_str(&format!("limit.{k}={v}\n"));
@@ -678,11 +680,20 @@ fn await_verdict(
         &ours,
         rustix::event::PollFlags::IN,
     )];
-    let limit = rustix::event::Timespec {
-        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
-        tv_nsec: 0,
+    // A signal interrupts the wait (EINTR): wait again for what is left, since an interrupted
+    // poll is not a timeout.
+    let deadline = std::time::Instant::now() + timeout;
+    let ready = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let limit = rustix::event::Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut pfd, Some(&limit)) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other.unwrap_or(0),
+        }
     };
-    let ready = rustix::event::poll(&mut pfd, Some(&limit)).unwrap_or(0);
     if ready == 0 {
         child.kill();
         child.wait();
@@ -917,6 +928,7 @@ fn build_successor(
     let mut settings = Settings {
         socket: Default::default(),
         limits: Default::default(),
+        fds: Default::default(),
         binary: Default::default(),
         pids: Vec::new(),
     };
@@ -951,6 +963,8 @@ fn build_successor(
             "limit.sessions" => settings.limits.sessions = Some(v.parse()?),
             "limit.files" => settings.limits.files = Some(v.parse()?),
             "limit.bytes" => settings.limits.bytes = Some(v.parse()?),
+            "limit.fds" => settings.fds.share = Some(v.parse()?),
+            "limit.fd_reserve" => settings.fds.reserve = Some(v.parse()?),
             "listener" => listener = Some(take(v)?),
             "lock" => lock = Some(take(v)?),
             "conn" => {

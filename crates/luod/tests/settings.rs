@@ -93,6 +93,8 @@ fn help_explains_every_flag() {
         "--max-sessions",
         "--max-files",
         "--max-bytes",
+        "--max-fds",
+        "--fd-reserve",
         "--log",
     ] {
         assert!(text.contains(flag), "--help lacks {flag}:\n{text}");

@@ -645,3 +645,52 @@ fn reboot_keeps_open_sessions_drops_closed_and_unretrieved_ones_and_cuts_connect
     assert_eq!(st.upgrades, 0, "a reboot starts a new generation's count");
     let _ = e.as_fd();
 }
+
+/// Preserved bytes were counted from the file's size at restore: a guest memory descriptor
+/// (counted as its record at preserve) and a memfd grown after preserve or after handoff
+/// changed their count at every upgrade, so quotas and STATUS drifted. The count is now the
+/// record's, and an upgrade carries it unchanged.
+#[test]
+fn preserved_bytes_drifted_at_every_upgrade() {
+    let luod = Luod::start("bytes-drift");
+    let dev = luod.device();
+    let open = dev.create_session("open").expect("create");
+    let grown = memfd_with("grown", &[1u8; 4096]);
+    open.preserve(&grown, 1).expect("preserve");
+    pwrite_all(&grown, 4096, &[2u8; 4096]); // grows after preserve
+    let mem = luo_guestmem::GuestMemory::create(2 << 20, luo_guestmem::PageSize::Base4K)
+        .expect("guest memory");
+    open.preserve(mem.descriptor_fd(), 2)
+        .expect("preserve the descriptor");
+    let handed = dev.create_session("handed").expect("create");
+    let later = memfd_with("later", &[3u8; 8192]);
+    handed.preserve(&later, 1).expect("preserve");
+    handed.handoff().expect("handoff");
+    pwrite_all(&later, 8192, &[4u8; 4096]); // grows after handoff
+
+    let per_session = |ctl: &Control| {
+        let mut v: Vec<(String, u64)> = ctl
+            .sessions()
+            .expect("list")
+            .into_iter()
+            .map(|s| (s.name, s.bytes))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = luod.status().bytes;
+    let sessions = per_session(&luod.control());
+    assert!(before >= 4096 + 8192, "counted: {before}");
+    for round in 0..2 {
+        luod.control()
+            .upgrade(None)
+            .unwrap_or_else(|e| panic!("upgrade {round}: {e}\n{}", luod.log_text()));
+        assert_eq!(luod.status().bytes, before, "after upgrade {round}");
+        assert_eq!(
+            per_session(&luod.control()),
+            sessions,
+            "after upgrade {round}"
+        );
+    }
+    drop((open, mem));
+}

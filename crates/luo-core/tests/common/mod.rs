@@ -52,6 +52,14 @@ impl TestHandler {
     }
 }
 
+/// The size a test record starts with (`"<size>:..."`).
+fn record_size(record: &[u8]) -> u64 {
+    std::str::from_utf8(record)
+        .ok()
+        .and_then(|r| r.split(':').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 impl FileHandler for TestHandler {
     fn compatible(&self) -> &str {
         &self.compatible
@@ -75,9 +83,12 @@ impl FileHandler for TestHandler {
         self.note("preserve".into());
         Ok(Preserved {
             fd: held,
-            record: b"test-record".to_vec(),
+            record: format!("{size}:test-record").into_bytes(),
             bytes: size as u64,
         })
+    }
+    fn record_bytes(&self, record: &[u8]) -> u64 {
+        record_size(record)
     }
     fn unpreserve(&self, file: &mut FileData) {
         self.note(format!("unpreserve {}", file.token));
@@ -88,12 +99,12 @@ impl FileHandler for TestHandler {
             return Err(HandlerError::new(Errno::EIO, "injected freeze failure"));
         }
         self.note(format!("freeze {}", file.token));
-        file.record = format!("frozen {}", file.token).into_bytes();
+        file.record = format!("{}:frozen {}", record_size(&file.record), file.token).into_bytes();
         Ok(())
     }
     fn unfreeze(&self, file: &mut FileData) {
         self.note(format!("unfreeze {}", file.token));
-        file.record = b"test-record".to_vec();
+        file.record = format!("{}:test-record", record_size(&file.record)).into_bytes();
     }
     fn retrieve(&self, file: &FileData) -> Result<OwnedFd, HandlerError> {
         if self.faults.lock().unwrap().retrieve.contains(&file.token) {

@@ -156,6 +156,12 @@ impl Luod {
 
     /// [`start`](Self::start) with more arguments.
     pub fn start_with(tag: &str, extra: &[&str]) -> Luod {
+        Luod::start_under(tag, &[], extra)
+    }
+
+    /// [`start_with`](Self::start_with), run through the command `prefix` (such as
+    /// `["prlimit", "--nofile=200:200", "--"]`), which must exec luod.
+    pub fn start_under(tag: &str, prefix: &[&str], extra: &[&str]) -> Luod {
         // Successors of an upgraded or rebooted luod are orphaned when their predecessor
         // exits; as a subreaper this process adopts them and can reap them.
         let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
@@ -163,7 +169,14 @@ impl Luod {
         let socket = dir.join("luod.sock");
         let log = dir.join("luod.log");
         let log_file = std::fs::File::create(&log).expect("create log");
-        let mut cmd = Command::new(luod_binary());
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(luod_binary());
+                c
+            }
+            None => Command::new(luod_binary()),
+        };
         cmd.arg("--socket")
             .arg(&socket)
             .args(["--socket-mode", "0666", "--log", "luod=debug"])

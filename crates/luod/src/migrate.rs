@@ -1,0 +1,446 @@
+//! MIGRATE: a preserved memory file moved onto new backing (4 KiB pages, 2 MiB or 1 GiB huge
+//! pages), its contents copied by the batch copy engine (`luo-copy`) on a worker thread while
+//! the server keeps serving.
+//!
+//! ```text
+//!  MIGRATE (name, token, page size)        worker thread                 event loop
+//!  checks; new memfd of that page size --> map old (read) and new (write)
+//!  reply waits                              copy in chunks (progress) -->
+//!                                           seals, position, access   --> done (eventfd)
+//!                                                                         same file still?
+//!                                                                         swap it in the
+//!                                                                         session; reply
+//! ```
+//!
+//! Which files: a `memfd-v1` or `memfd-hugetlb-v1` file of an incoming session that nobody
+//! retrieved (no one can have it mapped through luod), or of an outgoing session when its
+//! owner asks (the owner then must not write the memory until the reply). Every failure leaves
+//! the old file in place, untouched; the old memory goes when luod lets go of it.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use luo_abi::Errno;
+use luo_abi::wire::{MIGRATE_OWN, MigrateReply, MigrateRequest};
+use luo_core::{Direction, RetrieveStatus, SessionId};
+use luo_guestmem::PageSize;
+use luo_guestmem::Pool;
+use luo_handlers::{FLAG_APPEND, FLAG_READ, FLAG_WRITE, HugetlbRecord, MemfdRecord};
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags, SeekFrom};
+use zerocopy::byteorder::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::conn::Cred;
+use crate::server::Reply;
+
+/// Bytes copied between two progress updates.
+const CHUNK: usize = 64 << 20;
+
+/// Copy channels of luod's copy engine: one per CPU, at most 4 (on a machine with few cores
+/// the limit is memory bandwidth, not the number of channels).
+fn channels() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// luod's copy engine, with the channel driver registered (the CPU alone if the channels
+/// cannot start).
+pub fn copier() -> Arc<luo_copy::Engine> {
+    let engine = luo_copy::Engine::new(luo_copy::EngineConfig::default());
+    match luo_copy::Channels::new(luo_copy::ChannelConfig::new(channels())) {
+        Ok(ch) => {
+            if let Err(e) = engine.register(Arc::new(ch)) {
+                tracing::warn!(error = %e, "copy channels not registered; copies use the CPU");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "copy channels did not start; copies use the CPU"),
+    }
+    Arc::new(engine)
+}
+
+/// A migration in progress: its copy runs on a worker thread.
+#[derive(Debug)]
+pub struct Migration {
+    /// The requester's connection and request id, answered when it ends.
+    pub key: u64,
+    /// The request id.
+    pub id: u64,
+    session: SessionId,
+    token: u64,
+    /// The held file's inode when the copy started: the swap is refused if it changed.
+    inode: (u64, u64),
+    /// Bytes copied so far, and the total.
+    pub progress: Arc<AtomicU64>,
+    /// The file's size.
+    pub total: u64,
+    /// Signalled by the worker when it is done.
+    pub done: OwnedFd,
+    worker: std::thread::JoinHandle<Result<Copied, String>>,
+}
+
+/// What the worker hands back.
+#[derive(Debug)]
+struct Copied {
+    /// The new file, opened with the old one's access, at its position, with its seals.
+    fd: OwnedFd,
+    reply: MigrateReply,
+}
+
+/// What a MIGRATE request asks, checked: the file, its state and the new backing.
+struct Plan {
+    session: SessionId,
+    token: u64,
+    src: OwnedFd,
+    inode: (u64, u64),
+    size: u64,
+    pos: u64,
+    seals: u32,
+    access: u32,
+    page: PageSize,
+}
+
+fn err(errno: Errno, msg: impl AsRef<str>) -> Reply {
+    Reply::err_msg(errno, msg.as_ref())
+}
+
+/// Starts the migration MIGRATE `arg` asks for on behalf of `cred`, to be answered on
+/// connection `key` as request `id`. `Err` is the reply to send at once.
+pub fn start(
+    server: &crate::server::Server,
+    key: u64,
+    id: u64,
+    cred: Cred,
+    admin: bool,
+    arg: &[u8],
+) -> Result<Migration, Reply> {
+    let plan = plan(server, cred, admin, arg)?;
+    let dst = new_backing(plan.size, plan.page)?;
+    let done = rustix::event::eventfd(
+        0,
+        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+    )
+    .map_err(|e| {
+        err(
+            Errno(e.raw_os_error()),
+            "Cannot create the migration's eventfd",
+        )
+    })?;
+    let signal = rustix::io::fcntl_dupfd_cloexec(&done, 3)
+        .map_err(|e| err(Errno(e.raw_os_error()), "Cannot duplicate the eventfd"))?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let shared = Arc::clone(&progress);
+    let copier = Arc::clone(&server.copier);
+    let Plan {
+        session,
+        token,
+        src,
+        inode,
+        size,
+        pos,
+        seals,
+        access,
+        page,
+    } = plan;
+    let worker = std::thread::Builder::new()
+        .name("luod-migrate".into())
+        .spawn(move || {
+            let r = copy(&copier, &src, dst, size, page, &shared).and_then(|(dst, reply)| {
+                finish_file(dst, pos, seals, access).map(|fd| Copied { fd, reply })
+            });
+            let _ = rustix::io::write(&signal, &1u64.to_ne_bytes());
+            r
+        })
+        .map_err(|_| err(Errno::EAGAIN, "Cannot start the migration's thread"))?;
+    Ok(Migration {
+        key,
+        id,
+        session,
+        token,
+        inode,
+        progress,
+        total: size,
+        done,
+        worker,
+    })
+}
+
+/// Ends migration `m` once its worker is done: swaps the new file in if the old one is still
+/// the one copied, and returns the reply for the requester.
+pub fn finish(server: &mut crate::server::Server, m: Migration) -> Reply {
+    let copied = match m.worker.join() {
+        Ok(Ok(c)) => c,
+        Ok(Err(msg)) => return err(Errno::EIO, msg),
+        Err(_) => return err(Errno::EIO, "The migration's thread panicked"),
+    };
+    let still = server
+        .engine
+        .file_view(m.session, m.token)
+        .is_some_and(|f| {
+            rustix::fs::fstat(f.held).is_ok_and(|st| (st.st_dev, st.st_ino) == m.inode)
+                && (f.status == RetrieveStatus::NotRetrieved)
+        });
+    if !still {
+        return err(
+            Errno::EBUSY,
+            "The file changed while it was copied (retrieved, finished or replaced); nothing was moved",
+        );
+    }
+    match server
+        .engine
+        .reback_fd(m.session, m.token, copied.fd.as_fd())
+    {
+        Ok(old) => {
+            release_later(old);
+            Reply::ok(copied.reply.as_bytes().to_vec())
+        }
+        Err(e) => err(e.errno(), e.to_string()),
+    }
+}
+
+/// Closes `old` on a thread of its own: when it is the last reference to the old memory, the
+/// close frees every page of it, which for a gigabyte takes tens of milliseconds the event loop
+/// should not spend.
+fn release_later(old: OwnedFd) {
+    // If the thread cannot start, the closure, and the descriptor with it, is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("luod-release".into())
+        .spawn(move || drop(old));
+}
+
+/// Checks the request and the file it names.
+fn plan(
+    server: &crate::server::Server,
+    cred: Cred,
+    admin: bool,
+    arg: &[u8],
+) -> Result<Plan, Reply> {
+    let req = MigrateRequest::read_from_bytes(arg)
+        .map_err(|_| err(Errno::EINVAL, "MIGRATE takes an 88-byte MigrateRequest"))?;
+    if req.flags.get() != 0 {
+        return Err(err(Errno::EINVAL, "MIGRATE flags must be 0"));
+    }
+    let page = PageSize::from_bytes(req.page_size.get())
+        .ok_or_else(|| err(Errno::EINVAL, "The page size must be 4096, 2 MiB or 1 GiB"))?;
+    let owner = match req.owner.get() {
+        MIGRATE_OWN => cred.uid,
+        uid if uid == cred.uid || admin => uid,
+        _ => {
+            return Err(err(
+                Errno::EPERM,
+                "Only root may migrate another user's files",
+            ));
+        }
+    };
+    let len = req.name.iter().position(|&b| b == 0).unwrap_or(64);
+    if len == 0 || len == 64 {
+        return Err(err(Errno::EINVAL, "Invalid session name"));
+    }
+    let name = &req.name[..len];
+    let engine = &server.engine;
+    let (session, outgoing) = match engine.find_session(owner, true, name) {
+        Some(id) => (id, false),
+        None => match engine.find_session(owner, false, name) {
+            Some(id) if owner == cred.uid => (id, true),
+            Some(_) => {
+                return Err(err(
+                    Errno::EPERM,
+                    "An outgoing session is migrated only on its owner's request",
+                ));
+            }
+            None => return Err(err(Errno::ENOENT, "No such session")),
+        },
+    };
+    if !outgoing
+        && matches!(
+            engine.session_info(session).map(|s| s.direction),
+            Some(Direction::Incoming {
+                retrieved: true,
+                ..
+            })
+        )
+    {
+        // A retrieved session's files may be mapped by its new owner at any moment.
+        return Err(err(Errno::EBUSY, "The session was retrieved"));
+    }
+    let token = req.token.get();
+    let file = engine
+        .file_view(session, token)
+        .ok_or_else(|| err(Errno::ENOENT, "No file with that token"))?;
+    if file.status != RetrieveStatus::NotRetrieved {
+        return Err(err(Errno::EBUSY, "The file was retrieved"));
+    }
+    let (size, pos, seals, flags) = match file.compatible {
+        luo_handlers::MEMFD_COMPATIBLE => MemfdRecord::parse(file.record)
+            .map(|r| (r.size.get(), r.pos.get(), r.seals.get(), r.flags.get())),
+        luo_handlers::HUGETLB_COMPATIBLE => HugetlbRecord::parse(file.record)
+            .map(|r| (r.size.get(), r.pos.get(), r.seals.get(), r.flags.get())),
+        other => {
+            return Err(err(
+                Errno::EINVAL,
+                format!("Only memory files can be migrated, not {other}"),
+            ));
+        }
+    }
+    .map_err(|e| err(Errno::EINVAL, format!("Unreadable record: {e}")))?;
+    let st = rustix::fs::fstat(file.held).map_err(|e| err(Errno(e.raw_os_error()), "fstat"))?;
+    let live_size = u64::try_from(st.st_size).unwrap_or(0);
+    let (size, pos, seals) = if outgoing {
+        // Not frozen yet: the file as its owner left it.
+        let pos = rustix::fs::seek(file.held, SeekFrom::Current(0))
+            .map_err(|e| err(Errno(e.raw_os_error()), "lseek"))?;
+        let seals = rustix::fs::fcntl_get_seals(file.held).map_or(0, |s| s.bits());
+        (live_size, pos, seals)
+    } else if live_size != size {
+        return Err(err(
+            Errno::EBUSY,
+            "The file's size changed since it was handed off (another holder resized it)",
+        ));
+    } else {
+        (size, pos, seals)
+    };
+    if size == 0 || !size.is_multiple_of(page.bytes()) {
+        return Err(err(
+            Errno::EINVAL,
+            format!(
+                "The file's {size} bytes are not a whole number of {} KiB pages",
+                page.bytes() >> 10
+            ),
+        ));
+    }
+    let src = rustix::io::fcntl_dupfd_cloexec(file.held, 3)
+        .map_err(|e| err(Errno(e.raw_os_error()), "Cannot duplicate the held file"))?;
+    // A record written before the access flags existed: the held description's own access.
+    let access = match flags & (FLAG_READ | FLAG_WRITE | FLAG_APPEND) {
+        0 => {
+            let fl = rustix::fs::fcntl_getfl(&src)
+                .map_err(|e| err(Errno(e.raw_os_error()), "F_GETFL"))?;
+            let mode = fl & OFlags::ACCMODE;
+            let mut a = 0;
+            if mode != OFlags::WRONLY {
+                a |= FLAG_READ;
+            }
+            if mode != OFlags::RDONLY {
+                a |= FLAG_WRITE;
+            }
+            if fl.contains(OFlags::APPEND) {
+                a |= FLAG_APPEND;
+            }
+            a
+        }
+        a => a,
+    };
+    Ok(Plan {
+        session,
+        token,
+        src,
+        inode: (st.st_dev, st.st_ino),
+        size,
+        pos,
+        seals,
+        access,
+        page,
+    })
+}
+
+/// A new memfd of `size` bytes on pages of `page`, its huge pages taken now: an error that
+/// says how many pages to reserve if the pool lacks them.
+fn new_backing(size: u64, page: PageSize) -> Result<OwnedFd, Reply> {
+    let mut flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    match page {
+        PageSize::Base4K => {}
+        PageSize::Huge2M => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
+        PageSize::Huge1G => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_1GB,
+    }
+    let needed = size / page.bytes();
+    let shortage = |e: luo_guestmem::Error| err(Errno::ENOMEM, e.to_string());
+    if page.is_huge() {
+        Pool::check(page, needed).map_err(shortage)?;
+    }
+    let fd = rustix::fs::memfd_create("luod-migrate", flags)
+        .map_err(|e| err(Errno(e.raw_os_error()), "memfd_create"))?;
+    rustix::fs::ftruncate(&fd, size).map_err(|e| err(Errno(e.raw_os_error()), "ftruncate"))?;
+    if page.is_huge() {
+        // Another user of the pool may have taken pages since the check.
+        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, size).map_err(|_| {
+            Pool::check(page, needed).map_or_else(shortage, |()| {
+                err(
+                    Errno::ENOMEM,
+                    "Cannot take the huge pages for the new backing",
+                )
+            })
+        })?;
+    }
+    Ok(fd)
+}
+
+/// Copies `size` bytes of `src` into `dst` with the copy engine, `CHUNK` at a time.
+fn copy(
+    copier: &luo_copy::Engine,
+    src: &OwnedFd,
+    dst: OwnedFd,
+    size: u64,
+    page: PageSize,
+    progress: &AtomicU64,
+) -> Result<(OwnedFd, MigrateReply), String> {
+    let len = usize::try_from(size).map_err(|_| "The file is too large to map".to_owned())?;
+    // Both mappings populated at once: far cheaper than a fault per page during the copy.
+    let from = luo_sys::mmap::SharedMap::new(src, len, false, true)
+        .map_err(|e| format!("Cannot map the file: {e}"))?;
+    let mut to = luo_sys::mmap::SharedMap::new(&dst, len, true, true)
+        .map_err(|e| format!("Cannot map the new backing: {e}"))?;
+    // Units of 2 MiB where the size allows (a 1 GiB page is copied as 512 of them, so every
+    // channel streams through its share), else of 4 KiB.
+    let unit = if size.is_multiple_of(2 << 20) {
+        luo_copy::UnitSize::Huge2M
+    } else {
+        luo_copy::UnitSize::Base4K
+    };
+    let out = to.as_mut_slice().ok_or("The new backing is not writable")?;
+    let started = Instant::now();
+    let mut reply = MigrateReply {
+        page_size: U64::new(page.bytes()),
+        ..MigrateReply::default()
+    };
+    let (mut units, mut fallback) = (0u64, 0u64);
+    for (s, d) in from.as_slice().chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let stats = copier
+            .copy(s, d, unit, luo_copy::Reason::Rebacking)
+            .map_err(|e| format!("Copy failed: {e}"))?;
+        units += stats.units;
+        fallback += stats.units_fallback;
+        reply.channels = U32::new(stats.channels.len() as u32);
+        progress.fetch_add(s.len() as u64, Ordering::Relaxed);
+    }
+    reply.copy_ns = U64::new(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    reply.bytes = U64::new(size);
+    reply.units = U64::new(units);
+    reply.units_fallback = U64::new(fallback);
+    drop((from, to));
+    Ok((dst, reply))
+}
+
+/// The new file as the old one was: its seals, then a new open file description with the old
+/// one's access (never more), at its position.
+fn finish_file(dst: OwnedFd, pos: u64, seals: u32, access: u32) -> Result<OwnedFd, String> {
+    if seals != 0 {
+        rustix::fs::fcntl_add_seals(&dst, SealFlags::from_bits_retain(seals))
+            .map_err(|e| format!("Cannot seal the new backing: {e}"))?;
+    }
+    let mut flags = match (access & FLAG_READ != 0, access & FLAG_WRITE != 0) {
+        (true, true) => OFlags::RDWR,
+        (false, true) => OFlags::WRONLY,
+        _ => OFlags::RDONLY,
+    };
+    if access & FLAG_APPEND != 0 {
+        flags |= OFlags::APPEND;
+    }
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", dst.as_raw_fd()),
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("Cannot reopen the new backing: {e}"))?;
+    rustix::fs::seek(&fd, SeekFrom::Start(pos)).map_err(|e| format!("lseek: {e}"))?;
+    Ok(fd)
+}

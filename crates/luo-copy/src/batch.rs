@@ -161,6 +161,22 @@ impl Mapping {
     /// `writable` (the file must then be open for writing). `offset`, and for a hugetlb file
     /// `len`, must be multiples of the file's page size, as `mmap` requires.
     pub fn new(fd: impl AsFd, offset: u64, len: usize, writable: bool) -> Result<Mapping> {
+        Mapping::map(fd, offset, len, writable, rustix::mm::MapFlags::empty())
+    }
+
+    /// [`new`](Self::new), with every page faulted in at once (`MAP_POPULATE`): far cheaper
+    /// than a fault per page during a copy, when the whole mapping is going to be touched.
+    pub fn populated(fd: impl AsFd, offset: u64, len: usize, writable: bool) -> Result<Mapping> {
+        Mapping::map(fd, offset, len, writable, rustix::mm::MapFlags::POPULATE)
+    }
+
+    fn map(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        writable: bool,
+        extra: rustix::mm::MapFlags,
+    ) -> Result<Mapping> {
         use rustix::mm::{MapFlags, ProtFlags};
         let prot = if writable {
             ProtFlags::READ | ProtFlags::WRITE
@@ -169,9 +185,17 @@ impl Mapping {
         };
         // SAFETY: a new mapping at an address the kernel chooses (null hint, no MAP_FIXED)
         // cannot replace any existing memory; the result is owned by the `Mapping` alone.
-        let ptr =
-            unsafe { rustix::mm::mmap(ptr::null_mut(), len, prot, MapFlags::SHARED, fd, offset) }
-                .map_err(|source| Error::Map { len, source })?;
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                ptr::null_mut(),
+                len,
+                prot,
+                MapFlags::SHARED | extra,
+                fd,
+                offset,
+            )
+        }
+        .map_err(|source| Error::Map { len, source })?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Error::Map {
             len,
             source: rustix::io::Errno::FAULT,

@@ -35,9 +35,6 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::conn::Cred;
 use crate::server::Reply;
 
-/// Bytes copied between two progress updates.
-const CHUNK: usize = 64 << 20;
-
 /// Copy channels of luod's copy engine: one per CPU, at most 4 (on a machine with few cores
 /// the limit is memory bandwidth, not the number of channels).
 fn channels() -> usize {
@@ -374,21 +371,21 @@ fn new_backing(size: u64, page: PageSize) -> Result<OwnedFd, Reply> {
     Ok(fd)
 }
 
-/// Copies `size` bytes of `src` into `dst` with the copy engine, `CHUNK` at a time.
+/// Copies `size` bytes of `src` into `dst` with the copy engine, publishing the progress.
 fn copy(
-    copier: &luo_copy::Engine,
+    copier: &Arc<luo_copy::Engine>,
     src: &OwnedFd,
     dst: OwnedFd,
     size: u64,
     page: PageSize,
-    progress: &AtomicU64,
+    progress: &Arc<AtomicU64>,
 ) -> Result<(OwnedFd, MigrateReply), String> {
     let len = usize::try_from(size).map_err(|_| "The file is too large to map".to_owned())?;
     // Both mappings populated at once: far cheaper than a fault per page during the copy.
-    let from = luo_sys::mmap::SharedMap::new(src, len, false, true)
-        .map_err(|e| format!("Cannot map the file: {e}"))?;
-    let mut to = luo_sys::mmap::SharedMap::new(&dst, len, true, true)
-        .map_err(|e| format!("Cannot map the new backing: {e}"))?;
+    let map_err = |what| move |e: luo_copy::Error| format!("Cannot map {what}: {e}");
+    let from = luo_copy::Mapping::populated(src, 0, len, false).map_err(map_err("the file"))?;
+    let mut to =
+        luo_copy::Mapping::populated(&dst, 0, len, true).map_err(map_err("the new backing"))?;
     // Units of 2 MiB where the size allows (a 1 GiB page is copied as 512 of them, so every
     // channel streams through its share), else of 4 KiB.
     let unit = if size.is_multiple_of(2 << 20) {
@@ -396,22 +393,40 @@ fn copy(
     } else {
         luo_copy::UnitSize::Base4K
     };
-    let out = to.as_mut_slice().ok_or("The new backing is not writable")?;
     let started = Instant::now();
     let mut reply = MigrateReply {
         page_size: U64::new(page.bytes()),
         ..MigrateReply::default()
     };
-    let (mut units, mut fallback) = (0u64, 0u64);
-    for (s, d) in from.as_slice().chunks(CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let stats = copier
-            .copy(s, d, unit, luo_copy::Reason::Rebacking)
-            .map_err(|e| format!("Copy failed: {e}"))?;
-        units += stats.units;
-        fallback += stats.units_fallback;
-        reply.channels = U32::new(stats.channels.len() as u32);
-        progress.fetch_add(s.len() as u64, Ordering::Relaxed);
+    // The engine counts after every batch: the progress is what it copied since this began
+    // (one migration runs at a time).
+    let base = copier.stats().bytes;
+    let watch = {
+        let copier = Arc::clone(copier);
+        let progress = Arc::clone(progress);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = Arc::clone(&stop);
+        let t = std::thread::Builder::new()
+            .name("luod-progress".into())
+            .spawn(move || {
+                while !halt.load(Ordering::Relaxed) {
+                    let done = copier.stats().bytes.saturating_sub(base);
+                    progress.store(done.min(size), Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            })
+            .ok();
+        (t, stop)
+    };
+    let outcome = copier.copy_mapped(&from, &mut to, unit, luo_copy::Reason::Rebacking);
+    watch.1.store(true, Ordering::Relaxed);
+    if let Some(t) = watch.0 {
+        let _ = t.join();
     }
+    let stats = outcome.map_err(|e| format!("Copy failed: {e}"))?;
+    progress.store(size, Ordering::Relaxed);
+    reply.channels = U32::new(stats.channels.len() as u32);
+    let (units, fallback) = (stats.units, stats.units_fallback);
     reply.copy_ns = U64::new(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
     reply.bytes = U64::new(size);
     reply.units = U64::new(units);

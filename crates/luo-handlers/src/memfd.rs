@@ -20,8 +20,8 @@
 //! - **preserve** holds a close-on-exec duplicate of the client's descriptor (the same open file
 //!   description) and records size, position, seals and the inode. The memory is never copied;
 //!   [`Preserved::bytes`] is the file size.
-//! - **freeze** records size, position and seals again: the client may have written, moved
-//!   the position or added seals since preserve.
+//! - **freeze** records size, position and seals again (the client may have written, moved
+//!   the position or added seals since preserve), and the access of its open file description.
 //! - **retrieve** opens `/proc/self/fd/<held>` with exactly the access the client's descriptor
 //!   had (read, write or both, and append), never more: a *new* open file description of the
 //!   same inode, as the kernel gives a new `struct file`. It checks the inode; if the client

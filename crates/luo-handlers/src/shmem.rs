@@ -83,7 +83,9 @@ impl State {
     /// description's, so through a duplicate it is the client's).
     pub(crate) fn capture(fd: BorrowedFd<'_>) -> Result<State, Error> {
         let st = rustix::fs::fstat(fd).map_err(Error::sys("fstat"))?;
-        State::from_stat(fd, &st)
+        let mut state = State::from_stat(fd, &st)?;
+        state.flags |= access_of(fd)?;
+        Ok(state)
     }
 
     /// For `preserve`: the checks of [`is_unlinked_file_on`] and [`State::capture`] in one
@@ -105,10 +107,11 @@ impl State {
         Ok((state, u64::try_from(sfs.f_bsize).unwrap_or(0)))
     }
 
-    /// Reads position, seals and access mode from `fd`, and size and inode from `st`, its
-    /// `fstat`.
+    /// Reads position and seals from `fd`, and size and inode from `st`, its `fstat`. The
+    /// access flags are left out: preserve does without them (the held description is the
+    /// client's own, and [`reopen`](Self::reopen) takes its access when the record has none),
+    /// saving a system call per file; [`capture`](Self::capture), at freeze, records them.
     pub(crate) fn from_stat(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) -> Result<State, Error> {
-        let access = access_of(fd)?;
         let pos = rustix::fs::seek(fd, SeekFrom::Current(0)).map_err(Error::sys("lseek"))?;
         let (seals, flags) = match rustix::fs::fcntl_get_seals(fd) {
             Ok(s) => (s.bits(), 0),
@@ -122,7 +125,7 @@ impl State {
             size: u64::try_from(st.st_size).unwrap_or(0),
             pos,
             seals,
-            flags: flags | access,
+            flags,
             dev: st.st_dev,
             ino: st.st_ino,
         })

@@ -78,5 +78,5 @@ pub use error::Error;
 pub use geometry::Geometry;
 pub use hugepages::Pool;
 pub use mapping::{HostMapping, Reservation};
-pub use memory::{GuestMemory, RAM_MEMFD_NAME};
+pub use memory::{GuestMemory, RAM_MEMFD_NAME, memfd_on};
 pub use page::{Attr, Backing, PageSize, UNIT};

@@ -41,6 +41,40 @@ pub struct GuestMemory {
     desc_len: u64,
 }
 
+/// A new memfd named `name` of `size` bytes (a whole number of pages) on pages of `page`,
+/// close-on-exec, sealable, unsealed. 4 KiB pages come from shmem and are only sized, so they
+/// are allocated as they are touched; huge pages come from hugetlbfs and are all taken now
+/// (`fallocate`) after a check of the pool, so a short pool is [`Error::NoHugePages`] (which
+/// says how to reserve them) rather than a `SIGBUS` at the first touch.
+pub fn memfd_on(name: &str, size: u64, page: PageSize) -> Result<OwnedFd, Error> {
+    let mut flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    match page {
+        PageSize::Base4K => {}
+        PageSize::Huge2M => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
+        PageSize::Huge1G => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_1GB,
+    }
+    let needed = size / page.bytes();
+    if page.is_huge() {
+        Pool::check(page, needed)?;
+    }
+    let ram = rustix::fs::memfd_create(name, flags).map_err(Error::sys("memfd_create"))?;
+    rustix::fs::ftruncate(&ram, size).map_err(Error::sys("ftruncate"))?;
+    if page.is_huge()
+        && let Err(e) = rustix::fs::fallocate(&ram, rustix::fs::FallocateFlags::empty(), 0, size)
+    {
+        return Err(match e {
+            rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => {
+                Pool::read(page).shortage(needed)
+            }
+            e => Error::Sys {
+                step: "fallocate",
+                source: e,
+            },
+        });
+    }
+    Ok(ram)
+}
+
 impl GuestMemory {
     /// A new object of `size` bytes on `page` pages, all shared.
     ///
@@ -56,33 +90,7 @@ impl GuestMemory {
         } else {
             Backing::Memfd
         };
-        let mut flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-        match page {
-            PageSize::Base4K => {}
-            PageSize::Huge2M => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
-            PageSize::Huge1G => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_1GB,
-        }
-        let needed = size / page.bytes();
-        if page.is_huge() {
-            Pool::check(page, needed)?;
-        }
-        let ram =
-            rustix::fs::memfd_create(RAM_MEMFD_NAME, flags).map_err(Error::sys("memfd_create"))?;
-        rustix::fs::ftruncate(&ram, size).map_err(Error::sys("ftruncate"))?;
-        if page.is_huge()
-            && let Err(e) =
-                rustix::fs::fallocate(&ram, rustix::fs::FallocateFlags::empty(), 0, size)
-        {
-            return Err(match e {
-                rustix::io::Errno::NOSPC | rustix::io::Errno::NOMEM => {
-                    Pool::read(page).shortage(needed)
-                }
-                e => Error::Sys {
-                    step: "fallocate",
-                    source: e,
-                },
-            });
-        }
+        let ram = memfd_on(RAM_MEMFD_NAME, size, page)?;
         // The size is part of the object: it never changes.
         rustix::fs::fcntl_add_seals(&ram, SealFlags::SHRINK | SealFlags::GROW)
             .map_err(Error::sys("F_ADD_SEALS"))?;

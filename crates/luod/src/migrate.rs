@@ -26,9 +26,8 @@ use luo_abi::Errno;
 use luo_abi::wire::{MIGRATE_OWN, MigrateReply, MigrateRequest};
 use luo_core::{Direction, RetrieveStatus, SessionId};
 use luo_guestmem::PageSize;
-use luo_guestmem::Pool;
 use luo_handlers::{FLAG_APPEND, FLAG_READ, FLAG_WRITE, HugetlbRecord, MemfdRecord};
-use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags, SeekFrom};
+use rustix::fs::{Mode, OFlags, SealFlags, SeekFrom};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -343,32 +342,8 @@ fn plan(
 /// A new memfd of `size` bytes on pages of `page`, its huge pages taken now: an error that
 /// says how many pages to reserve if the pool lacks them.
 fn new_backing(size: u64, page: PageSize) -> Result<OwnedFd, Reply> {
-    let mut flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
-    match page {
-        PageSize::Base4K => {}
-        PageSize::Huge2M => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_2MB,
-        PageSize::Huge1G => flags |= MemfdFlags::HUGETLB | MemfdFlags::HUGE_1GB,
-    }
-    let needed = size / page.bytes();
-    let shortage = |e: luo_guestmem::Error| err(Errno::ENOMEM, e.to_string());
-    if page.is_huge() {
-        Pool::check(page, needed).map_err(shortage)?;
-    }
-    let fd = rustix::fs::memfd_create("luod-migrate", flags)
-        .map_err(|e| err(Errno(e.raw_os_error()), "memfd_create"))?;
-    rustix::fs::ftruncate(&fd, size).map_err(|e| err(Errno(e.raw_os_error()), "ftruncate"))?;
-    if page.is_huge() {
-        // Another user of the pool may have taken pages since the check.
-        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, size).map_err(|_| {
-            Pool::check(page, needed).map_or_else(shortage, |()| {
-                err(
-                    Errno::ENOMEM,
-                    "Cannot take the huge pages for the new backing",
-                )
-            })
-        })?;
-    }
-    Ok(fd)
+    luo_guestmem::memfd_on("luod-migrate", size, page)
+        .map_err(|e| err(Errno(e.errno().raw_os_error()), e.to_string()))
 }
 
 /// Copies `size` bytes of `src` into `dst` with the copy engine, publishing the progress.

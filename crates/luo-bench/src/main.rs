@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|copy|migrate|preload|vmm|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|copy|copy-engine|migrate|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -73,7 +73,11 @@
 //!   0.80), `copy_4k_cpu_over_memcpy_1t` and `copy_1g_2ch_over_memcpy_2t`, and
 //!   `copy_offload_overhead_1ch_us` / `_2ch_us` (what handing one batch to the channels
 //!   costs). `LUO_BENCH_COPY_BATCH_MIB`, `LUO_BENCH_COPY_CHUNK_KIB`, `LUO_BENCH_COPY_PIN=1`
-//!   and `LUO_BENCH_COPY_ONLY=key,...` change the setup. Needs 5 GiB free.
+//!   and `LUO_BENCH_COPY_ONLY=key,...` change the setup. Needs 5 GiB free. Then it runs
+//!   `migrate` (below) and `vmm --only migrate` (the live re-backing of a running guest:
+//!   `vmm_migrate_blackout_p50_ms`, `vmm_migrate_total_ms`...), so one command prints every
+//!   figure of the copy engine and what is built on it; `copy-engine` runs the first part
+//!   alone.
 //! - **`migrate`** — MIGRATE end to end through a release luod (build it first with
 //!   `cargo build --release -p luod -p luo-bench`; needs root to reserve one 1 GiB page, given
 //!   back at the end): a 1 GiB memfd of 4 KiB pages with every page written, handed off,
@@ -164,7 +168,7 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|copy|migrate|preload|vmm|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|copy|copy-engine|migrate|preload|vmm|all>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -173,7 +177,12 @@ fn main() {
         "image" => image::run(),
         "engine" => engine::run(),
         "upgrade" => upgrade::run(),
-        "copy" => copy::run(),
+        // The copy engine, then what is built on it: MIGRATE through luod and the live
+        // re-backing of a running guest.
+        "copy" => copy::run()
+            .and_then(|()| migrate::run())
+            .and_then(|()| external::vmm(&["--only".to_owned(), "migrate".to_owned()])),
+        "copy-engine" => copy::run(),
         "rpc" => rpc::run(),
         "migrate" => migrate::run(),
         "preload" => external::preload(),

@@ -253,6 +253,76 @@ pub fn lookup(target: Target, cmd: u32) -> Result<IoctlDesc, Errno> {
     Ok(desc)
 }
 
+/// What a session descriptor is, as [`decode`] needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// An outgoing session: PRESERVE_FD and GET_NAME.
+    Outgoing,
+    /// An incoming session: RETRIEVE_FD, FINISH and GET_NAME.
+    Incoming,
+    /// A descriptor whose session was handed off or is gone: nothing.
+    Inert,
+}
+
+/// A kernel request decoded by [`decode`].
+#[derive(Clone, Copy, Debug)]
+pub struct Decoded {
+    /// The table row of the command.
+    pub desc: IoctlDesc,
+    /// The struct, zero-filled past what the caller sent.
+    pub buf: [u8; 72],
+    /// How many bytes of the reply struct go back to the caller (its `size`, at most the
+    /// known size).
+    pub copy_back: usize,
+}
+
+/// The kernel's decoding of one request on a descriptor of `target`, in the kernel's order:
+/// the command's table row (`EINVAL` outside the table, `ENOTTY` for a wrong command word),
+/// the session's direction (`EINVAL`), the caller's `size` (`EINVAL` if missing or below the
+/// mandatory part), the struct's tail (`E2BIG` for a non-zero byte past the known size), and
+/// the descriptors attached (`EINVAL` for one where none is expected, or more than one).
+/// `session` is ignored for [`Target::Device`]; `arg` is the message's argument, whose first 4
+/// bytes are the caller's `size`. luod decodes with this, and the wire fuzz target fuzzes it.
+pub fn decode(
+    target: Target,
+    session: SessionState,
+    cmd: u32,
+    arg: &[u8],
+    fds: usize,
+) -> Result<Decoded, Errno> {
+    let desc = lookup(target, cmd)?;
+    if target == Target::Session {
+        let wrong = match session {
+            SessionState::Inert => true,
+            SessionState::Outgoing => {
+                cmd == LIVEUPDATE_SESSION_RETRIEVE_FD || cmd == LIVEUPDATE_SESSION_FINISH
+            }
+            SessionState::Incoming => cmd == LIVEUPDATE_SESSION_PRESERVE_FD,
+        };
+        if wrong {
+            return Err(Errno::EINVAL);
+        }
+    }
+    let size = arg
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(Errno::EINVAL)?;
+    if size < desc.min_size {
+        return Err(Errno::EINVAL);
+    }
+    let given = &arg[..arg.len().min(size as usize)];
+    let mut buf = [0u8; 72];
+    copy_struct(&desc, given, &mut buf)?;
+    if fds > usize::from(cmd == LIVEUPDATE_SESSION_PRESERVE_FD) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(Decoded {
+        desc,
+        buf,
+        copy_back: size.min(desc.known_size) as usize,
+    })
+}
+
 /// Steps 5 and 6 of the kernel's decoding: check `size` against the row and copy the caller's
 /// bytes into a zero-filled buffer of the known size.
 ///
@@ -275,6 +345,90 @@ pub fn copy_struct(desc: &IoctlDesc, arg: &[u8], out: &mut [u8]) -> Result<(), E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_checks_in_the_kernels_order() {
+        use SessionState::{Incoming, Inert, Outgoing};
+        let mut preserve = [0u8; 16];
+        preserve[..4].copy_from_slice(&16u32.to_le_bytes());
+        let p = LIVEUPDATE_SESSION_PRESERVE_FD;
+        let ok = decode(Target::Session, Outgoing, p, &preserve, 1).expect("valid");
+        assert_eq!(ok.copy_back, 16);
+        // Direction before size: an incoming session refuses PRESERVE_FD even with no size.
+        assert_eq!(
+            decode(Target::Session, Incoming, p, &[], 1).unwrap_err(),
+            Errno::EINVAL
+        );
+        assert_eq!(
+            decode(Target::Session, Inert, p, &preserve, 1).unwrap_err(),
+            Errno::EINVAL
+        );
+        assert_eq!(
+            decode(
+                Target::Session,
+                Outgoing,
+                LIVEUPDATE_SESSION_FINISH,
+                &preserve,
+                0
+            )
+            .unwrap_err(),
+            Errno::EINVAL
+        );
+        // The size: missing, or below the mandatory part.
+        assert_eq!(
+            decode(Target::Session, Outgoing, p, &[1, 0], 1).unwrap_err(),
+            Errno::EINVAL
+        );
+        let mut short = preserve;
+        short[..4].copy_from_slice(&4u32.to_le_bytes());
+        assert_eq!(
+            decode(Target::Session, Outgoing, p, &short, 1).unwrap_err(),
+            Errno::EINVAL
+        );
+        // A dirty tail past the known size, then the descriptors.
+        let mut long = [0u8; 24];
+        long[..4].copy_from_slice(&24u32.to_le_bytes());
+        decode(Target::Session, Outgoing, p, &long, 1).expect("a clean tail is fine");
+        long[20] = 1;
+        assert_eq!(
+            decode(Target::Session, Outgoing, p, &long, 1).unwrap_err(),
+            Errno::E2BIG
+        );
+        assert_eq!(
+            decode(Target::Session, Outgoing, p, &preserve, 2).unwrap_err(),
+            Errno::EINVAL
+        );
+        let mut name = [0u8; 72];
+        name[..4].copy_from_slice(&72u32.to_le_bytes());
+        assert_eq!(
+            decode(
+                Target::Device,
+                Inert,
+                LIVEUPDATE_IOCTL_CREATE_SESSION,
+                &name,
+                1
+            )
+            .unwrap_err(),
+            Errno::EINVAL,
+            "a descriptor where none is expected"
+        );
+        // The table: outside it EINVAL, a wrong command word in it ENOTTY.
+        assert_eq!(
+            decode(Target::Device, Inert, 0xBA7F, &name, 0).unwrap_err(),
+            Errno::EINVAL
+        );
+        assert_eq!(
+            decode(
+                Target::Device,
+                Inert,
+                LIVEUPDATE_IOCTL_CREATE_SESSION ^ (1 << 30),
+                &name,
+                0
+            )
+            .unwrap_err(),
+            Errno::ENOTTY
+        );
+    }
 
     #[test]
     fn out_of_range_is_einval_and_wrong_type_is_enotty() {

@@ -382,19 +382,20 @@ pub fn fuzz_one(data: &[u8]) -> bool {
         let _ = ListRequest::read_from_bytes(arg);
         return true;
     }
-    for target in [crate::uapi::Target::Device, crate::uapi::Target::Session] {
-        let Ok(desc) = crate::uapi::lookup(target, op) else {
-            continue;
-        };
-        let size = arg
-            .get(..4)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let given = &arg[..arg.len().min(size as usize)];
-        let mut buf = [0u8; 72];
-        if crate::uapi::copy_struct(&desc, given, &mut buf).is_ok() {
-            let mut name = [0u8; 64];
-            name.copy_from_slice(&buf[8..72]);
-            let _ = crate::uapi::session_name(&name);
+    use crate::uapi::{SessionState, Target, decode, session_name};
+    for target in [Target::Device, Target::Session] {
+        for state in [
+            SessionState::Outgoing,
+            SessionState::Incoming,
+            SessionState::Inert,
+        ] {
+            for fds in [0, 1, 2] {
+                if let Ok(d) = decode(target, state, op, arg, fds) {
+                    let mut name = [0u8; 64];
+                    name.copy_from_slice(&d.buf[8..72]);
+                    let _ = session_name(&name);
+                }
+            }
         }
     }
     true

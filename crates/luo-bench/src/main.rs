@@ -168,7 +168,8 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|copy|copy-engine|migrate|preload|vmm|all>";
+const USAGE: &str =
+    "usage: luo-bench <image|engine|upgrade|rpc|copy|copy-engine|migrate|preload|vmm|all>";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

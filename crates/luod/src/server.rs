@@ -825,48 +825,20 @@ impl Server {
             Kind::Session(_) | Kind::Detached => Target::Session,
             Kind::Control => return Reply::err(Errno::ENOTTY),
         };
-        let desc = match uapi::lookup(target, op) {
-            Ok(d) => d,
-            Err(e) => return Reply::err(e),
+        let session = match kind {
+            Kind::Session(id) => match self.engine.direction(id) {
+                Some(Direction::Outgoing) => uapi::SessionState::Outgoing,
+                Some(_) => uapi::SessionState::Incoming,
+                None => uapi::SessionState::Inert,
+            },
+            // A handed-off session's descriptor accepts nothing.
+            _ => uapi::SessionState::Inert,
         };
-        // Step 4: the session's direction, before the size. A handed-off session's
-        // descriptor accepts nothing.
-        if target == Target::Session {
-            let outgoing = match kind {
-                Kind::Session(id) => self.engine.direction(id).map(|d| d == Direction::Outgoing),
-                _ => None,
+        let uapi::Decoded { buf, copy_back, .. } =
+            match uapi::decode(target, session, op, arg, fds.len()) {
+                Ok(d) => d,
+                Err(e) => return Reply::err(e),
             };
-            let wrong = match outgoing {
-                None => true,
-                Some(out) => match op {
-                    uapi::LIVEUPDATE_SESSION_PRESERVE_FD => !out,
-                    uapi::LIVEUPDATE_SESSION_RETRIEVE_FD | uapi::LIVEUPDATE_SESSION_FINISH => out,
-                    _ => false,
-                },
-            };
-            if wrong {
-                return Reply::err(Errno::EINVAL);
-            }
-        }
-        let Some(size) = arg
-            .get(..4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        else {
-            return Reply::err(Errno::EINVAL);
-        };
-        if size < desc.min_size {
-            return Reply::err(Errno::EINVAL);
-        }
-        let given = &arg[..arg.len().min(size as usize)];
-        let mut buf = [0u8; 72];
-        if let Err(e) = uapi::copy_struct(&desc, given, &mut buf) {
-            return Reply::err(e);
-        }
-        let expects_fd = op == uapi::LIVEUPDATE_SESSION_PRESERVE_FD;
-        if fds.len() > usize::from(expects_fd) {
-            return Reply::err(Errno::EINVAL);
-        }
-        let copy_back = (size.min(desc.known_size)) as usize;
         if let Some((n, scope)) = Server::fds_needed(op)
             && let Err(refusal) = self.may_hold(cred.uid, n, scope)
         {

@@ -45,7 +45,9 @@ errnos! {
     ENOSPC = 28, "No space left (block or quota limit).";
     ENODATA = 61, "No data available.";
     EPROTO = 71, "Protocol error.";
+    EMSGSIZE = 90, "Message too long (longer than the largest message of the protocol).";
     EOPNOTSUPP = 95, "Operation not supported.";
+    ECONNRESET = 104, "Connection reset by the peer.";
     EDQUOT = 122, "Quota exceeded.";
 }
 

@@ -232,7 +232,7 @@ fn receive(
 ) -> Result<transport::Incoming, Error> {
     match transport::recv_into(fd, buf, true).map_err(|e| Error::io(name, e))? {
         Recv::Message(m) => Ok(m),
-        Recv::Closed => Err(Error::new(name, Errno(104))), // ECONNRESET
+        Recv::Closed => Err(Error::new(name, Errno::ECONNRESET)),
         // A receive timeout (SO_RCVTIMEO) expired, or the descriptor is non-blocking: give
         // the caller control back. A reply that arrives later is skipped as stale.
         Recv::WouldBlock => Err(Error::new(name, Errno::EAGAIN)),

@@ -390,8 +390,8 @@ impl Engine {
     }
 }
 
-/// The file-type bits of `st_mode`.
-pub(crate) const S_IFMT: u32 = 0o170000;
+/// The file-type bits of `st_mode`: the image's definition.
+pub(crate) use luo_abi::image::S_IFMT;
 
 /// The `S_IFMT` bits of `fd`'s mode, as the image's fd table records them.
 pub(crate) fn fd_mode_type(fd: BorrowedFd<'_>) -> Result<u32, Error> {

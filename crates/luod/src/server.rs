@@ -646,7 +646,7 @@ impl Server {
         let (hdr, arg) = match wire::parse_request(bytes) {
             Ok(v) => v,
             Err(e) => {
-                let e = if msg.truncated { Errno(90) } else { e };
+                let e = if msg.truncated { Errno::EMSGSIZE } else { e };
                 self.send_reply(key, 0, Reply::err(e));
                 return;
             }
@@ -654,7 +654,7 @@ impl Server {
         let id = hdr.id.get();
         if msg.truncated || msg.fds_truncated {
             let reply = if msg.truncated {
-                Reply::err(Errno(90))
+                Reply::err(Errno::EMSGSIZE)
             } else if msg.fds.len() < wire::MAX_FDS {
                 // The kernel could not install a descriptor in luod's table (MSG_CTRUNC with
                 // fewer than the most a message carries): luod's problem, not the request's.

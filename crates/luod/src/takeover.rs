@@ -427,7 +427,7 @@ fn add_daemon_fds<'a>(
     with_conns: bool,
 ) -> anyhow::Result<()> {
     // Connections and the listener are sockets by construction; only the lock is looked at.
-    const S_IFSOCK: u32 = 0o140000;
+    use luo_abi::image::S_IFSOCK;
     let mut add = |fd: BorrowedFd<'a>, mode: Option<u32>| -> anyhow::Result<u32> {
         let mode = match mode {
             Some(m) => m,

@@ -145,6 +145,10 @@ pub const WRITER_MAX: usize = 255;
 pub const MAX_ERRNO: i32 = 4095;
 /// `S_IFMT`: the file type bits of `st_mode`.
 pub const S_IFMT: u32 = 0o170000;
+/// `S_IFSOCK`: the file type of a socket.
+pub const S_IFSOCK: u32 = 0o140000;
+/// `S_IFREG`: the file type of a regular file.
+pub const S_IFREG: u32 = 0o100000;
 /// Alignment of every block, the fd table and every blob.
 pub const PAYLOAD_ALIGN: u64 = 8;
 

@@ -77,7 +77,9 @@ pub use hugetlb::{HUGETLB_COMPATIBLE, HugetlbHandler, HugetlbRecord};
 pub use memfd::{MEMFD_COMPATIBLE, MemfdHandler, MemfdRecord};
 pub use pci::{DeviceKey, IfName, PCI_FLB_COMPATIBLE, PciAddress, PciFlb};
 pub use pci_device::{PCI_DEVICE_COMPATIBLE, PciDeviceHandler, PciDeviceRecord};
-pub use shmem::{ALL_SEALS, FLAG_APPEND, FLAG_NO_SEALS, FLAG_READ, FLAG_WRITE};
+pub use shmem::{
+    ALL_SEALS, FLAG_APPEND, FLAG_NO_SEALS, FLAG_READ, FLAG_WRITE, access_of, open_flags,
+};
 
 /// The handlers in registration order, and the FLBs to link to them.
 #[derive(Debug)]

@@ -37,8 +37,9 @@ pub(crate) const ACCESS_FLAGS: u32 = FLAG_READ | FLAG_WRITE | FLAG_APPEND;
 /// Every record flag defined for `memfd-v1` and `memfd-hugetlb-v1`.
 pub(crate) const ALL_FLAGS: u32 = FLAG_NO_SEALS | ACCESS_FLAGS;
 
-/// The access flags of the open file description behind `fd` (`F_GETFL`).
-fn access_of(fd: BorrowedFd<'_>) -> Result<u32, Error> {
+/// The access flags ([`FLAG_READ`], [`FLAG_WRITE`], [`FLAG_APPEND`]) of the open file
+/// description behind `fd` (`F_GETFL`).
+pub fn access_of(fd: BorrowedFd<'_>) -> Result<u32, Error> {
     let fl = rustix::fs::fcntl_getfl(fd).map_err(Error::sys("F_GETFL"))?;
     let mode = fl & OFlags::ACCMODE;
     let mut flags = 0;
@@ -54,8 +55,8 @@ fn access_of(fd: BorrowedFd<'_>) -> Result<u32, Error> {
     Ok(flags)
 }
 
-/// The open flags that give exactly the access `flags` describes.
-fn open_flags(flags: u32) -> OFlags {
+/// The open flags (with `O_CLOEXEC`) that give exactly the access `flags` describes.
+pub fn open_flags(flags: u32) -> OFlags {
     let mut o = match (flags & FLAG_READ != 0, flags & FLAG_WRITE != 0) {
         (true, true) => OFlags::RDWR,
         (false, true) => OFlags::WRONLY,

@@ -27,7 +27,7 @@ use luo_abi::wire::{MIGRATE_OWN, MigrateReply, MigrateRequest};
 use luo_core::{Direction, RetrieveStatus, SessionId};
 use luo_guestmem::PageSize;
 use luo_handlers::{FLAG_APPEND, FLAG_READ, FLAG_WRITE, HugetlbRecord, MemfdRecord};
-use rustix::fs::{Mode, OFlags, SealFlags, SeekFrom};
+use rustix::fs::{Mode, SealFlags, SeekFrom};
 use zerocopy::byteorder::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -308,22 +308,8 @@ fn plan(
         .map_err(|e| err(Errno(e.raw_os_error()), "Cannot duplicate the held file"))?;
     // A record written before the access flags existed: the held description's own access.
     let access = match flags & (FLAG_READ | FLAG_WRITE | FLAG_APPEND) {
-        0 => {
-            let fl = rustix::fs::fcntl_getfl(&src)
-                .map_err(|e| err(Errno(e.raw_os_error()), "F_GETFL"))?;
-            let mode = fl & OFlags::ACCMODE;
-            let mut a = 0;
-            if mode != OFlags::WRONLY {
-                a |= FLAG_READ;
-            }
-            if mode != OFlags::RDONLY {
-                a |= FLAG_WRITE;
-            }
-            if fl.contains(OFlags::APPEND) {
-                a |= FLAG_APPEND;
-            }
-            a
-        }
+        0 => luo_handlers::access_of(src.as_fd())
+            .map_err(|e| err(Errno::EINVAL, format!("Cannot read the file's access: {e}")))?,
         a => a,
     };
     Ok(Plan {
@@ -417,17 +403,9 @@ fn finish_file(dst: OwnedFd, pos: u64, seals: u32, access: u32) -> Result<OwnedF
         rustix::fs::fcntl_add_seals(&dst, SealFlags::from_bits_retain(seals))
             .map_err(|e| format!("Cannot seal the new backing: {e}"))?;
     }
-    let mut flags = match (access & FLAG_READ != 0, access & FLAG_WRITE != 0) {
-        (true, true) => OFlags::RDWR,
-        (false, true) => OFlags::WRONLY,
-        _ => OFlags::RDONLY,
-    };
-    if access & FLAG_APPEND != 0 {
-        flags |= OFlags::APPEND;
-    }
     let fd = rustix::fs::open(
         format!("/proc/self/fd/{}", dst.as_raw_fd()),
-        flags | OFlags::CLOEXEC,
+        luo_handlers::open_flags(access),
         Mode::empty(),
     )
     .map_err(|e| format!("Cannot reopen the new backing: {e}"))?;

@@ -55,6 +55,19 @@ impl Engine {
         fds: &mut [Option<OwnedFd>],
         stats: &[Option<Stat>],
     ) -> Result<Engine, Error> {
+        let image = Image::parse(image).map_err(Error::Image)?;
+        Engine::restore_parsed(registry, &image, fds, stats)
+    }
+
+    /// [`restore_with_stats`](Self::restore_with_stats) from an image the caller has already
+    /// parsed (and so validated): a successor that reads its descriptor table and its own part
+    /// from the same image validates it once.
+    pub fn restore_parsed(
+        registry: Arc<Registry>,
+        image: &Image<'_>,
+        fds: &mut [Option<OwnedFd>],
+        stats: &[Option<Stat>],
+    ) -> Result<Engine, Error> {
         let plan = plan(&registry, image, fds, stats)?;
         Ok(build(registry, image, plan, fds, stats))
     }
@@ -70,11 +83,10 @@ struct Plan {
 
 fn plan(
     registry: &Registry,
-    bytes: &[u8],
+    image: &Image<'_>,
     fds: &[Option<OwnedFd>],
     stats: &[Option<Stat>],
 ) -> Result<Plan, Error> {
-    let image = Image::parse(bytes).map_err(Error::Image)?;
     let table = image.fds();
     if table.len() != fds.len() {
         return Err(Error::FdMismatch {
@@ -215,16 +227,12 @@ fn plan(
 
 fn build(
     registry: Arc<Registry>,
-    bytes: &[u8],
+    image: &Image<'_>,
     plan: Plan,
     fds: &mut [Option<OwnedFd>],
     stats: &[Option<Stat>],
 ) -> Engine {
     let mut engine = Engine::new(registry);
-    // `plan` parsed this image already; parsing cannot fail now.
-    let Ok(image) = Image::parse(bytes) else {
-        return engine;
-    };
     engine.generation = image.generation();
     let mut planned = plan.files.into_iter();
     let mut max_seq = 0;

@@ -4,17 +4,16 @@
 //! workloads preserve descriptors into named sessions, hand them off, and their successors
 //! retrieve them. luod can replace its own binary (`luoctl upgrade`) and emulate a kernel live
 //! update (`luoctl reboot`) without losing a preserved file. See `docs/operations.md`.
-#![allow(unsafe_code)] // Only `takeover`: inheriting descriptors across exec, and adopting them.
 
 mod budget;
 mod config;
 mod conn;
+mod handover;
 mod listener;
 mod migrate;
 mod server;
 mod socket;
 mod status;
-mod takeover;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -26,7 +25,7 @@ use luo_core::{Engine, Limits, Registry};
 use tracing::info;
 
 use crate::config::{FileConfig, parse_mode};
-use crate::server::{Server, Settings};
+use crate::server::{Ended, Server, Settings};
 use crate::socket::Place;
 
 /// luod: keeps descriptors (memfds, hugetlb memfds, sockets...) alive across the replacement of
@@ -122,20 +121,17 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     if let Some(fd) = args.takeover {
-        // Adopt what the predecessor left us before opening anything.
-        let adopted = takeover::adopt(fd)?;
-        let signals = signal_pipe()?;
-        let inherited = takeover::takeover(adopted, signals, fd_limit)?;
-        takeover::wait_go(&inherited.channel)?;
+        let inherited = handover::take_over(fd, fd_limit, signal_pipe)?;
+        handover::wait_go(&inherited.channel)?;
         drop(inherited.channel);
-        let mut server = inherited.server;
+        let server = inherited.server;
         info!(
             generation = server.engine.generation(),
             sessions = server.engine.sessions().len(),
             clients = server.conns.len(),
             "took over"
         );
-        return server.run();
+        return serve(server);
     }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
@@ -170,7 +166,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         binary,
         pids: Vec::new(),
     };
-    let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
+    let server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
     info!(socket = %socket.display(), fd_limit, "luod serving");
-    server.run()
+    serve(server)
+}
+
+/// Serves until the loop ends. After a handover the process exits here and now: the successor
+/// holds the same open files, and dropping the server's state would undo what it relies on
+/// (a socket option a handler set while it held the socket, say).
+fn serve(mut server: Server) -> anyhow::Result<()> {
+    match server.run()? {
+        Ended::Shutdown => Ok(()),
+        Ended::HandedOver => std::process::exit(0),
+    }
 }

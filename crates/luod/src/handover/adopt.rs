@@ -1,0 +1,304 @@
+//! The successor's side: adopt the inherited descriptors, validate the image, rebuild.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use anyhow::{Context, anyhow, bail, ensure};
+use luo_abi::image::{Image, MAX_IMAGE_LEN, S_IFMT};
+use luo_client::transport::{self, Recv};
+use luo_core::Engine;
+use tracing::info;
+
+use super::image::unhex;
+use super::{DAEMON_PART, DAEMON_PART_COMPATIBLE};
+use crate::conn::{Cred, Kind};
+use crate::server::{Server, Settings};
+
+/// A successor's whole start: adopt what the predecessor left (before this process opens
+/// anything), then open the signal pipe with `signals`, restore, and confirm. The image is
+/// parsed, and so validated, once: its descriptor table, the engine's state and the daemon's
+/// part are all read from that one parse.
+pub fn take_over(
+    channel_raw: i32,
+    fd_limit: u64,
+    signals: impl FnOnce() -> anyhow::Result<OwnedFd>,
+) -> anyhow::Result<Inherited> {
+    let channel = adopt_raw(channel_raw)?;
+    let image = match read_image(&channel) {
+        Ok(image) => image,
+        Err(e) => {
+            let _ = transport::send(channel.as_fd(), format!("{e:#}").as_bytes(), &[]);
+            return Err(e);
+        }
+    };
+    let result = (|| {
+        let parsed = Image::parse(&image).map_err(|e| anyhow!("Invalid handover image: {e}"))?;
+        let t0 = Instant::now();
+        let (mut fds, stats) = adopt_fds(&channel, &parsed)?;
+        info!(
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "inherited descriptors adopted"
+        );
+        let signals = signals()?;
+        build_successor(&parsed, &mut fds, &stats, signals, fd_limit)
+    })();
+    match result {
+        Ok(server) => {
+            transport::send(channel.as_fd(), b"READY", &[])?;
+            Ok(Inherited { server, channel })
+        }
+        Err(e) => {
+            let _ = transport::send(channel.as_fd(), format!("{e:#}").as_bytes(), &[]);
+            Err(e)
+        }
+    }
+}
+
+/// What a successor starts from.
+pub struct Inherited {
+    pub server: Server,
+    pub channel: OwnedFd,
+}
+
+/// Adopts a descriptor this process inherited by number.
+pub(crate) fn adopt_raw(raw: i32) -> anyhow::Result<OwnedFd> {
+    ensure!(raw > 2, "Descriptor {raw} cannot be inherited");
+    // SAFETY: `raw` was named by the predecessor, which cleared close-on-exec on exactly the
+    // descriptors it lists before exec; callers check that each number is adopted once (no two
+    // OwnedFd own one number), and nothing in this process has opened, adopted or closed
+    // descriptors yet, so the number is open and owned by nobody else. fcntl below proves it
+    // is open before anything else uses it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if let Err(e) = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC) {
+        std::mem::forget(fd);
+        bail!("Descriptor {raw} is not open: {e}");
+    }
+    Ok(fd)
+}
+
+/// Reads the image the predecessor names in its first message, into memory. The image's
+/// memfd is adopted (and closed when this returns).
+fn read_image(channel: &OwnedFd) -> anyhow::Result<Vec<u8>> {
+    let first = match transport::recv(channel.as_fd(), true)? {
+        Recv::Message(m) => m,
+        _ => bail!("The predecessor closed the channel"),
+    };
+    let header = String::from_utf8_lossy(&first.bytes).into_owned();
+    let image_raw: i32 = header
+        .strip_prefix("IMAGE ")
+        .and_then(|n| n.parse().ok())
+        .context("Malformed image header")?;
+    ensure!(
+        image_raw != channel.as_raw_fd(),
+        "Image and channel share a descriptor"
+    );
+    let memfd = adopt_raw(image_raw)?;
+    let size = rustix::fs::fstat(&memfd)?.st_size as u64;
+    ensure!(
+        size <= MAX_IMAGE_LEN,
+        "Image of {size} bytes is over the limit"
+    );
+    let mut image = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < image.len() {
+        let n = rustix::io::pread(&memfd, &mut image[done..], done as u64)?;
+        ensure!(n > 0, "Image shorter than its size");
+        done += n;
+    }
+    Ok(image)
+}
+
+type AdoptedFds = (Vec<Option<OwnedFd>>, Vec<Option<rustix::fs::Stat>>);
+
+/// Adopts every descriptor the image's table lists (checking number and type) and closes every
+/// other inherited descriptor but the channel.
+fn adopt_fds(channel: &OwnedFd, parsed: &Image<'_>) -> anyhow::Result<AdoptedFds> {
+    // Everything this process inherited becomes close-on-exec at once.
+    close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)?;
+    let mut keep = vec![channel.as_raw_fd()];
+    let mut fds = Vec::with_capacity(parsed.fds().len());
+    let mut stats = Vec::with_capacity(parsed.fds().len());
+    for (i, entry) in parsed.fds().iter().enumerate() {
+        let raw = entry.fd.get();
+        ensure!(raw > 2, "Descriptor {raw} (slot {i}) cannot be inherited");
+        let fd = {
+            // SAFETY: fstat only reads the descriptor table entry; a closed number gives EBADF.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+            let st = rustix::fs::fstat(borrowed)
+                .with_context(|| format!("Descriptor {raw} (slot {i}) is not open"))?;
+            let mode = st.st_mode & S_IFMT;
+            ensure!(
+                mode == entry.mode_type.get(),
+                "Descriptor {raw} (slot {i}) has file type {mode:o}, the image says {:o}",
+                entry.mode_type.get()
+            );
+            keep.push(raw);
+            stats.push(Some(st));
+            raw
+        };
+        fds.push(fd);
+    }
+    keep.sort_unstable();
+    if let Some(w) = keep.windows(2).find(|w| w[0] == w[1]) {
+        bail!("Descriptor {} is listed twice", w[0]);
+    }
+    close_strays(&keep)?;
+    // SAFETY: every number was checked open above, is listed once (no duplicates, and neither
+    // the channel nor the image), and this process has opened nothing since it started, so no
+    // other owner exists; from here each is owned by exactly one OwnedFd.
+    let fds = fds
+        .into_iter()
+        .map(|raw| Some(unsafe { OwnedFd::from_raw_fd(raw) }))
+        .collect();
+    Ok((fds, stats))
+}
+
+pub(crate) const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// `close_range(2)`, which rustix lacks.
+pub(crate) fn close_range(first: u32, last: u32, flags: u32) -> anyhow::Result<()> {
+    // SAFETY: close_range takes three integers and touches only this process's descriptor
+    // table. Closing (flags 0) is used only on numbers no OwnedFd owns (see `close_strays`).
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+    ensure!(rc == 0, "close_range: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// Closes every descriptor above stderr that is not in `keep` (sorted): whatever was leaked
+/// into this process is closed, as the image contract requires. One system call per gap.
+pub(crate) fn close_strays(keep: &[i32]) -> anyhow::Result<()> {
+    let mut next = 3u32;
+    for &k in keep {
+        let k = k as u32;
+        if k > next {
+            close_range(next, k - 1, 0)?;
+        }
+        next = next.max(k + 1);
+    }
+    close_range(next, u32::MAX, 0)
+}
+
+/// Blocks until the predecessor says "GO". Anything else (it went away, or discarded this
+/// successor because its state moved on) means this process must not serve.
+pub fn wait_go(channel: &OwnedFd) -> anyhow::Result<()> {
+    match transport::recv(channel.as_fd(), true) {
+        Ok(Recv::Message(m)) if m.bytes == b"GO" => Ok(()),
+        Ok(Recv::Message(m)) => bail!(
+            "The predecessor kept serving ({})",
+            String::from_utf8_lossy(&m.bytes)
+        ),
+        _ => bail!("The predecessor went away without handing over; not serving"),
+    }
+}
+
+pub(crate) fn build_successor(
+    parsed: &Image<'_>,
+    fds: &mut [Option<OwnedFd>],
+    stats: &[Option<rustix::fs::Stat>],
+    signals: OwnedFd,
+    fd_limit: u64,
+) -> anyhow::Result<Server> {
+    let part = parsed
+        .part(DAEMON_PART)
+        .context("The image has no daemon part")?;
+    ensure!(
+        part.compatible == DAEMON_PART_COMPATIBLE,
+        "Unknown daemon part {}",
+        part.compatible
+    );
+    let text = std::str::from_utf8(part.data)
+        .context("Daemon part is not UTF-8")?
+        .to_owned();
+    let registry = crate::registry()?;
+    let t0 = Instant::now();
+    let engine =
+        Engine::restore_parsed(registry, parsed, fds, stats).context("Restoring the sessions")?;
+    info!(ms = t0.elapsed().as_secs_f64() * 1e3, "engine restored");
+    let mut settings = Settings {
+        socket: Default::default(),
+        limits: Default::default(),
+        fds: Default::default(),
+        binary: Default::default(),
+        pids: Vec::new(),
+    };
+    let mut upgrades = 0;
+    let mut last_upgrade = (0, 0);
+    let mut listener = None;
+    let mut lock = None;
+    let mut conns = Vec::new();
+    let mut take = |i: &str| -> anyhow::Result<OwnedFd> {
+        let i: usize = i.parse().context("descriptor index")?;
+        fds.get_mut(i)
+            .and_then(Option::take)
+            .with_context(|| format!("descriptor {i} missing"))
+    };
+    for line in text.lines() {
+        let (k, v) = line.split_once('=').context("Malformed daemon part")?;
+        match k {
+            "socket" => settings.socket = v.into(),
+            "binary" => settings.binary = v.into(),
+            "upgrades" => upgrades = v.parse()?,
+            "last_upgrade" => {
+                let (r, f) = v.split_once(' ').context("Malformed last_upgrade")?;
+                last_upgrade = (r.parse()?, f.parse()?);
+            }
+            "pids" => {
+                settings.pids = v
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "limit.sessions" => settings.limits.sessions = Some(v.parse()?),
+            "limit.files" => settings.limits.files = Some(v.parse()?),
+            "limit.bytes" => settings.limits.bytes = Some(v.parse()?),
+            "limit.fds" => settings.fds.share = Some(v.parse()?),
+            "limit.fd_reserve" => settings.fds.reserve = Some(v.parse()?),
+            "listener" => listener = Some(take(v)?),
+            "lock" => lock = Some(take(v)?),
+            "conn" => {
+                let f: Vec<&str> = v.split(' ').collect();
+                ensure!(f.len() == 7, "Malformed connection record");
+                let fd = take(f[0])?;
+                let cred = Cred {
+                    pid: f[2].parse()?,
+                    uid: f[3].parse()?,
+                    gid: f[4].parse()?,
+                };
+                conns.push((
+                    fd,
+                    f[1].parse::<u32>()?,
+                    cred,
+                    f[5].to_owned(),
+                    unhex(f[6]).context("name")?,
+                ));
+            }
+            _ => bail!("Unknown daemon setting {k}"),
+        }
+    }
+    let mut engine = engine;
+    engine.set_limits(settings.limits);
+    let listener = listener.context("No listener in the image")?;
+    let lock = lock.context("No lock in the image")?;
+    let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
+    server.upgrades = upgrades;
+    server.last_upgrade = last_upgrade;
+    for (fd, code, cred, dir, name) in conns {
+        let kind = match code {
+            0 => Kind::Control,
+            1 => Kind::Device,
+            2 => {
+                let id = server
+                    .engine
+                    .find_session(cred.uid, dir != "out", &name)
+                    .context("A connection's session is not in the image")?;
+                Kind::Session(id)
+            }
+            3 => Kind::Detached,
+            _ => bail!("Unknown connection kind {code}"),
+        };
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        server.add_conn(fd, kind, cred)?;
+    }
+    Ok(server)
+}

@@ -74,6 +74,8 @@ pub struct Engine {
     /// Descriptors the engine holds (held files and retrieved open files).
     pub(crate) fds_held: u64,
     pub(crate) excluded: Excluded,
+    /// What changed since [`Engine::take_changes`], while tracking is on.
+    pub(crate) changes: Option<crate::changes::Changes>,
 }
 
 /// One preserved file, as [`Engine::file_view`] shows it.
@@ -152,6 +154,7 @@ impl Engine {
             limits: Limits::default(),
             fds_held: 0,
             excluded: Excluded::default(),
+            changes: None,
         }
     }
 
@@ -269,6 +272,7 @@ impl Engine {
             id,
             Session::new(owner, name.into(), Direction::Outgoing, seq),
         );
+        self.note_session(id, false);
         Ok(id)
     }
 
@@ -289,6 +293,7 @@ impl Engine {
             } => Err(Error::AlreadyRetrieved),
             Direction::Incoming { retrieved, .. } => {
                 *retrieved = true;
+                self.note_session(id, false);
                 Ok(id)
             }
             Direction::Outgoing => Err(Error::NoSession),
@@ -337,6 +342,7 @@ impl Engine {
         if let Some(session) = self.sessions.get_mut(&id) {
             session.insert_file(file);
         }
+        self.note_file(id, token);
         Ok(())
     }
 
@@ -430,6 +436,7 @@ impl Engine {
         if let Some(ns) = self.namespaces.get_mut(&owner) {
             ns.usage.bytes = ns.usage.bytes.saturating_sub(old.bytes) + new_bytes;
         }
+        self.note_file(id, token);
         Ok(old.data.fd)
     }
 
@@ -576,6 +583,7 @@ impl Engine {
             Ok((open, copy, identity))
         });
         let owner = self.sessions.get(&id).map(|s| s.owner);
+        self.note_file(id, token);
         let file = self.file_mut(id, token)?;
         match outcome {
             Ok((open, copy, identity)) => {
@@ -624,6 +632,7 @@ impl Engine {
         if session.is_outgoing() {
             return Err(Error::NotIncoming);
         }
+        self.note_session(id, true);
         self.finish_files(id)?;
         if let Some(Session {
             direction: Direction::Incoming { finished, .. },
@@ -673,6 +682,7 @@ impl Engine {
     /// unreachable (as in the kernel), and the veto is returned for the log.
     pub fn close_session(&mut self, id: SessionId) -> Result<(), Error> {
         self.check_thawed()?;
+        self.note_session(id, true);
         let session = self.sessions.get(&id).ok_or(Error::StaleSession)?;
         if session.is_outgoing() {
             let registry = Arc::clone(&self.registry);
@@ -851,11 +861,13 @@ impl Engine {
                 return Err(flb_err(registry.flbs[f].compatible(), "preserve", e));
             }
             self.flbs[f].out_count += 1;
+            self.note_flbs();
         }
         Ok(())
     }
 
     fn flb_drop_out(&mut self, f: usize) {
+        self.note_flbs();
         let state = &mut self.flbs[f];
         state.out_count = state.out_count.saturating_sub(1);
         if state.out_count == 0 {
@@ -881,6 +893,7 @@ impl Engine {
             .map_err(|e| flb_err(self.registry.flbs[f].compatible(), "retrieve", e))?;
         state.in_retrieved = true;
         state.in_data = None;
+        self.note_flbs();
         Ok(())
     }
 
@@ -902,6 +915,7 @@ impl Engine {
                 continue;
             }
             self.flbs[f].in_count -= 1;
+            self.note_flbs();
             if self.flbs[f].in_count == 0 {
                 // Retrieve first if nobody did, so finish always sees a live object; a failed
                 // retrieve is logged by the FLB itself and finish still runs.
@@ -923,6 +937,7 @@ impl Engine {
                 self.flbs[f].in_data = Some(registry.flbs[f].serialize());
             }
             self.flbs[f].in_count += 1;
+            self.note_flbs();
         }
         for &f in registry.handler_flbs[h].iter().rev() {
             self.flb_drop_out(f);

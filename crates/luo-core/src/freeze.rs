@@ -6,8 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use luo_abi::image::{
-    FILE_BUSY, FILE_FROZEN, FLB_INCOMING, FLB_RETRIEVED, FileSpec, ImageWriter, NO_FD,
-    SESSION_FINISHED, SESSION_INCOMING, SESSION_RETRIEVED, SessionSpec,
+    FILE_FROZEN, FLB_INCOMING, FileSpec, ImageWriter, NO_FD, SESSION_INCOMING, SessionSpec,
 };
 
 use crate::engine::{Engine, Namespace};
@@ -147,6 +146,7 @@ impl Engine {
                 finished: false,
             };
         }
+        self.note_session(id, true);
         let ns = self.namespaces.entry(owner).or_default();
         ns.outgoing.remove(&name);
         ns.incoming.insert(name, id);
@@ -192,6 +192,7 @@ impl Engine {
             }
         }
         self.frozen = true;
+        self.note_everything();
         Ok(())
     }
 
@@ -273,70 +274,42 @@ impl Engine {
             fds.push(fd);
             Ok::<u32, Error>(w.add_fd(fd.as_raw_fd(), mode))
         };
-        for (seq, id) in ids {
+        for (_, id) in ids {
             let Some(session) = self.sessions.get(&id) else {
                 continue;
             };
             specs.clear();
             for token in session.tokens_fifo() {
-                let Some(file) = session.files.get(&token) else {
+                let Some(file) = self.file_record(id, token) else {
                     continue;
                 };
-                let fd_index = add(w, file.data.fd.as_fd(), Some(file.mode))?;
-                let open_fd_index = match &file.retrieved {
-                    Some(open) => add(w, open.as_fd(), None)?,
+                let fd_index = add(w, file.fd, Some(file.mode))?;
+                let open_fd_index = match file.open {
+                    Some(open) => add(w, open, None)?,
                     None => NO_FD,
                 };
                 specs.push(FileSpec {
-                    compatible: self.registry.handlers[file.handler].compatible(),
+                    compatible: file.compatible,
                     token,
                     fd_index,
                     open_fd_index,
-                    status: file.status.to_raw(),
-                    flags: if file.frozen { FILE_FROZEN } else { 0 }
-                        | if file.identity.is_some() {
-                            FILE_BUSY
-                        } else {
-                            0
-                        },
-                    record: &file.data.record,
+                    status: file.status,
+                    flags: file.flags,
+                    record: file.record,
                 });
             }
-            let flags = match session.direction {
-                Direction::Outgoing => 0,
-                Direction::Incoming {
-                    retrieved,
-                    finished,
-                } => {
-                    SESSION_INCOMING
-                        | if retrieved { SESSION_RETRIEVED } else { 0 }
-                        | if finished { SESSION_FINISHED } else { 0 }
-                }
-            };
             let spec = SessionSpec {
                 name: &session.name,
                 owner: session.owner,
-                flags,
-                seq,
+                flags: crate::changes::session_flags(session.direction),
+                seq: session.seq,
             };
             w.add_session(&spec, specs.iter().copied())
                 .map_err(Error::Image)?;
         }
-        for (f, state) in self.flbs.iter().enumerate() {
-            let flb = &self.registry.flbs[f];
-            if state.out_count > 0 {
-                w.add_flb(flb.compatible(), state.out_count, 0, &flb.serialize())
-                    .map_err(Error::Image)?;
-            }
-            if state.in_count > 0 {
-                let (flags, data) = if state.in_retrieved {
-                    (FLB_INCOMING | FLB_RETRIEVED, flb.serialize_incoming())
-                } else {
-                    (FLB_INCOMING, state.in_data.clone().unwrap_or_default())
-                };
-                w.add_flb(flb.compatible(), state.in_count, flags, &data)
-                    .map_err(Error::Image)?;
-            }
+        for flb in self.flb_records() {
+            w.add_flb(&flb.compatible, flb.count, flb.flags, &flb.data)
+                .map_err(Error::Image)?;
         }
         Ok(())
     }
@@ -351,6 +324,7 @@ impl Engine {
             self.unfreeze_session(id);
         }
         self.frozen = false;
+        self.note_everything();
     }
 
     /// The descriptors a reboot image lists, in fd-table order: the held descriptor of every

@@ -69,6 +69,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod changes;
 mod engine;
 pub mod error;
 pub mod flb;
@@ -78,6 +79,7 @@ mod registry;
 mod restore;
 pub mod session;
 
+pub use changes::{Changes, FileRecord, FlbRecord, SessionRecord};
 pub use engine::{Engine, FileView, Limits, Usage};
 pub use error::Error;
 pub use flb::Flb;

@@ -204,8 +204,8 @@ int luo_session_create(struct luo_client *client, const char *name, struct luo_s
 
 /**
  * RETRIEVE_SESSION: the incoming session named name, handed off by a predecessor, in
- * *out. -ENOENT if no session of the uid has that name; -EINVAL if it is outgoing;
- * -EBUSY if it was retrieved already, or another process of the uid holds its device.
+ * *out. -ENOENT if no session of the uid has that name; -EINVAL if it is outgoing or
+ * was retrieved already; -EBUSY if another process of the uid holds its device.
  *
  * Safety:
  * As luo_session_create().
@@ -237,7 +237,8 @@ int luo_list(struct luo_client *client, luo_list_fn each, void *arg);
 /**
  * PRESERVE_FD: preserves fd under token in this outgoing session. luod keeps its own
  * reference: the caller may close fd at once (the memory of a memfd stays). -EEXIST
- * if token is taken or the file is preserved already (in any session); -EINVAL on an
+ * if token is taken in this session; -EBUSY if the file (for a memfd: its inode,
+ * through any descriptor) is preserved already, in any session; -EINVAL on an
  * incoming session; -EBADF if fd is not open; -EOPNOTSUPP for a kind of file no
  * handler of luod takes; -EDQUOT or -EMFILE over the uid's quotas.
  *

@@ -336,8 +336,8 @@ c_functions! { FUNCTIONS;
     }
 
     /// RETRIEVE_SESSION: the incoming session named name, handed off by a predecessor, in
-    /// *out. -ENOENT if no session of the uid has that name; -EINVAL if it is outgoing;
-    /// -EBUSY if it was retrieved already, or another process of the uid holds its device.
+    /// *out. -ENOENT if no session of the uid has that name; -EINVAL if it is outgoing or
+    /// was retrieved already; -EBUSY if another process of the uid holds its device.
     ///
     /// # Safety
     ///

@@ -72,7 +72,8 @@ fn borrowed(fd: c_int) -> Result<BorrowedFd<'static>, Error> {
 c_functions! { FUNCTIONS;
     /// PRESERVE_FD: preserves fd under token in this outgoing session. luod keeps its own
     /// reference: the caller may close fd at once (the memory of a memfd stays). -EEXIST
-    /// if token is taken or the file is preserved already (in any session); -EINVAL on an
+    /// if token is taken in this session; -EBUSY if the file (for a memfd: its inode,
+    /// through any descriptor) is preserved already, in any session; -EINVAL on an
     /// incoming session; -EBADF if fd is not open; -EOPNOTSUPP for a kind of file no
     /// handler of luod takes; -EDQUOT or -EMFILE over the uid's quotas.
     ///

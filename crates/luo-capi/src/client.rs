@@ -281,7 +281,10 @@ c_functions! { FUNCTIONS;
     ///
     /// socket_path is NULL or a NUL-terminated path; out points to writable storage. Close
     /// the client with luo_close().
-    pub unsafe extern "C" fn luo_connect(socket_path: *const c_char, out: *mut *mut LuoClient) -> c_int {
+    pub unsafe extern "C" fn luo_connect(
+        socket_path: *const c_char,
+        out: *mut *mut LuoClient,
+    ) -> c_int {
         guard("luo_connect", || {
             // SAFETY: the caller's contract: `out` is NULL or writable.
             let out = unsafe { arg::out_ptr(out, "out") }?;
@@ -322,7 +325,11 @@ c_functions! { FUNCTIONS;
     ///
     /// client comes from luo_connect(); name is a NUL-terminated string; out points to
     /// writable storage. Close the session with luo_session_close().
-    pub unsafe extern "C" fn luo_session_create(client: *mut LuoClient, name: *const c_char, out: *mut *mut LuoSession) -> c_int {
+    pub unsafe extern "C" fn luo_session_create(
+        client: *mut LuoClient,
+        name: *const c_char,
+        out: *mut *mut LuoSession,
+    ) -> c_int {
         guard("luo_session_create", || {
             // SAFETY: the caller's contract: `out` is NULL or writable.
             let out = unsafe { arg::out_ptr(out, "out") }?;
@@ -342,7 +349,11 @@ c_functions! { FUNCTIONS;
     /// # Safety
     ///
     /// As luo_session_create().
-    pub unsafe extern "C" fn luo_session_retrieve(client: *mut LuoClient, name: *const c_char, out: *mut *mut LuoSession) -> c_int {
+    pub unsafe extern "C" fn luo_session_retrieve(
+        client: *mut LuoClient,
+        name: *const c_char,
+        out: *mut *mut LuoSession,
+    ) -> c_int {
         guard("luo_session_retrieve", || {
             // SAFETY: the caller's contract: `out` is NULL or writable.
             let out = unsafe { arg::out_ptr(out, "out") }?;
@@ -402,7 +413,11 @@ c_functions! { FUNCTIONS;
     /// # Safety
     ///
     /// client comes from luo_connect(); each is NULL or a function that does not unwind.
-    pub unsafe extern "C" fn luo_list(client: *mut LuoClient, each: LuoListFn, arg: *mut c_void) -> c_int {
+    pub unsafe extern "C" fn luo_list(
+        client: *mut LuoClient,
+        each: LuoListFn,
+        arg: *mut c_void,
+    ) -> c_int {
         guard("luo_list", || {
             // SAFETY: the caller's contract: NULL or a live client.
             let client = unsafe { arg::object(client, "client") }?;

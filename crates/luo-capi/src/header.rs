@@ -197,7 +197,8 @@ impl Section {
 macro_rules! c_functions {
     ($list:ident; $(
         $(#[doc = $doc:literal])*
-        pub unsafe extern "C" fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+        pub unsafe extern "C" fn $name:ident($($arg:ident: $ty:ty),* $(,)?)
+            $(-> $ret:ty)? $body:block
     )*) => {
         $(
             $(#[doc = $doc])*

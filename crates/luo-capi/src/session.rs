@@ -80,7 +80,11 @@ c_functions! { FUNCTIONS;
     /// # Safety
     ///
     /// session comes from luo_session_create() or luo_session_retrieve().
-    pub unsafe extern "C" fn luo_preserve(session: *mut LuoSession, fd: c_int, token: u64) -> c_int {
+    pub unsafe extern "C" fn luo_preserve(
+        session: *mut LuoSession,
+        fd: c_int,
+        token: u64,
+    ) -> c_int {
         guard("luo_preserve", || {
             // SAFETY: the caller's contract: NULL or a live session.
             let session = unsafe { arg::object(session, "session") }?;
@@ -100,7 +104,11 @@ c_functions! { FUNCTIONS;
     /// # Safety
     ///
     /// session comes from luo_session_retrieve(); fd_out points to writable storage.
-    pub unsafe extern "C" fn luo_retrieve(session: *mut LuoSession, token: u64, fd_out: *mut c_int) -> c_int {
+    pub unsafe extern "C" fn luo_retrieve(
+        session: *mut LuoSession,
+        token: u64,
+        fd_out: *mut c_int,
+    ) -> c_int {
         guard("luo_retrieve", || {
             // SAFETY: the caller's contract: NULL or a live session.
             let session = unsafe { arg::object(session, "session") }?;

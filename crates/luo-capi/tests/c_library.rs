@@ -157,6 +157,28 @@ fn bad_input_is_a_negative_errno_with_a_message_and_loses_nothing() {
     }
 }
 
+/// `tests/c/threads.c`: one client and one session shared by 8 threads at once, to preserve
+/// 320 files and retrieve them again, each with its own content.
+#[test]
+fn one_client_and_one_session_shared_by_threads() {
+    if !have_c_tools("one_client_and_one_session_shared_by_threads") {
+        return;
+    }
+    let program = compile(
+        &common::crate_dir().join("tests/c/threads.c"),
+        Link::Dynamic,
+    );
+    let luod = Luod::start("threads");
+    let out = run(&program, &[], &luod.socket, true);
+    assert!(
+        out.status.success() && out.stdout.contains("TEST PASSED"),
+        "threads ({}):\n{}\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
 /// What `scripts/install-capi` puts under the prefix, and what pkg-config makes of it.
 #[test]
 fn install_lays_out_lib_header_and_pkg_config() {

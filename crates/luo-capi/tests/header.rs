@@ -41,17 +41,23 @@ fn header_compiles_as_strict_c() {
     // Every declaration used once, so that a wrong type would not compile.
     std::fs::write(
         &source,
-        "#include <luo.h>\n\
-         static int each(const struct luo_session_info *i, void *a) { (void)a; return (int)i->flags; }\n\
-         int main(void) {\n\
-             struct luo_client *c = 0; struct luo_session *s = 0; int fd = -1;\n\
-             struct luo_status st = { .size = sizeof st };\n\
-             luo_connect(0, &c); luo_session_create(c, \"x\", &s); luo_session_retrieve(c, \"x\", &s);\n\
-             luo_preserve(s, 0, 1); luo_retrieve(s, 1, &fd); luo_session_finish(s); luo_handoff(s);\n\
-             luo_status(c, &st); luo_list(c, each, 0); luo_session_fd(s); luo_session_from_fd(fd, &s);\n\
-             luo_session_close(s); luo_close(c);\n\
-             return luo_last_error()[0] + LUO_SESSION_NAME_MAX + LUO_SESSION_INCOMING;\n\
-         }\n",
+        concat!(
+            "#include <luo.h>\n",
+            "static int each(const struct luo_session_info *i, void *a)\n",
+            "{ (void)a; return (int)i->flags; }\n",
+            "int main(void) {\n",
+            "    struct luo_client *c = 0; struct luo_session *s = 0; int fd = -1;\n",
+            "    struct luo_status st = { .size = sizeof st };\n",
+            "    luo_connect(0, &c);\n",
+            "    luo_session_create(c, \"x\", &s); luo_session_retrieve(c, \"x\", &s);\n",
+            "    luo_preserve(s, 0, 1); luo_retrieve(s, 1, &fd);\n",
+            "    luo_session_finish(s); luo_handoff(s);\n",
+            "    luo_status(c, &st); luo_list(c, each, 0);\n",
+            "    luo_session_fd(s); luo_session_from_fd(fd, &s);\n",
+            "    luo_session_close(s); luo_close(c);\n",
+            "    return luo_last_error()[0] + LUO_SESSION_NAME_MAX + LUO_SESSION_INCOMING;\n",
+            "}\n",
+        ),
     )
     .expect("write use.c");
     for std in ["-std=c99", "-std=c11"] {

@@ -187,10 +187,10 @@ int main(void)
     CHECK("luo_status fills sizeof(struct luo_status)", status.size == sizeof status);
     CHECK("luo_status: luod's pid and version", status.pid > 0 && status.version[0] != '\0');
     uint64_t older[2] = { 0, 0 };
-    ((struct luo_status *)(void *)older)->size = sizeof older;
-    EXPECT("luo_status with a 16-byte struct", luo_status(client, (struct luo_status *)(void *)older),
-           0, NULL);
-    CHECK("...fills 16 bytes", ((struct luo_status *)(void *)older)->size == sizeof older);
+    struct luo_status *old_st = (struct luo_status *)(void *)older;
+    old_st->size = sizeof older;
+    EXPECT("luo_status with a 16-byte struct", luo_status(client, old_st), 0, NULL);
+    CHECK("...fills 16 bytes", old_st->size == sizeof older);
     union {
         struct luo_status st;
         unsigned char bytes[sizeof(struct luo_status) + 64];

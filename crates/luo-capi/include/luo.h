@@ -39,10 +39,10 @@ extern "C" {
  *
  * It answers luo_status() and luo_list() at once. The first luo_session_create() or
  * luo_session_retrieve() also opens the caller's device, the userspace
- * /dev/liveupdate, of which each uid has one at a time (-EBUSY while another process
- * of the uid holds it); the client keeps it until luo_close(). Sessions outlive their
- * client: close the client once its sessions are made, and a successor can open the
- * device while this process still runs.
+ * /dev/liveupdate, of which each uid has one at a time (-EBUSY while another client
+ * of the uid, in this process or another, holds it); the client keeps it until
+ * luo_close(). Sessions outlive their client: close the client once its sessions are
+ * made, and a successor can open the device while this process still runs.
  */
 struct luo_client;
 
@@ -194,7 +194,7 @@ void luo_close(struct luo_client *client);
 /**
  * CREATE_SESSION: a new outgoing session named name (at most LUO_SESSION_NAME_MAX
  * bytes of UTF-8), in *out. -EEXIST if the uid has a session of that name; -EBUSY if
- * another process of the uid holds its device.
+ * another client of the uid holds its device.
  *
  * Safety:
  * client comes from luo_connect(); name is a NUL-terminated string; out points to
@@ -205,7 +205,7 @@ int luo_session_create(struct luo_client *client, const char *name, struct luo_s
 /**
  * RETRIEVE_SESSION: the incoming session named name, handed off by a predecessor, in
  * *out. -ENOENT if no session of the uid has that name; -EINVAL if it is outgoing or
- * was retrieved already; -EBUSY if another process of the uid holds its device.
+ * was retrieved already; -EBUSY if another client of the uid holds its device.
  *
  * Safety:
  * As luo_session_create().

@@ -88,10 +88,10 @@ pub(crate) const OPAQUE: Opaque = Opaque {
         "",
         " It answers luo_status() and luo_list() at once. The first luo_session_create() or",
         " luo_session_retrieve() also opens the caller's device, the userspace",
-        " /dev/liveupdate, of which each uid has one at a time (-EBUSY while another process",
-        " of the uid holds it); the client keeps it until luo_close(). Sessions outlive their",
-        " client: close the client once its sessions are made, and a successor can open the",
-        " device while this process still runs.",
+        " /dev/liveupdate, of which each uid has one at a time (-EBUSY while another client",
+        " of the uid, in this process or another, holds it); the client keeps it until",
+        " luo_close(). Sessions outlive their client: close the client once its sessions are",
+        " made, and a successor can open the device while this process still runs.",
     ],
     tag: "luo_client",
 };
@@ -319,7 +319,7 @@ c_functions! { FUNCTIONS;
 
     /// CREATE_SESSION: a new outgoing session named name (at most LUO_SESSION_NAME_MAX
     /// bytes of UTF-8), in *out. -EEXIST if the uid has a session of that name; -EBUSY if
-    /// another process of the uid holds its device.
+    /// another client of the uid holds its device.
     ///
     /// # Safety
     ///
@@ -344,7 +344,7 @@ c_functions! { FUNCTIONS;
 
     /// RETRIEVE_SESSION: the incoming session named name, handed off by a predecessor, in
     /// *out. -ENOENT if no session of the uid has that name; -EINVAL if it is outgoing or
-    /// was retrieved already; -EBUSY if another process of the uid holds its device.
+    /// was retrieved already; -EBUSY if another client of the uid holds its device.
     ///
     /// # Safety
     ///

@@ -144,6 +144,13 @@ int main(void)
     struct luo_session *twin = NULL;
     EXPECT("luo_session_create of a name taken", luo_session_create(client, "bad-input", &twin),
            -EEXIST, "bad-input");
+    struct luo_client *second = NULL;
+    EXPECT("a second client", luo_connect(NULL, &second), 0, NULL);
+    EXPECT("...while the first holds the device", luo_session_create(second, "y", &twin), -EBUSY,
+           "EBUSY");
+    struct luo_status st2 = { .size = sizeof st2 };
+    EXPECT("...still answers luo_status", luo_status(second, &st2), 0, NULL);
+    luo_close(second);
     EXPECT("luo_handoff", luo_handoff(session), 0, NULL);
     EXPECT("luo_handoff again (the handle is inert)", luo_handoff(session), -EINVAL, "handoff");
     EXPECT("luo_preserve after handoff", luo_preserve(session, other, 5), -EINVAL, "token 5");

@@ -170,9 +170,9 @@ typedef int (*luo_list_fn)(const struct luo_session_info *info, void *arg);
 
 /**
  * Connects to luod at socket_path, or, if it is NULL, at $LUOD_SOCKET or the default
- * socket (/run/luod/luod.sock for root, $XDG_RUNTIME_DIR/luod.sock or
- * /tmp/luod-<uid>/luod.sock for others), and checks that root, the caller's own uid or
- * the uid in $LUOD_SERVER_UID serves it before anything is sent (-EACCES otherwise).
+ * socket (`/run/luod/luod.sock` for root, `$XDG_RUNTIME_DIR/luod.sock` or
+ * `/tmp/luod-<uid>/luod.sock` for others), and checks that root, the caller's own uid
+ * or the uid in $LUOD_SERVER_UID serves it before anything is sent (-EACCES otherwise).
  * -ENOENT or -ECONNREFUSED: luod does not run there.
  *
  * Safety:

@@ -272,9 +272,9 @@ fn session_info(s: &luo_client::SessionSummary) -> LuoSessionInfo {
 
 c_functions! { FUNCTIONS;
     /// Connects to luod at socket_path, or, if it is NULL, at $LUOD_SOCKET or the default
-    /// socket (/run/luod/luod.sock for root, $XDG_RUNTIME_DIR/luod.sock or
-    /// /tmp/luod-<uid>/luod.sock for others), and checks that root, the caller's own uid or
-    /// the uid in $LUOD_SERVER_UID serves it before anything is sent (-EACCES otherwise).
+    /// socket (`/run/luod/luod.sock` for root, `$XDG_RUNTIME_DIR/luod.sock` or
+    /// `/tmp/luod-<uid>/luod.sock` for others), and checks that root, the caller's own uid
+    /// or the uid in $LUOD_SERVER_UID serves it before anything is sent (-EACCES otherwise).
     /// -ENOENT or -ECONNREFUSED: luod does not run there.
     ///
     /// # Safety

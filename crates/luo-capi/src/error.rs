@@ -1,5 +1,5 @@
 //! [`Error`], its one mapping to a negative errno, the thread's last error message, and
-//! [`guard`], which every exported function runs its body under.
+//! `guard`, which every exported function runs its body under.
 
 use std::cell::RefCell;
 use std::ffi::{CString, c_char, c_int};

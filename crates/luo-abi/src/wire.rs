@@ -45,8 +45,10 @@ use crate::Errno;
 /// Version of this framing. Changing any layout here, or an errno rule of `docs/protocol.md`,
 /// bumps it. 2 added the upgrade fields of [`StatusReply`]; 3 added MIGRATE; 4 answers a
 /// descriptor luod could not receive with `EMFILE` (was `EINVAL`), and refuses over a uid's
-/// descriptor budget.
-pub const WIRE_VERSION: u32 = 4;
+/// descriptor budget; 5 added the keeper's fields of [`StatusReply`] and FAILPOINT, and
+/// requires a request's id to differ from the previous request's on the same connection
+/// (exactly-once delivery, `docs/protocol.md`).
+pub const WIRE_VERSION: u32 = 5;
 /// Largest message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most descriptors attached to one message (the kernel's `SCM_MAX_FD`).
@@ -114,6 +116,10 @@ pub enum Op {
     /// Move a preserved memory file onto new backing (another page size), copying it with
     /// luod's copy engine: argument [`MigrateRequest`], reply [`MigrateReply`].
     Migrate = NATIVE_BASE + 9,
+    /// Test-only: arm a failpoint of the server (argument [`FailpointRequest`], empty reply).
+    /// Refused with `EPERM` unless luod was started with `LUOD_FAILPOINTS=1`, and for every
+    /// uid but root and luod's own. Wire version 5.
+    Failpoint = NATIVE_BASE + 10,
 }
 
 impl Op {
@@ -129,6 +135,7 @@ impl Op {
             7 => Op::Ping,
             8 => Op::ReplaceFd,
             9 => Op::Migrate,
+            10 => Op::Failpoint,
             _ => return None,
         })
     }
@@ -300,8 +307,29 @@ pub struct StatusReply {
     pub copy_units_fallback: U64,
     /// The copy engine since start: batches the policy kept on the CPU.
     pub copy_batches_cpu: U64,
+    /// The keeper's pid: luod's main process, which never changes while luod runs (the
+    /// server, [`pid`](Self::pid), is its child and changes at an upgrade or a crash). Wire
+    /// version 5.
+    pub keeper_pid: U32,
+    /// Servers the keeper started because the one before died (not upgrades).
+    pub restarts: U32,
+    /// How long the last recovery took, in microseconds: from the keeper seeing the server
+    /// die to the new server ready to answer (0 before any).
+    pub last_recovery_us: U64,
 }
-const _: () = assert!(core::mem::size_of::<StatusReply>() == 176);
+const _: () = assert!(core::mem::size_of::<StatusReply>() == 192);
+
+/// Argument of [`Op::Failpoint`]: the server dies (SIGKILL of itself) the `hit`-th time it
+/// passes the point named `name` (UTF-8, the rest of the argument), counting from the request;
+/// `hit` 0 disarms it. Points are listed in `docs/protocol.md`.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct FailpointRequest {
+    /// Which pass kills the server (1: the next one); 0 disarms.
+    pub hit: U32,
+}
 
 /// The length of a [`StatusReply`] of wire version 2 (before the migration and copy fields);
 /// a reader pads a shorter reply with zeros.

@@ -699,6 +699,13 @@ pub struct Status {
     pub copy_units_fallback: u64,
     /// Batches the policy kept on the CPU.
     pub copy_batches_cpu: u64,
+    /// The keeper's pid: luod's main process, the same for as long as luod runs (0 from a
+    /// luod older than wire version 5).
+    pub keeper_pid: u32,
+    /// Servers the keeper started because the one before died.
+    pub restarts: u32,
+    /// How long the last recovery took, in microseconds (0 before any).
+    pub last_recovery_us: u64,
 }
 
 /// What a migration did ([`Control::migrate`]).
@@ -798,6 +805,9 @@ impl Control {
             copy_units: s.copy_units.get(),
             copy_units_fallback: s.copy_units_fallback.get(),
             copy_batches_cpu: s.copy_batches_cpu.get(),
+            keeper_pid: s.keeper_pid.get(),
+            restarts: s.restarts.get(),
+            last_recovery_us: s.last_recovery_us.get(),
         })
     }
 
@@ -874,6 +884,21 @@ impl Control {
                 return Ok(out);
             }
         }
+    }
+
+    /// Test-only: arms the server's failpoint `name` to kill the server the `hit`-th time it
+    /// passes there (0 disarms). `EPERM` unless luod runs with `LUOD_FAILPOINTS=1`.
+    pub fn failpoint(&self, name: &str, hit: u32) -> Result<(), Error> {
+        let mut arg = hit.to_le_bytes().to_vec();
+        arg.extend_from_slice(name.as_bytes());
+        call(
+            self.fd.as_fd(),
+            "failpoint",
+            Op::Failpoint as u32,
+            &arg,
+            &[],
+        )
+        .map(|_| ())
     }
 
     /// Replaces luod's binary with `binary` (its current one if `None`). Returns once the new

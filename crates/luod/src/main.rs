@@ -8,6 +8,7 @@
 mod budget;
 mod config;
 mod conn;
+mod failpoint;
 mod handover;
 mod listener;
 mod migrate;

@@ -81,6 +81,9 @@ pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
         copy_units: U64::new(copy.units),
         copy_units_fallback: U64::new(copy.units_fallback),
         copy_batches_cpu: U64::new(copy.batches_cpu_policy + copy.batches_cpu_no_driver),
+        keeper_pid: U32::new(server.keeper.pid),
+        restarts: U32::new(server.keeper.restarts),
+        last_recovery_us: U64::new(server.keeper.last_recovery_us),
     };
     reply.as_bytes().to_vec()
 }

@@ -20,6 +20,7 @@ pub fn reboot(server: &mut Server) -> anyhow::Result<()> {
         .engine
         .freeze()
         .context("Freezing the outgoing sessions failed; nothing changed")?;
+    server.failpoints.pass("reboot-frozen");
     let result = (|| {
         let mut w = ImageWriter::new(server.engine.generation() + 1, WRITER_VERSION);
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();

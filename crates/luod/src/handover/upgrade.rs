@@ -104,6 +104,7 @@ pub(crate) fn stage_round(
     });
     match spawned {
         Ok((child, channel)) => {
+            server.failpoints.pass("upgrade-staged");
             info!(
                 round,
                 image_ms,
@@ -161,6 +162,7 @@ pub fn on_successor(server: &mut Server) {
         refuse(server, staging.requester, staging.id, &e);
         return;
     }
+    server.failpoints.pass("upgrade-ready");
     // Replies that went to an outbox since the image (read-only requests do not move the
     // epoch) must leave before this server does; closing a connection that cannot take them
     // moves the epoch.

@@ -76,6 +76,17 @@ pub enum After {
     Migrate(Box<crate::migrate::Migration>),
 }
 
+/// What the keeper told this server about itself, for STATUS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeeperInfo {
+    /// The keeper's pid.
+    pub pid: u32,
+    /// Servers it started after a crash.
+    pub restarts: u32,
+    /// The last recovery's length, in microseconds.
+    pub last_recovery_us: u64,
+}
+
 /// The daemon's state.
 #[derive(Debug)]
 pub struct Server {
@@ -112,6 +123,10 @@ pub struct Server {
     pub staging: Option<crate::handover::Staging>,
     /// The migration in progress, if any.
     pub migration: Option<crate::migrate::Migration>,
+    /// Test-only failpoints (see [`crate::failpoint`]).
+    pub failpoints: crate::failpoint::Failpoints,
+    /// The keeper this server answers to, as STATUS reports it.
+    pub keeper: KeeperInfo,
     /// The batch copy engine migrations copy with (its driver: copy channels on threads).
     pub copier: std::sync::Arc<luo_copy::Engine>,
     /// Discarded successors not yet reaped.
@@ -180,6 +195,12 @@ impl Server {
             staging: None,
             migration: None,
             copier: crate::migrate::copier(),
+            failpoints: crate::failpoint::Failpoints::from_env(),
+            keeper: KeeperInfo {
+                pid: std::process::id(),
+                restarts: 0,
+                last_recovery_us: 0,
+            },
             zombies: Vec::new(),
             reaping: false,
             rx: vec![0; wire::MAX_MESSAGE],

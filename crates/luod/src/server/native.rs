@@ -63,6 +63,7 @@ impl Server {
                 Err(reply) => reply,
             },
             Op::List => crate::status::list(self, cred, admin, arg),
+            Op::Failpoint => self.failpoint(admin, arg),
             Op::Upgrade => {
                 if !admin {
                     return (
@@ -138,6 +139,26 @@ impl Server {
                 Reply::ok(Vec::new())
             }
             Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
+        }
+    }
+
+    /// FAILPOINT: arms a test failpoint (see [`crate::failpoint`]).
+    pub(crate) fn failpoint(&mut self, admin: bool, arg: &[u8]) -> Reply {
+        if !self.failpoints.enabled() || !admin {
+            return Reply::err_msg(
+                Errno::EPERM,
+                "Failpoints need root and a luod started with LUOD_FAILPOINTS=1",
+            );
+        }
+        let Some((hit, name)) = arg.split_first_chunk::<4>() else {
+            return Reply::err_msg(Errno::EINVAL, "FAILPOINT takes a count and a name");
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            return Reply::err_msg(Errno::EINVAL, "Failpoint name is not UTF-8");
+        };
+        match self.failpoints.arm(name, u32::from_le_bytes(*hit)) {
+            Ok(()) => Reply::ok(Vec::new()),
+            Err(msg) => Reply::err_msg(Errno::EINVAL, &msg),
         }
     }
 }

@@ -1,0 +1,93 @@
+//! Test-only failpoints: named places where the server kills itself on request, so that the
+//! crash tests can stop it exactly between two steps of a request or an upgrade.
+//!
+//! Off unless luod is started with `LUOD_FAILPOINTS=1`; then root (or luod's own uid) arms a
+//! point with `Op::Failpoint`, and the server sends itself SIGKILL the chosen time it passes
+//! there. A server started after a crash begins with every point disarmed. The points are
+//! listed in [`POINTS`] and in `docs/protocol.md`.
+
+use std::collections::HashMap;
+
+/// Every failpoint, and where it is.
+pub const POINTS: &[(&str, &str)] = &[
+    (
+        "after-apply",
+        "a changing request applied, before its journal record is written",
+    ),
+    (
+        "after-journal",
+        "its journal record written, before its reply is sent",
+    ),
+    (
+        "after-reply",
+        "its reply sent, before the request is consumed from the socket",
+    ),
+    (
+        "upgrade-staged",
+        "upgrade, old server: the successor started, before its READY",
+    ),
+    (
+        "upgrade-ready",
+        "upgrade, old server: the successor is READY, before GO",
+    ),
+    (
+        "reboot-frozen",
+        "reboot: the sessions frozen, before the successor is started",
+    ),
+];
+
+/// The armed failpoints of this server.
+#[derive(Debug, Default)]
+pub struct Failpoints {
+    enabled: bool,
+    armed: HashMap<&'static str, u32>,
+}
+
+impl Failpoints {
+    /// Failpoints as the environment allows them (`LUOD_FAILPOINTS=1`).
+    pub fn from_env() -> Failpoints {
+        Failpoints {
+            enabled: std::env::var_os("LUOD_FAILPOINTS").is_some_and(|v| v == "1"),
+            armed: HashMap::new(),
+        }
+    }
+
+    /// True if failpoints may be armed.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Arms `name` to fire at its `hit`-th pass (0 disarms). Unknown names are refused.
+    pub fn arm(&mut self, name: &str, hit: u32) -> Result<(), String> {
+        let Some(&(point, _)) = POINTS.iter().find(|(p, _)| *p == name) else {
+            let known: Vec<&str> = POINTS.iter().map(|(p, _)| *p).collect();
+            return Err(format!(
+                "Unknown failpoint {name:?}; known: {}",
+                known.join(", ")
+            ));
+        };
+        if hit == 0 {
+            self.armed.remove(point);
+        } else {
+            self.armed.insert(point, hit);
+        }
+        Ok(())
+    }
+
+    /// Passes point `name`: if it is armed and this is the chosen pass, the process dies here.
+    pub fn pass(&mut self, name: &'static str) {
+        if self.armed.is_empty() {
+            return;
+        }
+        if let Some(left) = self.armed.get_mut(name) {
+            *left -= 1;
+            if *left == 0 {
+                tracing::warn!(failpoint = name, "failpoint reached: killing this server");
+                let _ = rustix::process::kill_process(
+                    rustix::process::getpid(),
+                    rustix::process::Signal::KILL,
+                );
+            }
+        }
+    }
+}

@@ -77,11 +77,46 @@ pub fn recv_into(
     buf: &mut [u8],
     blocking: bool,
 ) -> Result<Recv<Incoming>, Errno> {
+    receive_into(fd, buf, blocking, false)
+}
+
+/// [`recv_into`] without taking the message off the socket (`MSG_PEEK`): the next receive
+/// gets it again. Its descriptors are installed as copies. luod reads each request this way
+/// and takes it off with [`discard`] only once it has answered it, so that a request is never
+/// lost by a server that dies while handling it.
+pub fn peek_into(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Recv<Incoming>, Errno> {
+    receive_into(fd, buf, false, true)
+}
+
+/// Takes the next message off the socket without reading it: its bytes are dropped and its
+/// descriptors released without being installed (no control buffer is offered). `false` if
+/// there was none.
+pub fn discard(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    let mut none: [u8; 0] = [];
+    loop {
+        match rustix::net::recv(fd, &mut none, RecvFlags::DONTWAIT | RecvFlags::TRUNC) {
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn receive_into(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    blocking: bool,
+    peek: bool,
+) -> Result<Recv<Incoming>, Errno> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut flags = RecvFlags::CMSG_CLOEXEC;
     if !blocking {
         flags |= RecvFlags::DONTWAIT;
+    }
+    if peek {
+        flags |= RecvFlags::PEEK;
     }
     let mut reset = false;
     let msg = loop {

@@ -55,6 +55,10 @@ pub struct Conn {
     /// `Server::send_reply`). While any wait here the connection is not read: its peer left
     /// replies unread, and stops being served until it reads.
     pub outbox: VecDeque<Outgoing>,
+    /// A request of this connection is in progress (a migration, an upgrade): its reply comes
+    /// later, and until then the connection is not read (the request stays at the head of the
+    /// socket until its reply is sent).
+    pub busy: bool,
 }
 
 impl Conn {
@@ -62,6 +66,12 @@ impl Conn {
     /// room instead of reading it.
     pub fn paused(&self) -> bool {
         !self.outbox.is_empty()
+    }
+
+    /// True while luod must not read the connection: replies wait, or a request is in
+    /// progress.
+    pub fn held(&self) -> bool {
+        self.busy || self.paused()
     }
 }
 

@@ -9,6 +9,7 @@ mod budget;
 mod config;
 mod conn;
 mod failpoint;
+mod journal;
 mod handover;
 mod listener;
 mod migrate;

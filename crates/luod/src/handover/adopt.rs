@@ -225,6 +225,9 @@ pub(crate) fn build_successor(
     let mut last_upgrade = (0, 0);
     let mut listener = None;
     let mut lock = None;
+    let mut keeper = None;
+    let mut state = None;
+    let mut journal = None;
     let mut conns = Vec::new();
     let mut take = |i: &str| -> anyhow::Result<OwnedFd> {
         let i: usize = i.parse().context("descriptor index")?;
@@ -255,6 +258,11 @@ pub(crate) fn build_successor(
             "limit.fds" => settings.fds.share = Some(v.parse()?),
             "limit.fd_reserve" => settings.fds.reserve = Some(v.parse()?),
             "listener" => listener = Some(take(v)?),
+            "keeper" => keeper = Some(take(v)?),
+            "state" => state = Some(take(v)?),
+            "journal" => journal = Some(take(v)?),
+            // Where the journal starts: read by a recovery, not by a successor.
+            "journal_from" => {}
             "lock" => lock = Some(take(v)?),
             "conn" => {
                 let f: Vec<&str> = v.split(' ').collect();
@@ -283,6 +291,8 @@ pub(crate) fn build_successor(
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
     server.upgrades = upgrades;
     server.last_upgrade = last_upgrade;
+    server.keeper_channel = keeper;
+    server.inherited_state = state.zip(journal);
     for (fd, code, cred, dir, name) in conns {
         let kind = match code {
             0 => Kind::Control,

@@ -11,12 +11,28 @@ use super::{DAEMON_PART, DAEMON_PART_COMPATIBLE};
 use crate::conn::Kind;
 use crate::server::{Server, Settings};
 
-/// The upgrade image: the engine's state, the listener, the lock and every connection.
+/// The upgrade image: the engine's state, the listener, the lock and every connection, as the
+/// successor of an upgrade starts from it (one upgrade more, and how this one went).
 pub(crate) fn upgrade_image(
     server: &Server,
     round: u32,
     flags: u32,
 ) -> anyhow::Result<(Vec<u8>, Vec<BorrowedFd<'_>>)> {
+    daemon_image(
+        server,
+        server.upgrades + 1,
+        &format!("last_upgrade={round} {flags}\n"),
+    )
+}
+
+/// The whole live state, as an upgrade image or a checkpoint writes it: the engine's state,
+/// the daemon's settings with `upgrades` and the `extra` lines, the listener, the lock, every
+/// connection, and the keeper's channel and the journal's memfds when the server has them.
+pub(crate) fn daemon_image<'a>(
+    server: &'a Server,
+    upgrades: u64,
+    extra: &str,
+) -> anyhow::Result<(Vec<u8>, Vec<BorrowedFd<'a>>)> {
     let t0 = Instant::now();
     let mut w = ImageWriter::new(server.engine.generation(), WRITER_VERSION);
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
@@ -25,8 +41,8 @@ pub(crate) fn upgrade_image(
         .write_snapshot(&mut w, &mut fds)
         .context("Cannot write the engine's state")?;
     let t1 = Instant::now();
-    let mut text = settings_text(&server.settings, server.upgrades + 1, true);
-    text.push_str(&format!("last_upgrade={round} {flags}\n"));
+    let mut text = settings_text(&server.settings, upgrades, true);
+    text.push_str(extra);
     add_daemon_fds(server, &mut w, &mut fds, &mut text, true)?;
     w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
         .map_err(|e| anyhow!("{e}"))?;
@@ -89,6 +105,17 @@ pub(crate) fn add_daemon_fds<'a>(
         add(server.listener.as_fd(), Some(S_IFSOCK))?
     ));
     text.push_str(&format!("lock={}\n", add(server.lock.as_fd(), None)?));
+    if let Some(keeper) = &server.keeper_channel {
+        text.push_str(&format!("keeper={}\n", add(keeper.as_fd(), Some(S_IFSOCK))?));
+    }
+    if let Some(d) = &server.durable {
+        use luo_abi::image::S_IFREG;
+        text.push_str(&format!("state={}\n", add(d.state.as_fd(), Some(S_IFREG))?));
+        text.push_str(&format!(
+            "journal={}\n",
+            add(d.journal.fd().as_fd(), Some(S_IFREG))?
+        ));
+    }
     if with_conns {
         let mut keys: Vec<&u64> = server.conns.keys().collect();
         keys.sort();

@@ -56,6 +56,7 @@ mod spawn;
 mod upgrade;
 
 pub use adopt::{take_over, wait_go};
+pub(crate) use image::daemon_image;
 pub use reboot::{reboot, release_successor};
 pub use spawn::Successor;
 pub use upgrade::{Staging, begin_upgrade, on_successor, on_timeout, requester_gone};

@@ -17,6 +17,7 @@ impl Server {
         };
         self.epoch += 1;
         let _ = epoll::delete(&self.epoll, &conn.fd);
+        self.note_conn_closed(std::os::fd::AsRawFd::as_raw_fd(&conn.fd));
         self.tally
             .sub(conn.cred.uid, 1 + super::reply::waiting_fds(&conn));
         crate::handover::requester_gone(self, key);

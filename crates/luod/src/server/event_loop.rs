@@ -49,6 +49,9 @@ impl Server {
                     KEY_MIGRATION => self.on_migrated(),
                     _ => self.on_conn(key, ev.flags),
                 }
+                // What changed outside a request (a connection accepted or closed, a session
+                // closed with it) is journaled before anything else happens.
+                self.commit_changes(None);
                 if self.ended.is_some() {
                     break;
                 }
@@ -173,10 +176,17 @@ impl Server {
             let Some(conn) = self.conns.get(&key) else {
                 break;
             };
-            if conn.paused() {
+            if conn.held() {
+                if conn.busy
+                    && flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::RDHUP)
+                    && transport::peer_hung_up(&conn.fd)
+                {
+                    self.close_conn(key);
+                }
                 break;
             }
-            match transport::recv_into(conn.fd.as_fd(), &mut rx, false) {
+            // Peeked, not taken: the request leaves the socket once its reply is sent.
+            match transport::peek_into(conn.fd.as_fd(), &mut rx) {
                 Ok(Recv::Message(msg)) => self.on_message(key, &rx[..msg.len], msg),
                 Ok(Recv::WouldBlock) => {
                     if flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::RDHUP)

@@ -28,6 +28,7 @@ impl Server {
         if let Some(c) = self.conns.get_mut(&key) {
             c.kind = Kind::Device;
         }
+        self.note_conn(key);
         self.devices.insert(cred.uid, key);
         Reply::ok(Vec::new())
     }

@@ -10,6 +10,7 @@
 //! Handing the daemon to a successor (upgrade, reboot) is [`crate::handover`].
 
 mod close;
+mod durable;
 mod event_loop;
 mod kernel;
 mod native;
@@ -30,6 +31,7 @@ use crate::budget::{Budget, FdSettings, Tally};
 use crate::conn::{Conn, Cred, Kind};
 use crate::listener::{Admission, KEY_LISTENER};
 
+pub use durable::state_memfd;
 pub use event_loop::Ended;
 pub use reply::Reply;
 
@@ -123,6 +125,13 @@ pub struct Server {
     pub staging: Option<crate::handover::Staging>,
     /// The migration in progress, if any.
     pub migration: Option<crate::migrate::Migration>,
+    /// The checkpoint and journal this server's state survives it in, once it has them.
+    pub durable: Option<durable::Durable>,
+    /// The checkpoint and journal memfds a successor inherited, until it makes itself durable
+    /// with them.
+    pub inherited_state: Option<(OwnedFd, OwnedFd)>,
+    /// This server's end of the keeper's channel, if a keeper started it.
+    pub keeper_channel: Option<OwnedFd>,
     /// Test-only failpoints (see [`crate::failpoint`]).
     pub failpoints: crate::failpoint::Failpoints,
     /// The keeper this server answers to, as STATUS reports it.
@@ -196,6 +205,9 @@ impl Server {
             migration: None,
             copier: crate::migrate::copier(),
             failpoints: crate::failpoint::Failpoints::from_env(),
+            durable: None,
+            inherited_state: None,
+            keeper_channel: None,
             keeper: KeeperInfo {
                 pid: std::process::id(),
                 restarts: 0,
@@ -236,8 +248,10 @@ impl Server {
                 kind,
                 cred,
                 outbox: VecDeque::new(),
+                busy: false,
             },
         );
+        self.note_conn(key);
         Ok(key)
     }
 

@@ -43,6 +43,7 @@ impl Server {
                         if let Some(c) = self.conns.get_mut(&key) {
                             c.kind = Kind::Detached;
                         }
+                        self.note_conn(key);
                         info!(uid = cred.uid, session = %String::from_utf8_lossy(self.engine.session_name(id).unwrap_or_default()), "session handed off");
                         Reply::ok(Vec::new())
                     }

@@ -63,6 +63,8 @@ impl Server {
             };
             match sent {
                 Ok(()) => {
+                    // The request it answers is at the head of the socket: take it off.
+                    let _ = transport::discard(conn.fd.as_fd());
                     if let Some(out) = conn.outbox.pop_front() {
                         self.tally.sub(conn.cred.uid, out.fds.len() as u64);
                     }
@@ -136,6 +138,7 @@ impl Server {
                     failed = Some(e);
                     break;
                 }
+                let _ = transport::discard(conn.fd.as_fd());
             }
             match failed {
                 Some(e) => {
@@ -151,6 +154,15 @@ impl Server {
     /// earlier replies still wait, the reply joins the connection's outbox and the connection
     /// is paused until the outbox drains (see [`on_conn`](Self::on_conn)). A connection whose
     /// peer is gone is closed.
+    /// The request just answered on connection `key` leaves its socket (it was only peeked),
+    /// and the connection may be read again.
+    fn consume(&mut self, key: u64) {
+        if let Some(conn) = self.conns.get(&key) {
+            let _ = transport::discard(conn.fd.as_fd());
+        }
+        self.set_busy(key, false);
+    }
+
     pub fn send_reply(&mut self, key: u64, id: u64, reply: Reply) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
@@ -165,7 +177,11 @@ impl Server {
             transport::send(conn.fd.as_fd(), &out, &fds)
         };
         match sent {
-            Ok(()) => self.tx = out,
+            Ok(()) => {
+                self.tx = out;
+                self.consume(key);
+                self.failpoints.pass("after-reply");
+            }
             Err(rustix::io::Errno::AGAIN) => {
                 self.tally.add(conn.cred.uid, reply.fds.len() as u64);
                 conn.outbox.push_back(Outgoing {

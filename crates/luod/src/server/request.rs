@@ -6,6 +6,7 @@ use luo_abi::Errno;
 use luo_abi::uapi;
 use luo_abi::wire::{self, Op};
 use luo_client::transport::Incoming;
+use std::os::fd::{AsFd, AsRawFd};
 use rustix::event::epoll;
 use tracing::{debug, info, warn};
 
@@ -43,6 +44,9 @@ impl Server {
             // Read while a hung-up connection is reaped inside another request: its requester
             // is gone, and a handover or a migration must not start nested in a request.
             debug!(key, op, "request of a closed connection dropped");
+            if let Some(conn) = self.conns.get(&key) {
+                let _ = luo_client::transport::discard(conn.fd.as_fd());
+            }
             return;
         }
         if !read_only(op) {
@@ -58,10 +62,67 @@ impl Server {
             (self.kernel_op(kind, cred, op, arg, msg.fds), After::Nothing)
         };
         match after {
-            // Upgrade and reboot answer once they have run.
-            After::Nothing => self.send_reply(key, id, reply),
-            after => self.after(key, id, after),
+            After::Nothing => {
+                self.failpoints.pass("after-apply");
+                if !read_only(op) {
+                    self.journal_reply(key, id, &reply);
+                }
+                self.send_reply(key, id, reply);
+            }
+            // Migrate, upgrade and reboot answer once they have run; until then the
+            // connection is not read.
+            after => {
+                self.set_busy(key, true);
+                self.after(key, id, after);
+            }
         }
+    }
+
+    /// Makes the reply to request `id` of connection `key` durable with the changes the
+    /// request made: after this, a server that dies does not apply the request again, and
+    /// its successor sends this reply if the request is still unread.
+    pub(crate) fn journal_reply(&mut self, key: u64, id: u64, reply: &Reply) {
+        if self.durable.is_none() {
+            return;
+        }
+        let Some(conn) = self.conns.get(&key) else {
+            self.commit_changes(None);
+            return;
+        };
+        let applied = crate::journal::Delta::Applied {
+            conn: conn.fd.as_raw_fd(),
+            id,
+            errno: reply.errno,
+            arg: reply.arg.clone(),
+            fds: reply.fds.iter().map(AsRawFd::as_raw_fd).collect(),
+        };
+        self.commit_changes(Some(applied));
+        self.failpoints.pass("after-journal");
+    }
+
+    /// Marks connection `key` as having a request in progress (not read meanwhile), or not.
+    pub(crate) fn set_busy(&mut self, key: u64, busy: bool) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if conn.busy == busy {
+            return;
+        }
+        conn.busy = busy;
+        let events = if busy {
+            // Only a hang-up: the unread request would wake the loop for ever.
+            epoll::EventFlags::RDHUP
+        } else if conn.paused() {
+            epoll::EventFlags::OUT
+        } else {
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP
+        };
+        let _ = epoll::modify(
+            &self.epoll,
+            &conn.fd,
+            epoll::EventData::new_u64(key),
+            events,
+        );
     }
 
     pub(crate) fn after(&mut self, key: u64, id: u64, after: After) {

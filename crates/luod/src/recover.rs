@@ -1,0 +1,347 @@
+//! Rebuilding the state of a server that died: the last checkpoint image with the journal
+//! applied to it gives one image, which the new server restores from exactly as a successor
+//! restores from an upgrade image ([`crate::handover`]). The descriptors are all still open
+//! at the numbers the records name: the holder kept the dead server's descriptor table, and
+//! the new server inherited it whole.
+//!
+//! The model below is plain data (numbers, not descriptors): applying a record never opens or
+//! closes anything, so a number the journal shows closed and later reused for another file
+//! names that file in the result, as it does in the table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{Context, anyhow, bail, ensure};
+use luo_abi::image::{Image, ImageWriter, NO_FD, SESSION_INCOMING, SessionSpec};
+use luo_core::{FlbRecord, WRITER_VERSION};
+
+use crate::handover::{DAEMON_PART, DAEMON_PART_COMPATIBLE};
+use crate::journal::{ConnRec, Delta, FileRec};
+
+/// A reply the dead server made durable but whose request may still be unread: sent again if
+/// the request is still at the head of its connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// The connection's descriptor number.
+    pub conn: i32,
+    pub id: u64,
+    pub errno: i32,
+    pub arg: Vec<u8>,
+    pub fds: Vec<i32>,
+}
+
+/// What a recovery starts from.
+#[derive(Debug)]
+pub struct Rebuilt {
+    /// The image to restore from.
+    pub image: Vec<u8>,
+    /// The last reply of each connection, from the journal.
+    pub pending: Vec<Pending>,
+    /// The sequence number the new server's journal continues from.
+    pub next_seq: u64,
+    /// Records applied.
+    pub applied: usize,
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    owner: u32,
+    flags: u32,
+    name: Vec<u8>,
+    files: Vec<FileRec>,
+}
+
+/// A descriptor of the daemon part: number and file type.
+type Fd = (i32, u32);
+
+#[derive(Debug, Default)]
+struct Model {
+    generation: u64,
+    sessions: BTreeMap<u64, Session>,
+    flbs: Vec<FlbRecord>,
+    /// The daemon part's settings lines, as they were.
+    settings: Vec<String>,
+    listener: Option<Fd>,
+    lock: Option<Fd>,
+    keeper: Option<Fd>,
+    state: Option<Fd>,
+    journal: Option<Fd>,
+    conns: BTreeMap<i32, ConnRec>,
+    journal_from: u64,
+    pending: BTreeMap<i32, Pending>,
+}
+
+/// Applies `journal` (its records from the checkpoint's `journal_from` on) to `checkpoint`.
+pub fn rebuild(checkpoint: &[u8], journal: &[(u64, Delta)]) -> anyhow::Result<Rebuilt> {
+    let image = Image::parse(checkpoint).map_err(|e| anyhow!("Invalid checkpoint image: {e}"))?;
+    let mut m = model_of(&image)?;
+    let mut next_seq = m.journal_from;
+    let mut applied = 0;
+    for (seq, delta) in journal {
+        if *seq < m.journal_from {
+            continue;
+        }
+        ensure!(
+            *seq == next_seq,
+            "The journal starts at record {seq}, the checkpoint needs {next_seq}"
+        );
+        apply(&mut m, delta).with_context(|| format!("journal record {seq}"))?;
+        next_seq = seq + 1;
+        applied += 1;
+    }
+    let image = write(&m)?;
+    Ok(Rebuilt {
+        image,
+        pending: m.pending.into_values().collect(),
+        next_seq,
+        applied,
+    })
+}
+
+fn model_of(image: &Image<'_>) -> anyhow::Result<Model> {
+    let table = image.fds();
+    let fd_at = |i: Option<u32>| -> anyhow::Result<Fd> {
+        let Some(i) = i else {
+            return Ok((-1, 0));
+        };
+        let e = table
+            .get(i as usize)
+            .with_context(|| format!("descriptor index {i} out of the table"))?;
+        Ok((e.fd.get(), e.mode_type.get()))
+    };
+    let mut m = Model {
+        generation: image.generation(),
+        ..Model::default()
+    };
+    for s in image.sessions() {
+        let mut files = Vec::new();
+        for f in s.files() {
+            let (fd, mode) = fd_at(f.fd_index)?;
+            let (open_fd, open_mode) = fd_at(f.open_fd_index)?;
+            files.push(FileRec {
+                compatible: f.compatible.to_owned(),
+                token: f.token,
+                fd,
+                mode,
+                open_fd,
+                open_mode,
+                status: f.status,
+                flags: f.flags,
+                record: f.record.to_vec(),
+            });
+        }
+        m.sessions.insert(
+            s.seq(),
+            Session {
+                owner: s.owner(),
+                flags: s.flags(),
+                name: s.name().to_vec(),
+                files,
+            },
+        );
+    }
+    for f in image.flbs() {
+        m.flbs.push(FlbRecord {
+            compatible: f.compatible.to_owned(),
+            count: f.count,
+            flags: f.flags,
+            data: f.data.to_vec(),
+        });
+    }
+    let part = image
+        .part(DAEMON_PART)
+        .context("The checkpoint has no daemon part")?;
+    ensure!(
+        part.compatible == DAEMON_PART_COMPATIBLE,
+        "Unknown daemon part {}",
+        part.compatible
+    );
+    let text = std::str::from_utf8(part.data).context("Daemon part is not UTF-8")?;
+    let index = |v: &str| -> anyhow::Result<Fd> { fd_at(Some(v.parse().context("index")?)) };
+    for line in text.lines() {
+        let (k, v) = line.split_once('=').context("Malformed daemon part")?;
+        match k {
+            "listener" => m.listener = Some(index(v)?),
+            "lock" => m.lock = Some(index(v)?),
+            "keeper" => m.keeper = Some(index(v)?),
+            "state" => m.state = Some(index(v)?),
+            "journal" => m.journal = Some(index(v)?),
+            "journal_from" => m.journal_from = v.parse().context("journal_from")?,
+            "conn" => {
+                let f: Vec<&str> = v.split(' ').collect();
+                ensure!(f.len() == 7, "Malformed connection record");
+                let (fd, _) = index(f[0])?;
+                let uid: u32 = f[3].parse()?;
+                let kind: u32 = f[1].parse()?;
+                let session = if kind == 2 {
+                    let name = crate::handover::unhex(f[6]).context("name")?;
+                    let incoming = f[5] != "out";
+                    *m.sessions
+                        .iter()
+                        .find(|(_, s)| {
+                            s.owner == uid
+                                && s.name == name
+                                && (s.flags & SESSION_INCOMING != 0) == incoming
+                        })
+                        .context("A connection's session is not in the checkpoint")?
+                        .0
+                } else {
+                    u64::MAX
+                };
+                m.conns.insert(
+                    fd,
+                    ConnRec {
+                        fd,
+                        kind,
+                        pid: f[2].parse()?,
+                        uid,
+                        gid: f[4].parse()?,
+                        session,
+                    },
+                );
+            }
+            _ => m.settings.push(line.to_owned()),
+        }
+    }
+    Ok(m)
+}
+
+fn apply(m: &mut Model, delta: &Delta) -> anyhow::Result<()> {
+    match delta {
+        Delta::SessionPut(r) => {
+            let s = m.sessions.entry(r.seq).or_default();
+            s.owner = r.owner;
+            s.flags = r.flags;
+            s.name.clone_from(&r.name);
+        }
+        Delta::SessionDel { seq } => {
+            m.sessions.remove(seq);
+        }
+        Delta::FilePut { seq, file } => {
+            let s = m
+                .sessions
+                .get_mut(seq)
+                .with_context(|| format!("a file of session {seq}, which is not there"))?;
+            match s.files.iter_mut().find(|f| f.token == file.token) {
+                Some(f) => *f = file.clone(),
+                None => s.files.push(file.clone()),
+            }
+        }
+        Delta::FileDel { seq, token } => {
+            if let Some(s) = m.sessions.get_mut(seq) {
+                s.files.retain(|f| f.token != *token);
+            }
+        }
+        Delta::Flbs(flbs) => m.flbs.clone_from(flbs),
+        Delta::ConnPut(c) => {
+            m.conns.insert(c.fd, *c);
+        }
+        Delta::ConnDel { fd } => {
+            m.conns.remove(fd);
+            m.pending.remove(fd);
+        }
+        Delta::Applied {
+            conn,
+            id,
+            errno,
+            arg,
+            fds,
+        } => {
+            m.pending.insert(
+                *conn,
+                Pending {
+                    conn: *conn,
+                    id: *id,
+                    errno: *errno,
+                    arg: arg.clone(),
+                    fds: fds.clone(),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write(m: &Model) -> anyhow::Result<Vec<u8>> {
+    let mut w = ImageWriter::new(m.generation, WRITER_VERSION);
+    let mut add = |w: &mut ImageWriter, fd: i32, mode: u32| {
+        if fd < 0 { NO_FD } else { w.add_fd(fd, mode) }
+    };
+    for (&seq, s) in &m.sessions {
+        let mut specs = Vec::with_capacity(s.files.len());
+        for f in &s.files {
+            let fd_index = add(&mut w, f.fd, f.mode);
+            let open_fd_index = add(&mut w, f.open_fd, f.open_mode);
+            specs.push(luo_abi::image::FileSpec {
+                compatible: &f.compatible,
+                token: f.token,
+                fd_index,
+                open_fd_index,
+                status: f.status,
+                flags: f.flags,
+                record: &f.record,
+            });
+        }
+        let spec = SessionSpec {
+            name: &s.name,
+            owner: s.owner,
+            flags: s.flags,
+            seq,
+        };
+        w.add_session(&spec, specs.iter().copied())
+            .map_err(|e| anyhow!("Session {seq}: {e}"))?;
+    }
+    for f in &m.flbs {
+        w.add_flb(&f.compatible, f.count, f.flags, &f.data)
+            .map_err(|e| anyhow!("FLB {}: {e}", f.compatible))?;
+    }
+    let mut text = String::new();
+    for line in &m.settings {
+        text.push_str(line);
+        text.push('\n');
+    }
+    for (key, fd) in [
+        ("listener", m.listener),
+        ("lock", m.lock),
+        ("keeper", m.keeper),
+        ("state", m.state),
+        ("journal", m.journal),
+    ] {
+        if let Some((fd, mode)) = fd {
+            let _ = writeln!(text, "{key}={}", add(&mut w, fd, mode));
+        }
+    }
+    for c in m.conns.values() {
+        let index = add(&mut w, c.fd, luo_abi::image::S_IFSOCK);
+        let (dir, name): (&str, &[u8]) = if c.kind == 2 {
+            let s = m
+                .sessions
+                .get(&c.session)
+                .with_context(|| format!("connection {} names session {}", c.fd, c.session))?;
+            (
+                if s.flags & SESSION_INCOMING != 0 {
+                    "in"
+                } else {
+                    "out"
+                },
+                &s.name,
+            )
+        } else {
+            ("-", &[])
+        };
+        let _ = write!(
+            text,
+            "conn={index} {} {} {} {} {dir} ",
+            c.kind, c.pid, c.uid, c.gid
+        );
+        crate::handover::push_hex(&mut text, name);
+        text.push('\n');
+    }
+    if m.listener.is_none() || m.lock.is_none() {
+        bail!("The checkpoint names no listener or no lock");
+    }
+    w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
+        .map_err(|e| anyhow!("{e}"))?;
+    w.finish()
+        .map_err(|e| anyhow!("Cannot lay out the recovered image: {e}"))
+}

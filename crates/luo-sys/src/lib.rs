@@ -3,6 +3,10 @@
 //! Everything else in the workspace goes through rustix and forbids `unsafe`; this crate is
 //! the exception, and each `unsafe` block in it says why it is sound.
 //!
+//! - [`holder`]: [`holder::Holder`], a process that shares the server's descriptor table
+//!   (`clone(CLONE_FILES)` without exec) so that the table survives the server's death, and
+//!   starts a new server from it when the keeper says so ([`holder::HolderControl`]), every
+//!   descriptor inherited under its old number.
 //! - [`mmap`]: [`mmap::SharedMap`], a whole memory file mapped shared and seen as a byte
 //!   slice, for copying memory files (migrate).
 //! - [`sockopt`]: integer socket options rustix has no wrapper for: `SO_PASSRIGHTS` (whether a
@@ -23,7 +27,8 @@
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```
-#![allow(unsafe_code)] // Raw getsockopt and setsockopt: every unsafe block says why it is sound.
+#![allow(unsafe_code)] // Raw clone, getsockopt, setsockopt: every unsafe block says why it is sound.
 
+pub mod holder;
 pub mod mmap;
 pub mod sockopt;

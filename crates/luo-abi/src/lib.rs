@@ -24,8 +24,10 @@
 
 extern crate alloc;
 
+pub mod daemon;
 pub mod errno;
 pub mod image;
+// pub mod journal;
 pub mod uapi;
 pub mod wire;
 

@@ -115,10 +115,7 @@ fn bad_magic_is_refused() {
 fn the_text_form_and_unknown_versions_are_refused() {
     // Version 1 was `key=value` text: its bytes are not a v2 part.
     let text = b"socket=/run/luod.sock\nbinary=/usr/bin/luod\nupgrades=1\n";
-    assert_eq!(
-        DaemonPart::parse(text, 4).unwrap_err(),
-        DaemonError::Magic
-    );
+    assert_eq!(DaemonPart::parse(text, 4).unwrap_err(), DaemonError::Magic);
     let err = DaemonPart::parse_part("luod-daemon-v1", text, 4).unwrap_err();
     assert_eq!(
         err,
@@ -185,11 +182,17 @@ fn a_value_for_an_absent_limit_is_refused() {
 fn bad_last_upgrade_is_refused() {
     assert_eq!(
         tamper(|b| put_u32(b, H_UP_FLAGS, 2)),
-        Err(DaemonError::LastUpgrade { rounds: 2, flags: 2 })
+        Err(DaemonError::LastUpgrade {
+            rounds: 2,
+            flags: 2
+        })
     );
     assert_eq!(
         tamper(|b| put_u32(b, H_ROUNDS, 0)),
-        Err(DaemonError::LastUpgrade { rounds: 0, flags: 1 })
+        Err(DaemonError::LastUpgrade {
+            rounds: 0,
+            flags: 1
+        })
     );
 }
 
@@ -629,23 +632,38 @@ fn writer_refuses_bad_connections_and_stays_unchanged() {
     let big_arg = [0u8; 4081];
     let cases: Vec<(DaemonConn<'_>, DaemonError)> = vec![
         (
-            DaemonConn { pid: -1, ..base.clone() },
+            DaemonConn {
+                pid: -1,
+                ..base.clone()
+            },
             DaemonError::ConnPid { conn: 1, pid: -1 },
         ),
         (
-            DaemonConn { kind: session(b""), ..base.clone() },
+            DaemonConn {
+                kind: session(b""),
+                ..base.clone()
+            },
             DaemonError::ConnName { conn: 1 },
         ),
         (
-            DaemonConn { kind: session(&[b'n'; 64]), ..base.clone() },
+            DaemonConn {
+                kind: session(&[b'n'; 64]),
+                ..base.clone()
+            },
             DaemonError::ConnName { conn: 1 },
         ),
         (
-            DaemonConn { kind: session(b"a\0b"), ..base.clone() },
+            DaemonConn {
+                kind: session(b"a\0b"),
+                ..base.clone()
+            },
             DaemonError::ConnName { conn: 1 },
         ),
         (
-            DaemonConn { fd_index: 5, ..base.clone() },
+            DaemonConn {
+                fd_index: 5,
+                ..base.clone()
+            },
             DaemonError::FdReused {
                 used_by: FdUse::Conn { conn: 1 },
                 index: 5,
@@ -663,7 +681,10 @@ fn writer_refuses_bad_connections_and_stays_unchanged() {
             },
         ),
         (
-            DaemonConn { outbox: vec![reply(0, &big_arg, vec![])], ..base.clone() },
+            DaemonConn {
+                outbox: vec![reply(0, &big_arg, vec![])],
+                ..base.clone()
+            },
             DaemonError::ReplyArg {
                 conn: 1,
                 reply: 0,
@@ -671,7 +692,10 @@ fn writer_refuses_bad_connections_and_stays_unchanged() {
             },
         ),
         (
-            DaemonConn { outbox: vec![reply(0, b"", (100..354).collect())], ..base.clone() },
+            DaemonConn {
+                outbox: vec![reply(0, b"", (100..354).collect())],
+                ..base.clone()
+            },
             DaemonError::ReplyFds {
                 conn: 1,
                 reply: 0,
@@ -679,7 +703,10 @@ fn writer_refuses_bad_connections_and_stays_unchanged() {
             },
         ),
         (
-            DaemonConn { outbox: vec![reply(0, b"", vec![21, 22, 21])], ..base.clone() },
+            DaemonConn {
+                outbox: vec![reply(0, b"", vec![21, 22, 21])],
+                ..base.clone()
+            },
             DaemonError::FdReused {
                 used_by: FdUse::Reply { conn: 1, reply: 0 },
                 index: 21,
@@ -808,7 +835,9 @@ impl Model {
                 pid: c.pid,
                 uid: c.uid,
                 gid: c.gid,
-                last_request: c.last.map(|(id, reply_sent)| AppliedRequest { id, reply_sent }),
+                last_request: c
+                    .last
+                    .map(|(id, reply_sent)| AppliedRequest { id, reply_sent }),
                 outbox: c
                     .outbox
                     .iter()
@@ -847,16 +876,18 @@ fn model() -> impl Strategy<Value = Model> {
         prop::option::of(any::<(u64, bool)>()),
         prop::collection::vec(reply, 0..3),
     )
-        .prop_map(|(kind, incoming, name, pid, (uid, gid), last, outbox)| ConnModel {
-            kind,
-            incoming,
-            name,
-            pid,
-            uid,
-            gid,
-            last,
-            outbox,
-        });
+        .prop_map(
+            |(kind, incoming, name, pid, (uid, gid), last, outbox)| ConnModel {
+                kind,
+                incoming,
+                name,
+                pid,
+                uid,
+                gid,
+                last,
+                outbox,
+            },
+        );
     (
         (path(), path(), any::<u64>()),
         prop::sample::select(vec![(0, 0), (1, 0), (3, 1), (u32::MAX, 1)]),
@@ -866,7 +897,14 @@ fn model() -> impl Strategy<Value = Model> {
         (0..1000u32, 1..50u32),
     )
         .prop_map(
-            |((socket, binary, upgrades), last_upgrade, pids, limits, conns, (fd_base, fd_stride))| {
+            |(
+                (socket, binary, upgrades),
+                last_upgrade,
+                pids,
+                limits,
+                conns,
+                (fd_base, fd_stride),
+            )| {
                 Model {
                     socket,
                     binary,

@@ -319,7 +319,9 @@ pub fn big_journal() -> Vec<u8> {
 
 /// The directory of a fuzz target's seeds.
 pub fn seed_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target)
 }
 
 /// Checks that `fuzz/seeds/<target>` holds exactly `seeds`, or writes them there when

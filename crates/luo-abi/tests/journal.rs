@@ -660,7 +660,11 @@ fn messages_read_well() {
 
 // ---- Round trips ----
 
-fn entry() -> impl Strategy<Value = (u8, i32, u32, i32, u64, Vec<u8>, Vec<i32>)> {
+/// A generated entry: which kind, a descriptor number, a kind code, an errno (or pid), an id,
+/// an argument and descriptor numbers.
+type RawEntry = (u8, i32, u32, i32, u64, Vec<u8>, Vec<i32>);
+
+fn entry() -> impl Strategy<Value = RawEntry> {
     (
         0..6u8,
         0..=i32::MAX,
@@ -672,10 +676,7 @@ fn entry() -> impl Strategy<Value = (u8, i32, u32, i32, u64, Vec<u8>, Vec<i32>)>
     )
 }
 
-fn build<'a>(
-    raw: &'a [(u8, i32, u32, i32, u64, Vec<u8>, Vec<i32>)],
-    checkpoint_seq: u64,
-) -> Vec<Entry<'a>> {
+fn build<'a>(raw: &'a [RawEntry], checkpoint_seq: u64) -> Vec<Entry<'a>> {
     let mut covered = checkpoint_seq;
     raw.iter()
         .zip(1u64..)

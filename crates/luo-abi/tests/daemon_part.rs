@@ -542,6 +542,50 @@ fn fd_indices_used_twice_are_refused() {
     );
 }
 
+#[test]
+fn the_listener_and_connections_must_be_sockets() {
+    use luo_abi::image::{FdEntry, S_IFREG, S_IFSOCK};
+    let b = sample_daemon();
+    let part = DaemonPart::parse(&b, SAMPLE_FDS).unwrap();
+    let entry = |i: i32, mode: u32| FdEntry {
+        fd: (i + 3).into(),
+        mode_type: mode.into(),
+    };
+    // Slot 1 (the lock) and 5, 6 (a reply's) may be files.
+    let mut fds: Vec<FdEntry> = (0..9)
+        .map(|i| {
+            entry(
+                i,
+                if [1, 5, 6].contains(&i) {
+                    S_IFREG
+                } else {
+                    S_IFSOCK
+                },
+            )
+        })
+        .collect();
+    part.check_fd_types(&fds).unwrap();
+    fds[7] = entry(7, 0);
+    assert_eq!(
+        part.check_fd_types(&fds),
+        Err(DaemonError::FdType {
+            used_by: FdUse::Conn { conn: 3 },
+            index: 7,
+            mode_type: 0
+        })
+    );
+    assert!(matches!(
+        part.check_fd_types(&fds[..3]),
+        Err(DaemonError::FdIndex { index: 3, .. })
+    ));
+    fds[0] = entry(0, S_IFREG);
+    let err = part.check_fd_types(&fds).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "fd slot 0 of the listener is not a socket (file type 0o100000)"
+    );
+}
+
 // ---- The writer refuses what the reader would ----
 
 #[test]

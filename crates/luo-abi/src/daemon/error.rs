@@ -240,6 +240,16 @@ pub enum DaemonError {
         /// The index.
         index: u32,
     },
+    /// The listener or a connection is not a socket in the image's fd table
+    /// ([`DaemonPart::check_fd_types`](super::DaemonPart::check_fd_types)).
+    FdType {
+        /// What uses it.
+        used_by: FdUse,
+        /// The index.
+        index: u32,
+        /// The `mode_type` the fd table records.
+        mode_type: u32,
+    },
 }
 
 impl fmt::Display for DaemonError {
@@ -335,6 +345,14 @@ impl fmt::Display for DaemonError {
             FdReused { used_by, index } => write!(
                 f,
                 "fd slot {index} of {used_by} is already used in the daemon part"
+            ),
+            FdType {
+                used_by,
+                index,
+                mode_type,
+            } => write!(
+                f,
+                "fd slot {index} of {used_by} is not a socket (file type {mode_type:#o})"
             ),
         }
     }

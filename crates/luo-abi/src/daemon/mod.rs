@@ -323,6 +323,34 @@ impl<'a> DaemonPart<'a> {
         Self::parse(bytes, fd_count)
     }
 
+    /// Checks the part against the image's fd table (`Image::fds`): the listener and every
+    /// connection are sockets (`S_IFSOCK`). The lock and the descriptors of outbox replies may
+    /// be of any type.
+    pub fn check_fd_types(&self, fds: &[crate::image::FdEntry]) -> Result<(), DaemonError> {
+        let sockets = core::iter::once((self.listener, FdUse::Listener)).chain(
+            self.conns
+                .iter()
+                .zip(0u32..)
+                .map(|(c, conn)| (c.fd_index, FdUse::Conn { conn })),
+        );
+        for (index, used_by) in sockets {
+            let entry = fds.get(index as usize).ok_or(DaemonError::FdIndex {
+                used_by,
+                index,
+                fd_count: fds.len() as u64,
+            })?;
+            let mode_type = entry.mode_type.get();
+            if mode_type != crate::image::S_IFSOCK {
+                return Err(DaemonError::FdType {
+                    used_by,
+                    index,
+                    mode_type,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The part's bytes, as [`DaemonWriter`] lays them out; fails on what the writer refuses.
     pub fn to_bytes(&self) -> Result<Vec<u8>, DaemonError> {
         let mut w = DaemonWriter::new(&self.settings, self.listener, self.lock)?;

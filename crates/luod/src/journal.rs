@@ -484,8 +484,7 @@ mod tests {
     }
 
     fn written(deltas: &[Delta]) -> Vec<u8> {
-        let fd = rustix::fs::memfd_create("journal-test", rustix::fs::MemfdFlags::CLOEXEC)
-            .unwrap();
+        let fd = rustix::fs::memfd_create("journal-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         let mut w = Writer::new(fd, 100).unwrap();
         for d in deltas {
             w.push(d);
@@ -530,8 +529,7 @@ mod tests {
 
     #[test]
     fn a_gap_in_the_sequence_is_refused() {
-        let fd = rustix::fs::memfd_create("journal-gap", rustix::fs::MemfdFlags::CLOEXEC)
-            .unwrap();
+        let fd = rustix::fs::memfd_create("journal-gap", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         let mut w = Writer::new(fd, 1).unwrap();
         w.push(&Delta::ConnDel { fd: 4 });
         w.next_seq += 1;

@@ -9,10 +9,12 @@ mod budget;
 mod config;
 mod conn;
 mod failpoint;
-mod journal;
 mod handover;
+mod journal;
+mod keeper;
 mod listener;
 mod migrate;
+mod recover;
 mod server;
 mod socket;
 mod status;
@@ -80,6 +82,15 @@ struct Args {
     /// Internal: start as the successor of a running luod, from the handover channel FD.
     #[arg(long, hide = true, value_name = "FD")]
     takeover: Option<i32>,
+
+    /// Internal: start as the keeper's first server, its channel to the keeper at FD.
+    #[arg(long, hide = true, value_name = "FD")]
+    serve: Option<i32>,
+
+    /// Internal: start as the server after one that died, from its checkpoint and journal
+    /// (descriptor numbers STATE,JOURNAL of the inherited table).
+    #[arg(long, hide = true, value_name = "STATE,JOURNAL")]
+    recover: Option<String>,
 }
 
 /// The handlers and FLBs every luod registers, in this order.
@@ -126,14 +137,38 @@ fn run(args: Args) -> anyhow::Result<()> {
         let inherited = handover::take_over(fd, fd_limit, signal_pipe)?;
         handover::wait_go(&inherited.channel)?;
         drop(inherited.channel);
-        let server = inherited.server;
+        let mut server = inherited.server;
         info!(
             generation = server.engine.generation(),
             sessions = server.engine.sessions().len(),
             clients = server.conns.len(),
             "took over"
         );
+        become_durable(&mut server, 1, &args.log)?;
         return serve(server);
+    }
+    if let Some(numbers) = &args.recover {
+        let t0 = std::time::Instant::now();
+        let (state, journal) = numbers
+            .split_once(',')
+            .and_then(|(s, j)| Some((s.parse().ok()?, j.parse().ok()?)))
+            .context("--recover takes STATE,JOURNAL")?;
+        let (mut server, recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
+        become_durable(&mut server, recovery.next_seq, &args.log)?;
+        info!(
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            records = recovery.records,
+            replies_sent_again = recovery.resent,
+            sessions = server.engine.sessions().len(),
+            clients = server.conns.len(),
+            "recovered the state of the server that died"
+        );
+        return serve(server);
+    }
+    if args.serve.is_none() {
+        // The process started by hand or by a service manager: the keeper.
+        let server_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        return keeper::keep(server_args, signal_pipe()?);
     }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
@@ -168,7 +203,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         binary,
         pids: Vec::new(),
     };
-    let server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
+    let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
+    if let Some(fd) = args.serve {
+        server.keeper_channel = Some(handover::adopt_inherited(fd)?);
+    }
+    become_durable(&mut server, 1, &args.log)?;
     info!(socket = %socket.display(), fd_limit, "luod serving");
     serve(server)
 }
@@ -179,6 +218,16 @@ fn run(args: Args) -> anyhow::Result<()> {
 fn serve(mut server: Server) -> anyhow::Result<()> {
     match server.run()? {
         Ended::Shutdown => Ok(()),
-        Ended::HandedOver => std::process::exit(0),
+        Ended::HandedOver => std::process::exit(keeper::EXIT_HANDED_OVER),
     }
+}
+
+/// Gives the server fresh memfds for its checkpoint and journal (never the ones it may have
+/// inherited: those stay as they are for a recovery from the predecessor's holder, until this
+/// server serves), writes its first checkpoint, and joins the keeper.
+fn become_durable(server: &mut Server, next_seq: u64, log: &str) -> anyhow::Result<()> {
+    let state = server::state_memfd("luod-state")?;
+    let journal = server::state_memfd("luod-journal")?;
+    server.make_durable(state, journal, next_seq)?;
+    keeper::join(server, log)
 }

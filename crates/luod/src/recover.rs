@@ -64,8 +64,6 @@ struct Model {
     listener: Option<Fd>,
     lock: Option<Fd>,
     keeper: Option<Fd>,
-    state: Option<Fd>,
-    journal: Option<Fd>,
     conns: BTreeMap<i32, ConnRec>,
     journal_from: u64,
     pending: BTreeMap<i32, Pending>,
@@ -164,8 +162,6 @@ fn model_of(image: &Image<'_>) -> anyhow::Result<Model> {
             "listener" => m.listener = Some(index(v)?),
             "lock" => m.lock = Some(index(v)?),
             "keeper" => m.keeper = Some(index(v)?),
-            "state" => m.state = Some(index(v)?),
-            "journal" => m.journal = Some(index(v)?),
             "journal_from" => m.journal_from = v.parse().context("journal_from")?,
             "conn" => {
                 let f: Vec<&str> = v.split(' ').collect();
@@ -264,7 +260,7 @@ fn apply(m: &mut Model, delta: &Delta) -> anyhow::Result<()> {
 
 fn write(m: &Model) -> anyhow::Result<Vec<u8>> {
     let mut w = ImageWriter::new(m.generation, WRITER_VERSION);
-    let mut add = |w: &mut ImageWriter, fd: i32, mode: u32| {
+    let add = |w: &mut ImageWriter, fd: i32, mode: u32| {
         if fd < 0 { NO_FD } else { w.add_fd(fd, mode) }
     };
     for (&seq, s) in &m.sessions {
@@ -304,8 +300,6 @@ fn write(m: &Model) -> anyhow::Result<Vec<u8>> {
         ("listener", m.listener),
         ("lock", m.lock),
         ("keeper", m.keeper),
-        ("state", m.state),
-        ("journal", m.journal),
     ] {
         if let Some((fd, mode)) = fd {
             let _ = writeln!(text, "{key}={}", add(&mut w, fd, mode));

@@ -34,7 +34,7 @@ pub fn take_over(
     let result = (|| {
         let parsed = Image::parse(&image).map_err(|e| anyhow!("Invalid handover image: {e}"))?;
         let t0 = Instant::now();
-        let (mut fds, stats) = adopt_fds(&channel, &parsed)?;
+        let (mut fds, stats) = adopt_fds(&[channel.as_raw_fd()], &parsed)?;
         info!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
             "inherited descriptors adopted"
@@ -112,10 +112,10 @@ type AdoptedFds = (Vec<Option<OwnedFd>>, Vec<Option<rustix::fs::Stat>>);
 
 /// Adopts every descriptor the image's table lists (checking number and type) and closes every
 /// other inherited descriptor but the channel.
-fn adopt_fds(channel: &OwnedFd, parsed: &Image<'_>) -> anyhow::Result<AdoptedFds> {
+fn adopt_fds(keep: &[i32], parsed: &Image<'_>) -> anyhow::Result<AdoptedFds> {
     // Everything this process inherited becomes close-on-exec at once.
     close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)?;
-    let mut keep = vec![channel.as_raw_fd()];
+    let mut keep = keep.to_vec();
     let mut fds = Vec::with_capacity(parsed.fds().len());
     let mut stats = Vec::with_capacity(parsed.fds().len());
     for (i, entry) in parsed.fds().iter().enumerate() {
@@ -226,8 +226,6 @@ pub(crate) fn build_successor(
     let mut listener = None;
     let mut lock = None;
     let mut keeper = None;
-    let mut state = None;
-    let mut journal = None;
     let mut conns = Vec::new();
     let mut take = |i: &str| -> anyhow::Result<OwnedFd> {
         let i: usize = i.parse().context("descriptor index")?;
@@ -259,8 +257,6 @@ pub(crate) fn build_successor(
             "limit.fd_reserve" => settings.fds.reserve = Some(v.parse()?),
             "listener" => listener = Some(take(v)?),
             "keeper" => keeper = Some(take(v)?),
-            "state" => state = Some(take(v)?),
-            "journal" => journal = Some(take(v)?),
             // Where the journal starts: read by a recovery, not by a successor.
             "journal_from" => {}
             "lock" => lock = Some(take(v)?),
@@ -292,7 +288,6 @@ pub(crate) fn build_successor(
     server.upgrades = upgrades;
     server.last_upgrade = last_upgrade;
     server.keeper_channel = keeper;
-    server.inherited_state = state.zip(journal);
     for (fd, code, cred, dir, name) in conns {
         let kind = match code {
             0 => Kind::Control,
@@ -311,4 +306,132 @@ pub(crate) fn build_successor(
         server.add_conn(fd, kind, cred)?;
     }
     Ok(server)
+}
+
+/// What a recovery found, for the log and STATUS.
+#[derive(Debug)]
+pub struct Recovery {
+    /// Journal records applied to the checkpoint.
+    pub records: usize,
+    /// Replies sent again (their requests were still unread).
+    pub resent: usize,
+    /// The sequence number the journal continues from.
+    pub next_seq: u64,
+}
+
+/// A server started by the holder of one that died: reads the checkpoint and the journal the
+/// dead server left at `state_raw` and `journal_raw` (this process inherited its whole
+/// descriptor table), rebuilds its state, adopts every descriptor that state names and closes
+/// the rest, and sends again every reply the journal holds whose request is still unread.
+/// Runs before this process opens anything; `signals` opens the signal pipe once the table is
+/// clean.
+pub fn recover(
+    state_raw: i32,
+    journal_raw: i32,
+    fd_limit: u64,
+    signals: impl FnOnce() -> anyhow::Result<OwnedFd>,
+) -> anyhow::Result<(Server, Recovery)> {
+    ensure!(
+        state_raw > 2 && journal_raw > 2,
+        "The state and journal descriptors must be above 2"
+    );
+    // SAFETY: both numbers were named by the holder's argv, which the dead server prepared
+    // from its own open memfds; this process inherited its whole table and has opened nothing
+    // yet. They are only borrowed here, to read; fstat fails on a number that is not open.
+    let (state, journal) = unsafe {
+        (
+            BorrowedFd::borrow_raw(state_raw),
+            BorrowedFd::borrow_raw(journal_raw),
+        )
+    };
+    let checkpoint = read_memfd(state).context("Reading the checkpoint")?;
+    let records = crate::journal::read_all(journal).context("Reading the journal")?;
+    let rebuilt = crate::recover::rebuild(&checkpoint, &records)?;
+    let parsed = Image::parse(&rebuilt.image).map_err(|e| anyhow!("Recovered image: {e}"))?;
+    // A reply is sent again only if its request is still the first unread message of its
+    // connection; its descriptors are then still open (they are closed only after it left).
+    let mut resend = Vec::new();
+    let mut keep = Vec::new();
+    for p in rebuilt.pending {
+        if head_id(p.conn) == Some(p.id) {
+            keep.extend_from_slice(&p.fds);
+            resend.push(p);
+        }
+    }
+    let (mut fds, stats) = adopt_fds(&keep, &parsed)?;
+    let signals = signals()?;
+    let mut server = build_successor(&parsed, &mut fds, &stats, signals, fd_limit)?;
+    let resent = resend.len();
+    for p in resend {
+        let mut reply_fds = Vec::with_capacity(p.fds.len());
+        for &raw in &p.fds {
+            reply_fds.push(adopt_raw(raw)?);
+        }
+        let key = server
+            .conns
+            .iter()
+            .find(|(_, c)| c.fd.as_raw_fd() == p.conn)
+            .map(|(&k, _)| k);
+        if let Some(key) = key {
+            server.send_reply(
+                key,
+                p.id,
+                crate::server::Reply {
+                    errno: p.errno,
+                    arg: p.arg,
+                    fds: reply_fds,
+                },
+            );
+        }
+    }
+    Ok((
+        server,
+        Recovery {
+            records: rebuilt.applied,
+            resent,
+            next_seq: rebuilt.next_seq,
+        },
+    ))
+}
+
+/// The whole content of a memfd.
+fn read_memfd(fd: BorrowedFd<'_>) -> anyhow::Result<Vec<u8>> {
+    let size = rustix::fs::fstat(fd)?.st_size as u64;
+    ensure!(
+        size <= MAX_IMAGE_LEN,
+        "{size} bytes is over the image limit"
+    );
+    let mut bytes = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < bytes.len() {
+        let n = rustix::io::pread(fd, &mut bytes[done..], done as u64)?;
+        ensure!(n > 0, "shorter than its size");
+        done += n;
+    }
+    Ok(bytes)
+}
+
+/// The request id of the first unread message on the connection at `raw`, if any. Peeks
+/// without a control buffer: descriptors the message carries are not installed.
+fn head_id(raw: i32) -> Option<u64> {
+    if raw <= 2 {
+        return None;
+    }
+    // SAFETY: `raw` is a connection of the recovered state, open in the inherited table;
+    // recv on a number that is not a socket fails (ENOTSOCK, EBADF) and is then ignored.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    let mut head = [0u8; 16];
+    let n = rustix::net::recv(
+        fd,
+        &mut head,
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    )
+    .ok()?
+    .0;
+    (n >= 16).then(|| u64::from_le_bytes(head[8..16].try_into().unwrap_or_default()))
+}
+
+/// Adopts a descriptor a parent passed by number on the command line (the keeper's channel).
+pub fn adopt_inherited(raw: i32) -> anyhow::Result<OwnedFd> {
+    adopt_raw(raw)
 }

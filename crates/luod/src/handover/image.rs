@@ -106,14 +106,9 @@ pub(crate) fn add_daemon_fds<'a>(
     ));
     text.push_str(&format!("lock={}\n", add(server.lock.as_fd(), None)?));
     if let Some(keeper) = &server.keeper_channel {
-        text.push_str(&format!("keeper={}\n", add(keeper.as_fd(), Some(S_IFSOCK))?));
-    }
-    if let Some(d) = &server.durable {
-        use luo_abi::image::S_IFREG;
-        text.push_str(&format!("state={}\n", add(d.state.as_fd(), Some(S_IFREG))?));
         text.push_str(&format!(
-            "journal={}\n",
-            add(d.journal.fd().as_fd(), Some(S_IFREG))?
+            "keeper={}\n",
+            add(keeper.as_fd(), Some(S_IFSOCK))?
         ));
     }
     if with_conns {

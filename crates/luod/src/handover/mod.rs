@@ -55,8 +55,8 @@ mod reboot;
 mod spawn;
 mod upgrade;
 
-pub use adopt::{take_over, wait_go};
-pub(crate) use image::daemon_image;
+pub use adopt::{adopt_inherited, recover, take_over, wait_go};
+pub(crate) use image::{daemon_image, push_hex, unhex};
 pub use reboot::{reboot, release_successor};
 pub use spawn::Successor;
 pub use upgrade::{Staging, begin_upgrade, on_successor, on_timeout, requester_gone};

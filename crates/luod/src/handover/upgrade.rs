@@ -179,10 +179,13 @@ pub fn on_successor(server: &mut Server) {
         // The successor first: from here on it serves. Then the answer (the requester waits
         // on its connection and sends nothing else meanwhile), at the lowest priority, so
         // that this process's exit (closing every descriptor) does not take a CPU from it.
-        let _ = transport::send(staging.channel.as_fd(), b"GO", &[]);
-        let _ = rustix::process::setpriority_process(None, 19);
+        // The answer first, and the request taken off its socket, so that the successor
+        // never reads it; then the successor serves, while this process exits at the lowest
+        // priority (closing every descriptor takes time), so as not to take a CPU from it.
         server.send_reply(staging.requester, staging.id, Reply::ok(Vec::new()));
         server.deliver_waiting(Some(staging.requester));
+        let _ = transport::send(staging.channel.as_fd(), b"GO", &[]);
+        let _ = rustix::process::setpriority_process(None, 19);
         server.ended = Some(Ended::HandedOver);
         return;
     }

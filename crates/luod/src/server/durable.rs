@@ -97,7 +97,10 @@ impl Server {
         let Some(d) = self.durable.as_mut() else {
             return;
         };
-        for delta in deltas.iter().chain(d.pending.drain(..).collect::<Vec<_>>().iter()) {
+        for delta in deltas
+            .iter()
+            .chain(d.pending.drain(..).collect::<Vec<_>>().iter())
+        {
             d.journal.push(delta);
         }
         if let Some(a) = &applied {
@@ -121,10 +124,8 @@ impl Server {
         // keeper rebuild from the last good checkpoint and journal, which answered requests
         // never got ahead of.
         warn!(error = %format!("{e:#}"), "cannot journal a change; this server stops");
-        let _ = rustix::process::kill_process(
-            rustix::process::getpid(),
-            rustix::process::Signal::KILL,
-        );
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 
     /// The journal records of `changes`, read from the engine as it is now.

@@ -127,9 +127,6 @@ pub struct Server {
     pub migration: Option<crate::migrate::Migration>,
     /// The checkpoint and journal this server's state survives it in, once it has them.
     pub durable: Option<durable::Durable>,
-    /// The checkpoint and journal memfds a successor inherited, until it makes itself durable
-    /// with them.
-    pub inherited_state: Option<(OwnedFd, OwnedFd)>,
     /// This server's end of the keeper's channel, if a keeper started it.
     pub keeper_channel: Option<OwnedFd>,
     /// Test-only failpoints (see [`crate::failpoint`]).
@@ -206,7 +203,6 @@ impl Server {
             copier: crate::migrate::copier(),
             failpoints: crate::failpoint::Failpoints::from_env(),
             durable: None,
-            inherited_state: None,
             keeper_channel: None,
             keeper: KeeperInfo {
                 pid: std::process::id(),

@@ -6,8 +6,8 @@ use luo_abi::Errno;
 use luo_abi::uapi;
 use luo_abi::wire::{self, Op};
 use luo_client::transport::Incoming;
-use std::os::fd::{AsFd, AsRawFd};
 use rustix::event::epoll;
+use std::os::fd::{AsFd, AsRawFd};
 use tracing::{debug, info, warn};
 
 impl Server {

@@ -1,0 +1,342 @@
+//! The keeper: luod's main process. It starts the server, and starts another one when a server
+//! dies, from what the dead one left: its descriptor table, kept alive by its holder
+//! (`luo_sys::holder`), and its checkpoint and journal, which are memfds in that table. Its pid
+//! never changes, so a service manager tracks it; it never reads a client's message.
+//!
+//! ```text
+//!  keeper                          server (child)                 holder (child, shares the
+//!  ------                          ------                         server's descriptor table)
+//!  start `luod --serve`   ----->   bind, serve; make the state
+//!                         <-----   HELLO <pid>
+//!  a control pair; HOLDER <pid> <restarts> <recovery µs> + the holder's end   ----->
+//!                                  spawn the holder  ------------> waits for commands
+//!                         <-----   SERVING <pid> <holder pid>
+//!  the previous holder, if any: exit
+//!  ...
+//!  the server dies (any signal, any exit but 0 and 3):
+//!  (after a back-off if it keeps dying)  start  ------------------> fork, exec
+//!                                  `luod --recover`: rebuild from the checkpoint + journal,
+//!                                  answer again what the dead one had answered but not sent,
+//!                                  HELLO, ... as above
+//! ```
+//!
+//! The server's end of the keeper's channel crosses every start (inherited, and recorded in
+//! every image), so whichever process serves reaches the keeper. A server that ends with exit
+//! status 0 shut down (SIGTERM): the keeper tells the holder to exit and exits. Status
+//! [`EXIT_HANDED_OVER`] means a successor (an upgrade or a reboot) serves now: it is this
+//! process's descendant, so the keeper, a child subreaper, adopts it, and it says HELLO.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use luo_client::transport::{self, Recv};
+use luo_sys::holder::{self, HolderConfig, HolderControl};
+use rustix::process::{Pid, WaitOptions};
+use tracing::{info, warn};
+
+/// Exit status of a server whose successor serves now.
+pub const EXIT_HANDED_OVER: i32 = 3;
+
+/// A server that dies sooner than this after it started counts toward the back-off.
+const QUICK_DEATH: Duration = Duration::from_secs(5);
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the keeper: starts `luod --serve <server_args>` and keeps a server running until one
+/// shuts down.
+pub fn keep(server_args: Vec<OsString>, signals: OwnedFd) -> anyhow::Result<()> {
+    let children = child_pipe()?;
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .context("Cannot become a child subreaper")?;
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // The server's end crosses the exec of the first server.
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
+    let exe = std::env::current_exe().context("Cannot find luod's own binary")?;
+    let child = std::process::Command::new(&exe)
+        .arg("--serve")
+        .arg(theirs.as_raw_fd().to_string())
+        .args(&server_args)
+        .spawn()
+        .with_context(|| format!("Cannot start {}", exe.display()))?;
+    drop(theirs);
+    let mut k = Keeper {
+        channel: ours,
+        server: Pid::from_raw(child.id() as i32),
+        started: Instant::now(),
+        holder: None,
+        offered: Vec::new(),
+        restarts: 0,
+        died: None,
+        last_recovery_us: 0,
+        backoff: BACKOFF_FIRST,
+        stopping: false,
+    };
+    info!(pid = child.id(), "keeper started the server");
+    k.run(&signals, &children)
+}
+
+/// A pipe written to on every SIGCHLD, so the keeper reaps at once.
+fn child_pipe() -> anyhow::Result<OwnedFd> {
+    let (read, write) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, write)?;
+    Ok(read)
+}
+
+#[derive(Debug)]
+struct Keeper {
+    channel: OwnedFd,
+    /// The process serving (or starting to), if any.
+    server: Option<Pid>,
+    started: Instant,
+    /// The holder of the current server's table.
+    holder: Option<HolderControl>,
+    /// Holder channels offered to servers that have not said SERVING yet.
+    offered: Vec<(i32, HolderControl)>,
+    restarts: u32,
+    /// When the last server died, until its successor serves.
+    died: Option<Instant>,
+    last_recovery_us: u64,
+    backoff: Duration,
+    stopping: bool,
+}
+
+impl Keeper {
+    fn run(&mut self, signals: &OwnedFd, children: &OwnedFd) -> anyhow::Result<()> {
+        loop {
+            let mut fds = [
+                rustix::event::PollFd::new(&self.channel, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(signals, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(children, rustix::event::PollFlags::IN),
+            ];
+            let timeout = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000_000,
+            };
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let (chan, sig, child) = (
+                fds[0].revents().contains(rustix::event::PollFlags::IN),
+                fds[1].revents().contains(rustix::event::PollFlags::IN),
+                fds[2].revents().contains(rustix::event::PollFlags::IN),
+            );
+            if child {
+                let mut buf = [0u8; 64];
+                let _ = rustix::io::read(children, &mut buf);
+            }
+            if sig {
+                let mut buf = [0u8; 64];
+                let n = rustix::io::read(signals, &mut buf).unwrap_or(0);
+                if n > 0 && !self.stopping {
+                    self.stopping = true;
+                    info!("SIGTERM: stopping the server");
+                    if let Some(pid) = self.server {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                    }
+                }
+            }
+            if chan {
+                self.on_message();
+            }
+            if let Some(done) = self.reap()? {
+                return done;
+            }
+        }
+    }
+
+    fn on_message(&mut self) {
+        let msg = match transport::recv(self.channel.as_fd(), false) {
+            Ok(Recv::Message(m)) => m,
+            _ => return,
+        };
+        let text = String::from_utf8_lossy(&msg.bytes).into_owned();
+        let mut words = text.split(' ');
+        match (
+            words.next(),
+            words.next().and_then(|p| p.parse::<i32>().ok()),
+        ) {
+            (Some("HELLO"), Some(pid)) => {
+                let (ctl, end) = match holder::channel() {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "cannot make a holder channel");
+                        return;
+                    }
+                };
+                let hello = format!("HOLDER {pid} {} {}", self.restarts, self.last_recovery_us);
+                if let Err(e) =
+                    transport::send(self.channel.as_fd(), hello.as_bytes(), &[end.as_fd()])
+                {
+                    warn!(error = %e, "cannot answer the server");
+                    return;
+                }
+                self.offered.push((pid, ctl));
+                if self.server.is_none() {
+                    self.server = Pid::from_raw(pid);
+                    self.started = Instant::now();
+                }
+            }
+            (Some("SERVING"), Some(pid)) => {
+                let Some(i) = self.offered.iter().position(|(p, _)| *p == pid) else {
+                    return;
+                };
+                let (_, ctl) = self.offered.swap_remove(i);
+                if let Some(mut old) = self.holder.replace(ctl) {
+                    let _ = old.exit();
+                }
+                self.server = Pid::from_raw(pid);
+                if let Some(died) = self.died.take() {
+                    info!(
+                        pid,
+                        restarts = self.restarts,
+                        ms = died.elapsed().as_secs_f64() * 1e3,
+                        "a new server serves"
+                    );
+                }
+            }
+            _ => warn!(message = %text, "unknown message from the server"),
+        }
+    }
+
+    /// Reaps every child that exited; `Some` when the keeper must end.
+    fn reap(&mut self) -> anyhow::Result<Option<anyhow::Result<()>>> {
+        loop {
+            let (pid, status) = match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => (pid, status),
+                Ok(None) | Err(rustix::io::Errno::CHILD) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if Some(pid) != self.server {
+                // A holder told to exit, an old server after a handover, a successor that
+                // failed: nothing to do unless it was serving.
+                continue;
+            }
+            self.server = None;
+            let code = status.exit_status();
+            if code == Some(0) {
+                info!("the server shut down; the keeper exits");
+                if let Some(mut h) = self.holder.take() {
+                    let _ = h.exit();
+                }
+                return Ok(Some(Ok(())));
+            }
+            if code == Some(EXIT_HANDED_OVER) && !self.stopping {
+                // Its successor says HELLO when it is ready.
+                continue;
+            }
+            if self.stopping {
+                return Ok(Some(Ok(())));
+            }
+            let how = match (code, status.terminating_signal()) {
+                (Some(c), _) => format!("exit status {c}"),
+                (None, Some(s)) => format!("signal {s}"),
+                _ => format!("wait status {:#x}", status.as_raw()),
+            };
+            let quick = self.started.elapsed() < QUICK_DEATH;
+            warn!(pid = pid.as_raw_nonzero().get(), how = %how, "the server died; starting another from its state");
+            self.died.get_or_insert_with(Instant::now);
+            if quick {
+                std::thread::sleep(self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            } else {
+                self.backoff = BACKOFF_FIRST;
+            }
+            self.restart()?;
+        }
+    }
+
+    fn restart(&mut self) -> anyhow::Result<()> {
+        let Some(holder) = self.holder.as_mut() else {
+            bail!("The server died before it had a holder: nothing to start from");
+        };
+        let died = self.died.unwrap_or_else(Instant::now);
+        let pid = holder
+            .start()
+            .map_err(|e| anyhow::anyhow!("The holder cannot start a server: {e}"))?;
+        self.restarts += 1;
+        self.last_recovery_us = died.elapsed().as_micros() as u64;
+        self.server = Some(pid);
+        self.started = Instant::now();
+        info!(pid = pid.as_raw_nonzero().get(), "a new server is starting");
+        Ok(())
+    }
+}
+
+/// The server's side: says HELLO, gets its holder's channel, spawns the holder (set up to
+/// start `luod --recover` from this server's checkpoint and journal), and says SERVING.
+pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()> {
+    let Some(channel) = server.keeper_channel.as_ref() else {
+        return Ok(());
+    };
+    let me = std::process::id();
+    transport::send(channel.as_fd(), format!("HELLO {me}").as_bytes(), &[])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (end, restarts, recovery_us) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("The keeper did not answer");
+        }
+        let mut pfd = [rustix::event::PollFd::new(
+            channel,
+            rustix::event::PollFlags::IN,
+        )];
+        let t = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut pfd, Some(&t)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let m = match transport::recv(channel.as_fd(), false)? {
+            Recv::Message(m) => m,
+            Recv::WouldBlock => continue,
+            Recv::Closed => bail!("The keeper is gone"),
+        };
+        let text = String::from_utf8_lossy(&m.bytes).into_owned();
+        let w: Vec<&str> = text.split(' ').collect();
+        // An answer to a predecessor that died before reading it is dropped with its fd.
+        if w.len() == 4 && w[0] == "HOLDER" && w[1] == me.to_string() {
+            let mut fds = m.fds;
+            let end = fds.pop().context("HOLDER without its channel")?;
+            break (end, w[2].parse().unwrap_or(0), w[3].parse().unwrap_or(0));
+        }
+    };
+    let Some(d) = server.durable.as_ref() else {
+        bail!("A server joins its keeper once its state is durable");
+    };
+    let exe = std::env::current_exe().context("Cannot find luod's own binary")?;
+    let mut config = HolderConfig::new(&exe)?;
+    let arg = |s: String| std::ffi::CString::new(s).unwrap_or_default();
+    config.argv = vec![
+        arg(exe.display().to_string()),
+        arg("--recover".into()),
+        arg(format!(
+            "{},{}",
+            d.state.as_raw_fd(),
+            d.journal.fd().as_raw_fd()
+        )),
+        arg("--log".into()),
+        arg(log.to_owned()),
+    ];
+    let holder = luo_sys::holder::Holder::spawn(&config, end)?;
+    server.keeper = crate::server::KeeperInfo {
+        pid: rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32),
+        restarts,
+        last_recovery_us: recovery_us,
+    };
+    let serving = format!("SERVING {me} {}", holder.pid().as_raw_nonzero().get());
+    transport::send(channel.as_fd(), serving.as_bytes(), &[])?;
+    Ok(())
+}

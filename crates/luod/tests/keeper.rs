@@ -152,3 +152,104 @@ fn a_server_that_keeps_dying_is_restarted_with_backoff_and_nothing_is_lost() {
     let s = dev2.retrieve_session("kept").unwrap();
     assert_eq!(read_all(&s.retrieve(3).unwrap()), pattern(3, 65536));
 }
+
+/// luod with failpoints allowed.
+fn luod_with_failpoints(tag: &str) -> Luod {
+    Luod::start_under(tag, &["env", "LUOD_FAILPOINTS=1"], &[])
+}
+
+#[test]
+fn the_keeper_pid_stays_across_an_upgrade_and_the_successor_is_kept_too() {
+    let luod = Luod::start("keeper-upgrade");
+    let dev = luod.device();
+    let s = dev.create_session("up").unwrap();
+    s.preserve(memfd_with("u", &pattern(5, 300_000)).as_fd(), 5)
+        .unwrap();
+    let before = luod.status();
+    luod.control().upgrade(None).expect("upgrade");
+    let after = luod.status();
+    assert_ne!(after.pid, before.pid, "a new server serves");
+    assert_eq!(after.keeper_pid, before.keeper_pid, "the keeper's pid stays");
+    assert_eq!(after.files, 1);
+    // The successor has a holder of its own: killing it loses nothing either.
+    let (st, _) = kill_server(&luod);
+    assert_eq!((st.keeper_pid, st.files), (before.keeper_pid, 1));
+    s.handoff().unwrap();
+    drop(s);
+    drop(dev);
+    let s = luod.device().retrieve_session("up").unwrap();
+    assert_eq!(read_all(&s.retrieve(5).unwrap()), pattern(5, 300_000));
+}
+
+#[test]
+fn the_old_server_killed_right_after_ready_leaves_luod_serving_and_the_upgrade_done() {
+    let luod = luod_with_failpoints("keeper-ready");
+    let dev = luod.device();
+    let s = dev.create_session("ready").unwrap();
+    s.preserve(memfd_with("r", &pattern(9, 8192)).as_fd(), 9)
+        .unwrap();
+    let before = luod.status();
+    let ctl = luod.control();
+    ctl.failpoint("upgrade-ready", 1).expect("arm");
+    // The old server dies between READY and GO; the keeper starts a server from its state,
+    // which finds the UPGRADE unanswered and runs it: the caller gets one answer.
+    ctl.upgrade(None).expect("the upgrade is answered once");
+    let after = luod.status();
+    assert_eq!(after.keeper_pid, before.keeper_pid);
+    assert_eq!(after.restarts, 1, "one crash, one restart");
+    assert_eq!(after.upgrades, before.upgrades + 1, "the upgrade was applied once");
+    assert_eq!(after.files, 1);
+    ctl.ping().expect("the requester's connection survived");
+    s.handoff().unwrap();
+    drop(s);
+    drop(dev);
+    let s = luod.device().retrieve_session("ready").unwrap();
+    assert_eq!(read_all(&s.retrieve(9).unwrap()), pattern(9, 8192));
+}
+
+#[test]
+fn a_request_the_server_dies_in_is_applied_once_and_answered_once() {
+    let luod = luod_with_failpoints("keeper-once");
+    let dev = luod.device();
+    let s = dev.create_session("once").unwrap();
+    let ctl = luod.control();
+    let mut token = 100;
+    for point in ["after-apply", "after-journal", "after-reply"] {
+        for round in 0..2 {
+            ctl.failpoint(point, 1).expect("arm");
+            token += 1;
+            let bytes = pattern(token as u8, 5000 + round);
+            // The server dies inside this request; the new one answers it exactly once.
+            s.preserve(memfd_with("x", &bytes).as_fd(), token)
+                .unwrap_or_else(|e| panic!("{point}: preserve {token}: {e}"));
+            let st = luod.status();
+            assert_eq!(
+                st.files,
+                token - 100,
+                "{point}: every preserve applied once:\n{}",
+                luod.log_text()
+            );
+            // The same token again is refused (it is there), not taken twice.
+            let e = s
+                .preserve(memfd_with("y", b"dup").as_fd(), token)
+                .expect_err("the token is taken");
+            assert_eq!(e.errno, luo_abi::Errno::EEXIST, "{point}: {e}");
+        }
+    }
+    let st = luod.status();
+    assert_eq!(st.restarts, 6, "each failpoint killed one server");
+    s.handoff().unwrap();
+    drop(s);
+    drop(dev);
+    let r = luod.device().retrieve_session("once").unwrap();
+    let mut token = 100;
+    for _point in 0..3 {
+        for round in 0..2 {
+            token += 1;
+            assert_eq!(
+                read_all(&r.retrieve(token).unwrap()),
+                pattern(token as u8, 5000 + round)
+            );
+        }
+    }
+}

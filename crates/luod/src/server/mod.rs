@@ -129,6 +129,8 @@ pub struct Server {
     pub durable: Option<durable::Durable>,
     /// This server's end of the keeper's channel, if a keeper started it.
     pub keeper_channel: Option<OwnedFd>,
+    /// The reply being sent answers a changing request (where the `after-reply` failpoint is).
+    pub(crate) replying_to_change: bool,
     /// Test-only failpoints (see [`crate::failpoint`]).
     pub failpoints: crate::failpoint::Failpoints,
     /// The keeper this server answers to, as STATUS reports it.
@@ -203,6 +205,7 @@ impl Server {
             copier: crate::migrate::copier(),
             failpoints: crate::failpoint::Failpoints::from_env(),
             durable: None,
+            replying_to_change: false,
             keeper_channel: None,
             keeper: KeeperInfo {
                 pid: std::process::id(),

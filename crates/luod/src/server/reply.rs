@@ -179,8 +179,10 @@ impl Server {
         match sent {
             Ok(()) => {
                 self.tx = out;
+                if self.replying_to_change {
+                    self.failpoints.pass("after-reply");
+                }
                 self.consume(key);
-                self.failpoints.pass("after-reply");
             }
             Err(rustix::io::Errno::AGAIN) => {
                 self.tally.add(conn.cred.uid, reply.fds.len() as u64);

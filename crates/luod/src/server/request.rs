@@ -62,12 +62,13 @@ impl Server {
             (self.kernel_op(kind, cred, op, arg, msg.fds), After::Nothing)
         };
         match after {
+            After::Nothing if read_only(op) => self.send_reply(key, id, reply),
             After::Nothing => {
                 self.failpoints.pass("after-apply");
-                if !read_only(op) {
-                    self.journal_reply(key, id, &reply);
-                }
+                self.journal_reply(key, id, &reply);
+                self.replying_to_change = true;
                 self.send_reply(key, id, reply);
+                self.replying_to_change = false;
             }
             // Migrate, upgrade and reboot answer once they have run; until then the
             // connection is not read.
@@ -163,6 +164,10 @@ impl Server {
                         info!("reboot handed over; cutting every connection and exiting");
                         self.send_reply(key, id, Reply::ok(Vec::new()));
                         self.deliver_waiting(Some(key));
+                        // A reboot cuts every connection. Exiting does not close them: this
+                        // server's holder shares its descriptor table until the successor
+                        // serves. Closing them here does (nothing else holds them).
+                        self.conns.clear();
                         self.ended = Some(Ended::HandedOver);
                         return;
                     }
@@ -185,6 +190,6 @@ pub const FDS_NOT_RECEIVED: &str =
 pub(crate) fn read_only(op: u32) -> bool {
     matches!(
         Op::from_raw(op),
-        Some(Op::Ping | Op::Status | Op::List | Op::Upgrade)
+        Some(Op::Ping | Op::Status | Op::List | Op::Upgrade | Op::Failpoint)
     ) || op == uapi::LIVEUPDATE_SESSION_GET_NAME
 }

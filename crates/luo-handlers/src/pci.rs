@@ -292,15 +292,28 @@ pub struct NetEntry {
 
 const _: () = assert!(size_of::<NetEntry>() == 24);
 
+/// What tags a claim with the file that made it: the device and inode of the held file
+/// (`st_dev`, `st_ino`). Unlike a descriptor number it stays the same whatever number the
+/// held descriptor has in whichever luod process, and no two held files share it (the engine
+/// refuses to preserve one file twice).
+pub(crate) type Holder = (u64, u64);
+
+/// The [`Holder`] tag of the held descriptor `fd`, or `None` if it cannot be read.
+pub(crate) fn holder_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<Holder> {
+    rustix::fs::fstat(fd)
+        .ok()
+        .map(|st| (st.st_dev as u64, st.st_ino as u64))
+}
+
 /// One tracked device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     key: DeviceKey,
     /// The interface index of a netdev (0 for PCI functions).
     ifindex: u32,
-    /// Which held descriptor claimed the device (its number), for outgoing entries. See
+    /// Which held file claimed the device, for outgoing entries: its [`Holder`] tag. See
     /// [`PciFlb::release_incoming`].
-    holder: Option<i32>,
+    holder: Option<Holder>,
 }
 
 /// A list of entries sorted by key, without duplicates.
@@ -417,7 +430,7 @@ impl PciFlb {
     ///
     /// `ENODEV` if the device is not in sysfs, `EINVAL` for a virtual function (its directory
     /// has a `physfn` link), `EBUSY` if it is already preserved.
-    pub(crate) fn claim(&self, key: &DeviceKey, holder: i32) -> Result<(), Error> {
+    pub(crate) fn claim(&self, key: &DeviceKey, holder: Option<Holder>) -> Result<(), Error> {
         let ifindex = match key {
             DeviceKey::Pci(addr) => {
                 let dir = self.pci_device_dir(*addr);
@@ -446,7 +459,7 @@ impl PciFlb {
                     Entry {
                         key: key.clone(),
                         ifindex,
-                        holder: Some(holder),
+                        holder,
                     },
                 );
                 Ok(())
@@ -461,11 +474,11 @@ impl PciFlb {
 
     /// The file that held `key` was finished: the device is no longer incoming.
     ///
-    /// If the same held descriptor (`holder`) also still claims `key` in the outgoing list, the
+    /// If the same held file (`holder`) also still claims `key` in the outgoing list, the
     /// file was handed off inside this process (the engine moves it to incoming without an
-    /// unpreserve), and that claim is dropped too. No other live file can hold that descriptor
-    /// number, so a device preserved anew by another file is never touched.
-    pub(crate) fn release_incoming(&self, key: &DeviceKey, holder: i32) {
+    /// unpreserve), and that claim is dropped too. No other live file has that tag, so a
+    /// device preserved anew by another file is never touched.
+    pub(crate) fn release_incoming(&self, key: &DeviceKey, holder: Option<Holder>) {
         let mut state = self.lock();
         if state.retrieved {
             state.incoming.remove(key);
@@ -473,23 +486,24 @@ impl PciFlb {
             state.finished_early.insert(at, key.clone());
         }
         if let Ok(i) = state.outgoing.find(key)
-            && state.outgoing.0[i].holder == Some(holder)
+            && holder.is_some()
+            && state.outgoing.0[i].holder == holder
         {
             state.outgoing.0.remove(i);
         }
     }
 
-    /// The handler's freeze of the file holding `key` through descriptor number `holder`:
+    /// The handler's freeze of the file holding `key`, tagged `holder`:
     /// an outgoing claim without a holder (rebuilt by [`restore_outgoing_state`] in a new luod
     /// binary) is taken over by that file, so its later finish can release it.
     ///
     /// [`restore_outgoing_state`]: PciFlb::restore_outgoing_state
-    pub(crate) fn adopt(&self, key: &DeviceKey, holder: i32) {
+    pub(crate) fn adopt(&self, key: &DeviceKey, holder: Option<Holder>) {
         let mut state = self.lock();
         if let Ok(i) = state.outgoing.find(key)
             && state.outgoing.0[i].holder.is_none()
         {
-            state.outgoing.0[i].holder = Some(holder);
+            state.outgoing.0[i].holder = holder;
         }
     }
 
@@ -818,16 +832,16 @@ mod tests {
         assert_eq!(new.incoming_devices(), inc);
         // A restored claim has no holder until the file's freeze adopts it; then the file's
         // finish after an in-process handoff releases it.
-        new.release_incoming(&out[0], 40);
+        new.release_incoming(&out[0], Some((1, 40)));
         assert!(new.is_preserved(&out[0]));
-        new.adopt(&out[0], 40);
-        new.adopt(&out[0], 41);
-        new.release_incoming(&out[0], 41);
+        new.adopt(&out[0], Some((1, 40)));
+        new.adopt(&out[0], Some((1, 41)));
+        new.release_incoming(&out[0], Some((1, 41)));
         assert!(
             new.is_preserved(&out[0]),
             "adopted by the first holder only"
         );
-        new.release_incoming(&out[0], 40);
+        new.release_incoming(&out[0], Some((1, 40)));
         assert!(!new.is_preserved(&out[0]));
         assert!(new.restore_outgoing_state(&[1, 2, 3]).is_err());
     }
@@ -837,10 +851,10 @@ mod tests {
         let flb = PciFlb::with_sysfs_root("/nonexistent");
         let keys = vec![pci("0000:00:01.0"), pci("0000:00:03.0")];
         let data = PciFlb::encode(&entries(&keys));
-        flb.release_incoming(&keys[0], 100);
+        flb.release_incoming(&keys[0], Some((1, 100)));
         flb.retrieve(&data).expect("valid data");
         assert_eq!(flb.incoming_devices(), vec![keys[1].clone()]);
-        flb.release_incoming(&keys[1], 101);
+        flb.release_incoming(&keys[1], Some((1, 101)));
         assert!(flb.incoming_devices().is_empty());
         // A later retrieve adds to the incoming devices.
         flb.retrieve(&PciFlb::encode(&entries(&keys[..1])))

@@ -36,7 +36,7 @@
 //!         +------+-------+--------+-----+----------+---------+----------+
 //! ```
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -48,6 +48,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use crate::error::Error;
 use crate::fd;
 use crate::memfd::fd_of;
+use crate::pci::holder_of;
 use crate::pci::{DeviceKey, IFNAMSIZ, IfName, PciAddress, PciFlb};
 
 /// The compatible string of [`PciDeviceHandler`]. Changing [`PciDeviceRecord`] bumps it.
@@ -338,8 +339,8 @@ impl FileHandler for PciDeviceHandler {
             DeviceFileKind::PciConfig | DeviceFileKind::Vfio => 0,
         };
         let held = fd::dup(fd)?;
-        // The held descriptor's number tags the claim; see `PciFlb::release_incoming`.
-        self.flb.claim(&target.key, held.as_raw_fd())?;
+        // The held file's identity tags the claim; see `PciFlb::release_incoming`.
+        self.flb.claim(&target.key, holder_of(held.as_fd()))?;
         Ok(Preserved {
             fd: held,
             record: PciDeviceRecord::new(&target, ifindex).as_bytes().to_vec(),
@@ -355,7 +356,7 @@ impl FileHandler for PciDeviceHandler {
 
     fn freeze(&self, file: &mut FileData) -> Result<(), HandlerError> {
         let key = PciDeviceRecord::parse(&file.record)?.device()?;
-        self.flb.adopt(&key, file.fd.as_fd().as_raw_fd());
+        self.flb.adopt(&key, holder_of(file.fd.as_fd()));
         Ok(())
     }
 
@@ -376,7 +377,7 @@ impl FileHandler for PciDeviceHandler {
         // Whatever the status, the device stops being incoming once its file is gone.
         let _ = status;
         if let Ok(key) = PciDeviceRecord::parse(&file.record).and_then(|r| r.device()) {
-            self.flb.release_incoming(&key, file.fd.as_fd().as_raw_fd());
+            self.flb.release_incoming(&key, holder_of(file.fd.as_fd()));
         }
     }
 }

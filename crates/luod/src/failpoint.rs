@@ -91,3 +91,26 @@ impl Failpoints {
         }
     }
 }
+
+/// Test-only: a server started after a crash dies here, before it serves, as many times as the
+/// number in the file named by `LUOD_FAILPOINT_RECOVER` says (each time one less), when
+/// failpoints are allowed (`LUOD_FAILPOINTS=1`). This is how the tests make a server that
+/// crashes at start-up.
+pub fn recovery_start() {
+    if !Failpoints::from_env().enabled() {
+        return;
+    }
+    let Some(path) = std::env::var_os("LUOD_FAILPOINT_RECOVER") else {
+        return;
+    };
+    let left: u32 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if left == 0 {
+        return;
+    }
+    let _ = std::fs::write(&path, format!("{}\n", left - 1));
+    tracing::warn!(left, "failpoint: the recovered server dies at start-up");
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+}

@@ -8,7 +8,7 @@
 //!  ------                          ------                         server's descriptor table)
 //!  start `luod --serve`   ----->   bind, serve; make the state
 //!                         <-----   HELLO <pid>
-//!  a control pair; HOLDER <pid> <restarts> <recovery µs> + the holder's end   ----->
+//!  a control pair; HOLDER <pid> <restarts> <recovery µs> <keeper pid> + the holder's end --->
 //!                                  spawn the holder  ------------> waits for commands
 //!                         <-----   SERVING <pid> <holder pid>
 //!  the previous holder, if any: exit
@@ -173,7 +173,12 @@ impl Keeper {
                         return;
                     }
                 };
-                let hello = format!("HOLDER {pid} {} {}", self.restarts, self.last_recovery_us);
+                let hello = format!(
+                    "HOLDER {pid} {} {} {}",
+                    self.restarts,
+                    self.last_recovery_us,
+                    std::process::id()
+                );
                 if let Err(e) =
                     transport::send(self.channel.as_fd(), hello.as_bytes(), &[end.as_fd()])
                 {
@@ -217,6 +222,10 @@ impl Keeper {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             };
+            // A holder channel offered to a server that died unused: dropping it ends the
+            // holder that server may have spawned (it exits when its keeper's end closes).
+            self.offered
+                .retain(|(p, _)| *p != pid.as_raw_nonzero().get());
             if Some(pid) != self.server {
                 // A holder told to exit, an old server after a handover, a successor that
                 // failed: nothing to do unless it was serving.
@@ -282,7 +291,7 @@ pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()>
     let me = std::process::id();
     transport::send(channel.as_fd(), format!("HELLO {me}").as_bytes(), &[])?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (end, restarts, recovery_us) = loop {
+    let (end, restarts, recovery_us, keeper_pid) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("The keeper did not answer");
@@ -307,10 +316,11 @@ pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()>
         let text = String::from_utf8_lossy(&m.bytes).into_owned();
         let w: Vec<&str> = text.split(' ').collect();
         // An answer to a predecessor that died before reading it is dropped with its fd.
-        if w.len() == 4 && w[0] == "HOLDER" && w[1] == me.to_string() {
+        if w.len() == 5 && w[0] == "HOLDER" && w[1] == me.to_string() {
             let mut fds = m.fds;
             let end = fds.pop().context("HOLDER without its channel")?;
-            break (end, w[2].parse().unwrap_or(0), w[3].parse().unwrap_or(0));
+            let num = |s: &str| s.parse::<u64>().unwrap_or(0);
+            break (end, num(w[2]) as u32, num(w[3]), num(w[4]) as u32);
         }
     };
     let Some(d) = server.durable.as_ref() else {
@@ -332,7 +342,7 @@ pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()>
     ];
     let holder = luo_sys::holder::Holder::spawn(&config, end)?;
     server.keeper = crate::server::KeeperInfo {
-        pid: rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32),
+        pid: keeper_pid,
         restarts,
         last_recovery_us: recovery_us,
     };

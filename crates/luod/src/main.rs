@@ -154,6 +154,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .and_then(|(s, j)| Some((s.parse().ok()?, j.parse().ok()?)))
             .context("--recover takes STATE,JOURNAL")?;
         let (mut server, recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
+        failpoint::recovery_start();
         become_durable(&mut server, recovery.next_seq, &args.log)?;
         info!(
             ms = t0.elapsed().as_secs_f64() * 1e3,

@@ -253,3 +253,36 @@ fn a_request_the_server_dies_in_is_applied_once_and_answered_once() {
         }
     }
 }
+
+#[test]
+fn a_server_that_crashes_on_start_up_is_restarted_with_backoff_while_everything_is_held() {
+    let dir = common::temp_dir("keeper-startup-crash");
+    let counter = dir.join("crashes");
+    // The next three servers started after a crash die before they serve.
+    std::fs::write(&counter, "3\n").unwrap();
+    let counter_env = format!("LUOD_FAILPOINT_RECOVER={}", counter.display());
+    let luod = Luod::start_under(
+        "keeper-startup",
+        &["env", "LUOD_FAILPOINTS=1", &counter_env],
+        &[],
+    );
+    let dev = luod.device();
+    let s = dev.create_session("boot").unwrap();
+    s.preserve(memfd_with("z", &pattern(4, 77_777)).as_fd(), 4)
+        .unwrap();
+    let t0 = Instant::now();
+    let (st, took) = kill_server(&luod);
+    eprintln!("four starts, three crashing: {:.1} ms", took.as_secs_f64() * 1e3);
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "0");
+    assert_eq!(st.restarts, 4, "one kill and three start-up crashes");
+    assert_eq!(st.files, 1, "the holder kept every descriptor meanwhile");
+    // Back-off: 10 + 20 + 40 ms at least between the quick deaths.
+    assert!(t0.elapsed() >= Duration::from_millis(70), "no back-off: {:?}", t0.elapsed());
+    let log = luod.log_text();
+    assert!(log.matches("the server died").count() >= 4, "{log}");
+    s.handoff().unwrap();
+    drop(s);
+    drop(dev);
+    let r = luod.device().retrieve_session("boot").unwrap();
+    assert_eq!(read_all(&r.retrieve(4).unwrap()), pattern(4, 77_777));
+}

@@ -182,7 +182,7 @@ fn stale_socket_after_kill_9_is_replaced_by_the_next_luod() {
     let _clean = Cleanup::new(&[&dir]);
     let socket = dir.join("luod.sock");
     let first = UserLuod::start(victim, &[]);
-    first.kill9();
+    first.kill9(&socket);
     let st = std::fs::symlink_metadata(&socket).expect("the stale socket stays");
     assert!(std::os::unix::fs::FileTypeExt::is_socket(&st.file_type()));
     assert!(raw_status(&socket).is_none(), "nobody serves it");
@@ -207,7 +207,7 @@ fn stale_socket_after_kill_9_is_replaced_by_the_next_luod() {
         "0666".to_owned(),
     ];
     let first = UserLuod::start(0, &args);
-    first.kill9();
+    first.kill9(&socket);
     assert!(socket.exists());
     let second = UserLuod::start(0, &args);
     Device::open_at(&socket)
@@ -430,11 +430,31 @@ impl UserLuod {
     }
 
     /// SIGKILL, and waits for it to be gone.
-    fn kill9(mut self) {
+    /// SIGKILL of all of luod: the keeper (the process started) and its server, which the
+    /// keeper would otherwise start again. The server's holder exits once the keeper is gone.
+    fn kill9(mut self, socket: &Path) {
+        let server = raw_status(socket).and_then(|s| Pid::from_raw(s.pid.get() as i32));
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(pid) = server {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+        // Gone when no process holds the lock any more (the server and its holder).
+        let lock = socket.with_extension("lock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let free = std::fs::File::open(&lock).is_ok_and(|f| {
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .is_ok()
+            });
+            if free {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("luod's lock is still held 10 s after SIGKILL");
     }
 }
 

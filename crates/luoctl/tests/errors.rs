@@ -295,3 +295,25 @@ fn a_wrong_command_line_exits_2() {
     let out = luoctl.at(&socket, &["migrate", "s", "1", "--to", "3m"]);
     insta::assert_snapshot!("bad_page_size", out.stderr);
 }
+
+/// `luoctl sessions | head -1` with more lines than `head` reads: luoctl printed with
+/// `println!`, which panics when the reader has gone (exit 101 and "failed printing to stdout:
+/// Broken pipe" on standard error). Now a reader that stops reading ends luoctl quietly. The
+/// pipe here is closed before luoctl writes, so the write fails every time.
+#[test]
+fn a_reader_that_stopped_reading_made_luoctl_panic() {
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    drop(reader);
+    let mut cmd = std::process::Command::new(common::luoctl_binary());
+    cmd.args(["completions", "bash"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped());
+    let out = common::spawn(&mut cmd).wait_with_output().expect("luoctl");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

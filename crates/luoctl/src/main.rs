@@ -63,6 +63,11 @@ enum Command {
         format: Format,
     },
     /// Every session you may see (root: all), one per line.
+    ///
+    /// Columns: UID (the owner), STATE (outgoing, incoming, retrieved or finished), FILES,
+    /// BYTES (of memory the files keep alive), NAME. Names come last and are shown with
+    /// control characters, bidi marks and backslashes escaped (\n, \x1b, \u{202e}, \\);
+    /// --json gives them exactly.
     #[command(visible_alias = "list")]
     Sessions {
         #[command(flatten)]

@@ -41,7 +41,10 @@ fn hand_off_as(uid: u32, luod: &Luod, name: &str) {
     common::as_user(&mut cmd, uid);
     cmd.env("LUOCTL_TEST_ROLE", "hand-off")
         .env("LUOCTL_TEST_SOCKET", &luod.socket)
-        .env("LUOCTL_TEST_NAME", name);
+        .env("LUOCTL_TEST_NAME", name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let out = common::spawn(&mut cmd).wait_with_output().expect("child");
     assert!(
         out.status.success(),

@@ -17,7 +17,7 @@ use crate::json;
 pub enum Exit {
     /// The command did what was asked.
     Ok = 0,
-    /// luod refused or failed the operation (its errno and reason are printed).
+    /// the operation failed: luod refused it (its errno and reason are printed), or luoctl could not write its output.
     Failed = 1,
     /// The command line is wrong (clap's status for a usage error).
     Usage = 2,
@@ -64,7 +64,7 @@ impl Exit {
         match self {
             Exit::Ok => "success",
             Exit::Failed => {
-                "luod refused or failed the operation (its errno and reason are printed)"
+                "the operation failed: luod refused it (its errno and reason are printed), or luoctl could not write its output"
             }
             Exit::Usage => "the command line is wrong",
             Exit::Unreachable => {

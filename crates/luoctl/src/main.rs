@@ -1,15 +1,41 @@
 //! luoctl: the command line of luod. A thin shell over `luo-client`.
+//!
+//! [`Args`] and [`Command`] define the command line (clap derive); the same definitions give
+//! the help text, the shell completions (`luoctl completions`) and the man pages (`luoctl man`,
+//! module [`man`]). Each command that asks luod something prints what luod said, as text for
+//! a person or, with `--json`, as one JSON document (module [`json`]; the views are in
+//! [`status`], [`sessions`] and [`migrate`], their text laid out by [`table`]). Whatever
+//! happens ends in one of the statuses of [`exit::Exit`]; [`exit::Failure`] is what a failed
+//! call becomes: its status, its message, and its JSON error document.
+//!
+//! `docs/luoctl.md` is the operator's guide, with the JSON fields of every command.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+mod exit;
+mod json;
+mod man;
+mod migrate;
+mod sessions;
+mod status;
+mod table;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use luo_client::{Control, ErrorKind, SessionSummary, Status};
+use clap::{CommandFactory, Parser, Subcommand};
+use luo_client::Control;
+
+use crate::exit::{Exit, Failure};
 
 /// Inspect and steer luod, the userspace Live Update Orchestrator.
+///
+/// luod holds preserved file descriptors in named sessions so that a workload can be replaced
+/// by a new version of itself and get them back. luoctl shows luod's state and sessions,
+/// upgrades luod's binary, emulates a kernel live update, and moves preserved memory onto new
+/// backing. Every command that prints takes --json for one JSON document instead of text.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, after_help = Exit::help())]
 struct Args {
     /// luod's socket (default: $LUOD_SOCKET, else /run/luod/luod.sock for root,
     /// $XDG_RUNTIME_DIR/luod.sock otherwise, else /tmp/luod-<uid>/luod.sock). It must be
@@ -21,319 +47,262 @@ struct Args {
     command: Command,
 }
 
+/// The output format of a command that prints.
+#[derive(Clone, Copy, Debug, clap::Args)]
+struct Format {
+    /// Print one JSON document instead of text (on failure: {"error": {...}}).
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generation, sessions, files, preserved bytes, clients, descriptors, uptime.
     Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: Format,
     },
     /// Every session you may see (root: all), one per line.
+    ///
+    /// Columns: UID (the owner), STATE (outgoing, incoming, retrieved or finished), FILES,
+    /// BYTES (of memory the files keep alive), NAME. Names come last and are shown with
+    /// control characters, bidi marks and backslashes escaped (\n, \x1b, \u{202e}, \\);
+    /// --json gives them exactly.
+    #[command(visible_alias = "list")]
     Sessions {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: Format,
     },
-    /// Replace luod's binary without losing a session or a connection.
+    /// Replace luod's binary without losing a session or a connection (root).
     Upgrade {
         /// The new binary (default: the one luod runs).
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+        #[command(flatten)]
+        format: Format,
     },
-    /// Emulate a kernel live update: open sessions become incoming, connections are cut.
-    Reboot,
-    /// Move a preserved memory file onto new backing (4 KiB, 2 MiB or 1 GiB pages), copying it
-    /// with luod's copy engine; the session is incoming (not retrieved) or your own outgoing one.
+    /// Emulate a kernel live update: open sessions become incoming, connections are cut (root).
+    Reboot {
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Move a preserved memory file onto new backing (4 KiB, 2 MiB or 1 GiB pages).
+    ///
+    /// luod copies the file with its copy engine and puts the copy in its place in the
+    /// session. The session is an incoming one nobody has retrieved, or your own outgoing one.
     Migrate {
         /// The session's name.
         session: String,
         /// The file's token.
         token: u64,
-        /// The new page size: 4k, 2m or 1g.
-        #[arg(long, value_name = "4k|2m|1g")]
-        to: String,
+        /// The new page size.
+        #[arg(long, value_name = "SIZE", ignore_case = true)]
+        to: migrate::PageSize,
         /// The uid whose session it is (root only; default: yours).
         #[arg(long, value_name = "UID")]
         owner: Option<u32>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: Format,
     },
     /// luoctl's version and the daemon's.
-    Version,
+    Version {
+        #[command(flatten)]
+        format: Format,
+    },
+    /// Print a completion script for a shell.
+    ///
+    /// bash: luoctl completions bash > /etc/bash_completion.d/luoctl;
+    /// zsh: luoctl completions zsh > "${fpath[1]}/_luoctl";
+    /// fish: luoctl completions fish > ~/.config/fish/completions/luoctl.fish
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page luoctl(1), or write every page of luoctl into a directory.
+    Man {
+        /// Write luoctl.1 and a luoctl-COMMAND.1 for each command into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
-/// The page size `4k`, `2m` or `1g` names, in bytes.
-fn page_size(name: &str) -> Option<u64> {
-    match name.to_ascii_lowercase().as_str() {
-        "4k" => Some(4 << 10),
-        "2m" => Some(2 << 20),
-        "1g" => Some(1 << 30),
-        _ => None,
+impl Command {
+    /// True if the command was asked for JSON.
+    fn json(&self) -> bool {
+        match self {
+            Command::Status { format }
+            | Command::Sessions { format }
+            | Command::Upgrade { format, .. }
+            | Command::Reboot { format }
+            | Command::Migrate { format, .. }
+            | Command::Version { format } => format.json,
+            Command::Completions { .. } | Command::Man { .. } => false,
+        }
     }
 }
 
-/// Runs MIGRATE; on a terminal, a progress bar from luod's STATUS while the copy runs.
-fn migrate(
-    socket: &std::path::Path,
-    control: &Control,
-    session: &str,
-    token: u64,
-    to: &str,
-    owner: Option<u32>,
-    json: bool,
-) -> Result<(), luo_client::Error> {
-    let Some(page) = page_size(to) else {
-        eprintln!("luoctl: --to takes 4k, 2m or 1g, not {to:?}");
-        std::process::exit(2);
+/// What a command printed, and how it failed if it did.
+struct Done {
+    stdout: String,
+    failure: Option<Failure>,
+}
+
+impl Done {
+    /// The usual outcome: the output, or the failure (and its JSON document if `json`).
+    fn of(result: Result<String, Failure>, json: bool) -> Done {
+        match result {
+            Ok(stdout) => Done {
+                stdout,
+                failure: None,
+            },
+            Err(f) => Done {
+                stdout: if json {
+                    format!("{}\n", f.json())
+                } else {
+                    String::new()
+                },
+                failure: Some(f),
+            },
+        }
+    }
+}
+
+fn connect(socket: &Path) -> Result<Control, Failure> {
+    Control::connect_at(socket).map_err(|e| Failure::of(&e, socket))
+}
+
+/// `upgrade`: luod's pid before and after, and how the upgrade went.
+fn upgrade(socket: &Path, binary: Option<&Path>, json: bool) -> Result<String, Failure> {
+    let fail = |e: luo_client::Error| Failure::of(&e, socket);
+    // luod resolves a relative path from its own directory, not from this one.
+    let binary = match binary.map(std::path::absolute).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(Failure::local(
+                Exit::Usage,
+                "upgrade",
+                format!("--binary: {e}"),
+            ));
+        }
     };
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-        let done = std::sync::Arc::clone(&done);
-        let socket = socket.to_owned();
-        std::thread::spawn(move || progress_bar(&socket, &done))
-    });
-    let result = control.migrate(session, token, page, owner);
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(bar) = bar {
-        let _ = bar.join();
-    }
-    let m = result?;
-    let secs = m.copy_time.as_secs_f64();
-    let gbps = if secs > 0.0 {
-        m.bytes as f64 / secs / 1e9
+    let control = connect(socket)?;
+    let before = control.status().map_err(fail)?;
+    control.upgrade(binary.as_deref()).map_err(fail)?;
+    // The connection survives the upgrade: the new luod answers.
+    let after = control.status().map_err(fail)?;
+    Ok(status::upgraded(&before, &after, json))
+}
+
+fn reboot(socket: &Path, json: bool) -> Result<String, Failure> {
+    connect(socket)?
+        .reboot()
+        .map_err(|e| Failure::of(&e, socket))?;
+    Ok(if json {
+        format!("{}\n", json::Object::new().bool("rebooted", true).finish())
     } else {
-        0.0
+        "luod rebooted: open sessions are now incoming\n".to_owned()
+    })
+}
+
+/// `version`: luoctl's own is printed even when luod cannot be reached.
+fn version(socket: &Path, json: bool) -> Done {
+    match connect(socket).and_then(|c| c.status().map_err(|e| Failure::of(&e, socket))) {
+        Ok(s) => Done {
+            stdout: status::version(Some(&s), None, json),
+            failure: None,
+        },
+        Err(f) => Done {
+            stdout: status::version(None, Some(&f), json),
+            failure: Some(f),
+        },
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> Result<String, Failure> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "luoctl", &mut out);
+    String::from_utf8(out).map_err(|_| {
+        Failure::local(
+            Exit::Failed,
+            "completions",
+            "the completion script is not UTF-8".to_owned(),
+        )
+    })
+}
+
+fn man_pages(dir: Option<&Path>) -> Result<String, Failure> {
+    let pages = man::pages(Args::command());
+    let Some(dir) = dir else {
+        return Ok(pages
+            .into_iter()
+            .next()
+            .map(|(_, text)| text)
+            .unwrap_or_default());
     };
-    if json {
-        println!(
-            "{{\"session\":{},\"token\":{},\"bytes\":{},\"page_size\":{},\"copy_ms\":{:.3},\"gb_per_s\":{:.2},\"units\":{},\"units_fallback\":{},\"channels\":{}}}",
-            json_str(session),
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::local(Exit::Failed, "man", format!("{}: {e}", dir.display())))?;
+    for (name, text) in &pages {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| Failure::local(Exit::Failed, "man", format!("{}: {e}", path.display())))?;
+    }
+    Ok(String::new())
+}
+
+fn run(command: Command, socket: &Path) -> Done {
+    let json = command.json();
+    let result = match command {
+        Command::Status { .. } => connect(socket).and_then(|c| {
+            c.status()
+                .map(|s| status::show(&s, json))
+                .map_err(|e| Failure::of(&e, socket))
+        }),
+        Command::Sessions { .. } => connect(socket).and_then(|c| {
+            c.sessions()
+                .map(|l| sessions::show(&l, json))
+                .map_err(|e| Failure::of(&e, socket))
+        }),
+        Command::Upgrade { binary, .. } => upgrade(socket, binary.as_deref(), json),
+        Command::Reboot { .. } => reboot(socket, json),
+        Command::Migrate {
+            session,
             token,
-            m.bytes,
-            m.page_size,
-            secs * 1e3,
-            gbps,
-            m.units,
-            m.units_fallback,
-            m.channels
-        );
-    } else {
-        println!(
-            "{session} token {token}: {} MiB onto {} pages in {:.1} ms ({gbps:.2} GB/s), {} channels, {} of {} units fell back to the CPU",
-            m.bytes >> 20,
-            to.to_ascii_lowercase(),
-            secs * 1e3,
-            m.channels,
-            m.units_fallback,
-            m.units
-        );
-    }
-    Ok(())
-}
-
-/// Draws `[#####     ] 42%` on standard error from luod's STATUS until `done`.
-fn progress_bar(socket: &std::path::Path, done: &std::sync::atomic::AtomicBool) {
-    let Ok(ctl) = Control::connect_at(socket) else {
-        return;
+            to,
+            owner,
+            ..
+        } => migrate::run(socket, &session, token, to, owner, json),
+        Command::Version { .. } => return version(socket, json),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man_pages(dir.as_deref()),
     };
-    let mut drawn = false;
-    while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        if let Ok(s) = ctl.status()
-            && s.migrate_total >= 64 << 20
-        {
-            let pct = s.migrate_done.saturating_mul(100) / s.migrate_total;
-            let filled = (pct / 5) as usize;
-            eprint!(
-                "\r[{}{}] {pct:>3}% {}/{} MiB",
-                "#".repeat(filled),
-                " ".repeat(20 - filled.min(20)),
-                s.migrate_done >> 20,
-                s.migrate_total >> 20
-            );
-            drawn = true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    if drawn {
-        eprintln!();
-    }
+    Done::of(result, json)
 }
 
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn print_status(s: &Status, json: bool) {
-    if json {
-        println!(
-            "{{\"pid\":{},\"version\":{},\"generation\":{},\"sessions_outgoing\":{},\"sessions_incoming\":{},\"files\":{},\"bytes\":{},\"clients\":{},\"uptime_ms\":{},\"fd_limit\":{},\"fd_used\":{},\"upgrades\":{},\"last_upgrade_rounds\":{},\"last_upgrade_stop_and_copy\":{},\"migrate_done\":{},\"migrate_total\":{},\"copy_bytes\":{},\"copy_units\":{},\"copy_units_fallback\":{},\"copy_batches_cpu\":{}}}",
-            s.pid,
-            json_str(&s.version),
-            s.generation,
-            s.sessions_outgoing,
-            s.sessions_incoming,
-            s.files,
-            s.bytes,
-            s.clients,
-            s.uptime_ms,
-            s.fd_limit,
-            s.fd_used,
-            s.upgrades,
-            s.last_upgrade_rounds,
-            s.last_upgrade_stop_and_copy,
-            s.migrate_done,
-            s.migrate_total,
-            s.copy_bytes,
-            s.copy_units,
-            s.copy_units_fallback,
-            s.copy_batches_cpu
-        );
-        return;
-    }
-    println!("luod {} (pid {})", s.version, s.pid);
-    println!("generation:  {}", s.generation);
-    println!(
-        "sessions:    {} outgoing, {} incoming",
-        s.sessions_outgoing, s.sessions_incoming
-    );
-    println!("files:       {}", s.files);
-    println!("preserved:   {} bytes", s.bytes);
-    println!("clients:     {}", s.clients);
-    println!("descriptors: {} of {}", s.fd_used, s.fd_limit);
-    println!("upgrades:    {}", s.upgrades);
-    if s.last_upgrade_rounds > 0 {
-        let how = if s.last_upgrade_stop_and_copy {
-            "stop and copy"
-        } else {
-            "prepared while serving"
-        };
-        println!(
-            "last upgrade: {how}, {} successor(s) started",
-            s.last_upgrade_rounds
-        );
-    }
-    if s.migrate_total > 0 {
-        println!(
-            "migrating:   {} of {} MiB copied",
-            s.migrate_done >> 20,
-            s.migrate_total >> 20
-        );
-    }
-    if s.copy_bytes > 0 {
-        println!(
-            "copies:      {} MiB in {} units, {} fell back to the CPU, {} batches kept on the CPU",
-            s.copy_bytes >> 20,
-            s.copy_units,
-            s.copy_units_fallback,
-            s.copy_batches_cpu
-        );
-    }
-    println!("uptime:      {:.1} s", s.uptime_ms as f64 / 1000.0);
-}
-
-fn state(s: &SessionSummary) -> &'static str {
-    match (s.incoming, s.retrieved, s.finished) {
-        (false, _, _) => "outgoing",
-        (true, _, true) => "finished",
-        (true, true, false) => "retrieved",
-        (true, false, false) => "incoming",
-    }
-}
-
-fn print_sessions(list: &[SessionSummary], json: bool) {
-    if json {
-        let items: Vec<String> = list
-            .iter()
-            .map(|s| {
-                format!(
-                    "{{\"owner\":{},\"name\":{},\"state\":\"{}\",\"files\":{},\"bytes\":{}}}",
-                    s.owner,
-                    json_str(&s.name),
-                    state(s),
-                    s.files,
-                    s.bytes
-                )
-            })
-            .collect();
-        println!("[{}]", items.join(","));
-        return;
-    }
-    println!(
-        "{:>6}  {:<10} {:>6} {:>14}  NAME",
-        "UID", "STATE", "FILES", "BYTES"
-    );
-    for s in list {
-        println!(
-            "{:>6}  {:<10} {:>6} {:>14}  {}",
-            s.owner,
-            state(s),
-            s.files,
-            s.bytes,
-            s.name
-        );
+/// Writes `text` to standard output in one piece. A reader that went away (`luoctl sessions |
+/// head -1`) is not an error.
+fn write_stdout(text: &str) -> Result<(), std::io::Error> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let socket = args.socket.unwrap_or_else(luo_client::default_socket);
-    let control = match Control::connect_at(&socket) {
-        Ok(c) => c,
-        Err(e) => {
-            if matches!(&args.command, Command::Version) {
-                println!("luoctl {}", env!("CARGO_PKG_VERSION"));
+    let done = run(args.command, &socket);
+    if let Err(e) = write_stdout(&done.stdout) {
+        eprintln!("luoctl: cannot write the output: {e}");
+        return ExitCode::from(Exit::Failed.code());
+    }
+    match done.failure {
+        None => ExitCode::from(Exit::Ok.code()),
+        Some(f) => {
+            for line in &f.lines {
+                eprintln!("luoctl: {line}");
             }
-            if e.kind == ErrorKind::Call {
-                eprintln!(
-                    "luoctl: cannot reach luod at {} ({}): is luod running? Start it with `luod`.",
-                    socket.display(),
-                    e.errno
-                );
-            } else {
-                // A socket luoctl refused: the error names it, its server and the way out.
-                eprintln!("luoctl: {e}");
-            }
-            return ExitCode::from(2);
-        }
-    };
-    let result = match args.command {
-        Command::Status { json } => control.status().map(|s| print_status(&s, json)),
-        Command::Sessions { json } => control.sessions().map(|l| print_sessions(&l, json)),
-        Command::Upgrade { binary } => control.upgrade(binary.as_deref()).map(|()| {
-            println!("luod upgraded");
-        }),
-        Command::Reboot => control
-            .reboot()
-            .map(|()| println!("luod rebooted: open sessions are now incoming")),
-        Command::Migrate {
-            session,
-            token,
-            to,
-            owner,
-            json,
-        } => migrate(&socket, &control, &session, token, &to, owner, json),
-        Command::Version => control.status().map(|s| {
-            println!("luoctl {}", env!("CARGO_PKG_VERSION"));
-            println!("luod {} (pid {})", s.version, s.pid);
-        }),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("luoctl: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(f.exit.code())
         }
     }
 }

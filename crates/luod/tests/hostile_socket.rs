@@ -577,7 +577,7 @@ fn victim_clients_refused(tools: &Tools, uid: u32, env: &[(&str, String)], why: 
     }
 
     let out = tools.luoctl(uid, env, &["status"]);
-    assert_eq!(out.status.code(), Some(2), "luoctl status: {out:?}");
+    assert_eq!(out.status.code(), Some(5), "luoctl status: {out:?}");
     assert!(out.stderr.contains("refused"), "luoctl: {out:?}");
     assert!(out.stderr.contains(why), "luoctl: {out:?} lacks {why:?}");
 

@@ -1232,6 +1232,45 @@ mod tests {
         assert_eq!(refused(&huge), libc::E2BIG, "over the limit");
     }
 
+    proptest::proptest! {
+        /// The holder parses whatever the channel carries: a well-formed request, mutated
+        /// anywhere, is read or refused, never anything else, and a refusal is a valid reply.
+        #[test]
+        fn any_packet_is_read_or_refused(
+            op in 0u32..5,
+            seq: u32,
+            tail in proptest::collection::vec(0u8..2, 0..60),
+            flip: Option<(usize, u8)>,
+        ) {
+            let mut packet = Request::new(op, seq).as_bytes().to_vec();
+            packet.extend_from_slice(&tail);
+            let len = packet.len() as u32;
+            packet[..4].copy_from_slice(&len.to_le_bytes());
+            if let Some((at, byte)) = flip {
+                let at = at % packet.len();
+                packet[at] = byte;
+            }
+            match Request::parse(&packet) {
+                Ok(req) => {
+                    proptest::prop_assert_eq!(req.magic.get(), HOLDER_MAGIC);
+                    proptest::prop_assert_eq!(req.size.get() as usize, packet.len());
+                    proptest::prop_assert!((16..=MAX_MESSAGE).contains(&packet.len()));
+                    proptest::prop_assert!(packet[16..].iter().all(|&b| b == 0));
+                    proptest::prop_assert!(matches!(req.op.get(), OP_PING | OP_START | OP_EXIT));
+                }
+                Err(reply) => {
+                    proptest::prop_assert_eq!(reply.step.get(), STEP_REQUEST);
+                    proptest::prop_assert!(Reply::parse(reply.as_bytes()).is_some());
+                }
+            }
+            let _ = Reply::parse(&packet);
+            for cut in 0..16 {
+                let prefix = &packet[..cut];
+                proptest::prop_assert!(Request::parse(prefix).is_err(), "a {cut}-byte prefix");
+            }
+        }
+    }
+
     #[test]
     fn replies_are_checked() {
         let reply = Reply::new(OP_START, 3, STEP_EXEC, libc::ENOENT as u32, 42);

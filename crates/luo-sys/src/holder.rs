@@ -106,6 +106,12 @@
 //!
 //! The table is released when the last process sharing it (server or holder) goes.
 //!
+//! The sharing lasts as long as the server keeps its table: an `execve` of the server itself
+//! (in place, not after a fork), `unshare(CLONE_FILES)` or `close_range(CLOSE_RANGE_UNSHARE)`
+//! gives the server a private copy, and from then on the holder keeps the table as it was. A
+//! fork of the server copies the table too, which is what an upgrade's successor wants; the
+//! holder still shares the (old) server's.
+//!
 //! # `CLONE_PARENT`
 //!
 //! With [`HolderConfig::clone_parent`] (the default) the holder is made with `CLONE_PARENT`:
@@ -571,7 +577,7 @@ pub enum HolderError {
     /// The new server's process failed before its exec ([`STEP_INHERIT`]); it exited with 127.
     #[error("The new server (pid {pid}) failed before its exec")]
     Inherit {
-        /// The process, to reap.
+        /// The process: the keeper's to reap with `CLONE_PARENT`, reaped by the holder without.
         pid: Pid,
         /// The errno of the failure (`ECHILD` if it died).
         #[source]
@@ -580,7 +586,7 @@ pub enum HolderError {
     /// The new server's exec failed ([`STEP_EXEC`]); its process exited with 127.
     #[error("The new server (pid {pid}) could not exec its program")]
     Exec {
-        /// The process, to reap.
+        /// The process: the keeper's to reap with `CLONE_PARENT`, reaped by the holder without.
         pid: Pid,
         /// The exec's errno.
         #[source]

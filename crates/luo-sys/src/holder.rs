@@ -42,6 +42,29 @@
 //!   [`HolderControl::start`] and [`HolderControl::exit`]; [`channel`] makes a pair.
 //! - [`Request`] and [`Reply`]: the control channel's messages, a contract (below).
 //!
+//! ```
+//! use std::path::Path;
+//! use luo_sys::holder::{self, Holder, HolderConfig};
+//!
+//! // The keeper makes the channel, keeps its end, and gives the server the holder's end.
+//! let (mut control, holder_end) = holder::channel()?;
+//!
+//! // The server, right after it starts: prepare what a `start` execs, then spawn the holder.
+//! let mut config = HolderConfig::new(Path::new("/bin/true"))?;
+//! config.clone_parent = false; // This example has no keeper: keep the holder our child.
+//! let holder = Holder::spawn(&config, holder_end)?;
+//! let memfd = rustix::fs::memfd_create("state", rustix::fs::MemfdFlags::CLOEXEC)?;
+//! // `memfd` is in the holder's table too, under the same number, without being sent.
+//!
+//! // The keeper, after the server died (or whenever it wants a new server):
+//! assert_eq!(control.ping()?, holder.pid());
+//! let new_server = control.start()?; // /bin/true, with `memfd` inherited
+//! # let _ = (new_server, memfd);
+//! control.exit()?;
+//! rustix::process::waitpid(Some(holder.pid()), rustix::process::WaitOptions::empty())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Who owns which end of the control channel
 //!
 //! The control channel is an `AF_UNIX` `SOCK_SEQPACKET` pair. One end (the *holder's end*) must
@@ -54,12 +77,20 @@
 //! reaches a server), and gives the server only the holder's end: inherited at a number passed
 //! in the server's argv, or sent by `SCM_RIGHTS`. The server passes it to [`Holder::spawn`],
 //! which gives it to the holder: from then on the number ([`Holder::channel_fd`]) belongs to the
-//! holder, and the server must never close it or `dup2` onto it. If the server has to make the
-//! pair itself, it calls [`channel`], spawns the holder, sends the [`HolderControl`]'s descriptor
-//! to the keeper ([`HolderControl::into_fd`], then `SCM_RIGHTS`) and closes it; a server that
-//! dies between the spawn and that close leaves a holder that outlives its keeper (nothing is
-//! lost, but the holder stays until it is killed), which is why the keeper-made pair is the
-//! recommended order.
+//! holder, and the server must never close it or `dup2` onto it; `spawn` sets close-on-exec on
+//! it, so that no exec of the server's (an upgrade's successor) carries it. If the server has to
+//! make the pair itself, it calls [`channel`], spawns the holder, sends the [`HolderControl`]'s
+//! descriptor to the keeper ([`HolderControl::into_fd`], then `SCM_RIGHTS`) and closes it; a
+//! server that dies between the spawn and that close leaves a holder that outlives its keeper
+//! (nothing is lost, but the holder stays until it is killed), which is why the keeper-made pair
+//! is the recommended order.
+//!
+//! A new server started by a holder inherits a *copy* of the table, not the table: it spawns a
+//! holder of its own, with a new channel (the keeper makes one and sends the holder's end over
+//! whatever connection the new server has to it, typically one inherited from the old server),
+//! and once that holder answers, the keeper tells the old one to exit. Until then the old holder
+//! keeps the table as it was when the old server died, so a new server that crashes at start-up
+//! can be started again.
 //!
 //! The holder ends when:
 //! - it is told [`exit`](HolderControl::exit): it answers, then exits with status 0;
@@ -74,6 +105,12 @@
 //!   SIGTERM, SIGINT or SIGHUP end it like SIGKILL does.
 //!
 //! The table is released when the last process sharing it (server or holder) goes.
+//!
+//! The sharing lasts as long as the server keeps its table: an `execve` of the server itself
+//! (in place, not after a fork), `unshare(CLONE_FILES)` or `close_range(CLOSE_RANGE_UNSHARE)`
+//! gives the server a private copy, and from then on the holder keeps the table as it was. A
+//! fork of the server copies the table too, which is what an upgrade's successor wants; the
+//! holder still shares the (old) server's.
 //!
 //! # `CLONE_PARENT`
 //!
@@ -112,13 +149,24 @@
 //! with the holder (`CLONE_VM`), exits with 127, and the holder answers the failure; a pipe is
 //! not needed, so a `start` creates no descriptor in the shared table.
 //!
-//! **Cost.** Measured with `tests/holder.rs` (`start_with_17000_descriptors`, debug build, a
-//! 2-core VM shared with other builds, Linux 6.18): a `start` with 17,000 descriptors open (the
-//! table's size is then 32,768 slots) takes about 5 ms from the request to the reply, which the
-//! holder sends once the exec has succeeded, against about 1.5 ms with a dozen descriptors. The
-//! difference is the `fcntl` loop: about 0.1 µs per slot, open or not. Walking `/proc/self/fd`
-//! instead was measured at 27-150 ms for the same table (procfs instantiates an entry per
-//! descriptor), so it is not used.
+//! **Cost.** Measured by `tests/holder.rs` (`start_with_17000_descriptors`, which prints the
+//! figures; `cargo test -p luo-sys --test holder start_with -- --nocapture`) on a 2-core VM
+//! (Linux 6.18) shared with other builds (load average 4 to 5): the time from sending `start`
+//! to its reply, which the holder sends once the exec has succeeded, median (best) of 5 starts
+//! of the same table, over 5 runs:
+//!
+//! | table                                   | release build           | debug build            |
+//! |-----------------------------------------|-------------------------|------------------------|
+//! | 9 descriptors (table size 256)          | 1.1-4.5 ms (0.1-2.7 ms) | 0.3-2.6 ms (0.2-1.5 ms)|
+//! | 17,009 descriptors (table size 32,768)  | 3.8-8.4 ms (3.4-4.3 ms) | 7-14 ms (6.5-11 ms)    |
+//!
+//! Below a millisecond the figures are mostly the machine's noise. The difference is the
+//! `fcntl` loop: about 0.1 µs per slot of the table, open or not (a C
+//! loop of 32,768 `fcntl(F_SETFD)` took 3 to 12 ms on the same machine). The new server's own
+//! start-up comes on top (the test also prints the time until the new process has sent its
+//! first message: 5-15 ms in release with 17,009 descriptors, its test harness's start-up
+//! included). Walking `/proc/self/fd` instead was measured at 27-150 ms for the same table
+//! (procfs instantiates an entry per descriptor), so it is not used.
 //!
 //! # Memory
 //!
@@ -217,7 +265,9 @@ const HOLDER_NAME: &std::ffi::CStr = c"luod-holder";
 
 /// A request from the keeper to the holder. Layout in the module docs. Changing this bumps
 /// [`HOLDER_MAGIC`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct Request {
     /// The size of this struct: 16.
@@ -233,7 +283,9 @@ const _: () = assert!(size_of::<Request>() == 16);
 
 /// The holder's answer to one [`Request`]. Layout in the module docs. Changing this bumps
 /// [`HOLDER_MAGIC`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct Reply {
     /// The size of this struct: 32.
@@ -417,7 +469,9 @@ impl Holder {
         if rustix::net::sockopt::socket_domain(&channel)? != AddressFamily::UNIX
             || rustix::net::sockopt::socket_type(&channel)? != SocketType::SEQPACKET
         {
-            return Err(invalid("the holder's channel is not a Unix SOCK_SEQPACKET socket"));
+            return Err(invalid(
+                "the holder's channel is not a Unix SOCK_SEQPACKET socket",
+            ));
         }
         // The holder never execs, but the server may (an upgrade's successor): the holder's end
         // must not leak into it, even if it reached the server through an exec.
@@ -431,16 +485,10 @@ impl Holder {
             } else {
                 0
             };
-        // Block every signal in this thread across the clone, so that no handler of this
-        // process runs in the holder before the holder has reset them all.
-        let mut all = empty_sigset();
-        let mut old = empty_sigset();
-        // SAFETY: sigfillset and pthread_sigmask only write the sigset_t values passed, which
-        // are valid, initialised locals.
-        unsafe {
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        }
+        // Block every signal in this thread across the clone (glibc's own two included, hence
+        // the raw call), so that no handler of this process runs in the holder before the
+        // holder has reset them all.
+        let old = set_signal_mask(u64::MAX);
         // SAFETY: a raw clone with no new stack returns twice, like fork: in this process with
         // the child's pid, in the child with 0, on a copy of this memory (no CLONE_VM). Every
         // argument but the flags is 0 (no stack, no tid pointers, no TLS), so the argument
@@ -463,10 +511,7 @@ impl Holder {
             holder_main(&mut prepared);
         }
         let err = io::Error::last_os_error();
-        // SAFETY: restores the mask saved above; `old` is a valid sigset_t.
-        unsafe {
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
+        set_signal_mask(old);
         if rc < 0 {
             return Err(err);
         }
@@ -532,7 +577,7 @@ pub enum HolderError {
     /// The new server's process failed before its exec ([`STEP_INHERIT`]); it exited with 127.
     #[error("The new server (pid {pid}) failed before its exec")]
     Inherit {
-        /// The process, to reap.
+        /// The process: the keeper's to reap with `CLONE_PARENT`, reaped by the holder without.
         pid: Pid,
         /// The errno of the failure (`ECHILD` if it died).
         #[source]
@@ -541,7 +586,7 @@ pub enum HolderError {
     /// The new server's exec failed ([`STEP_EXEC`]); its process exited with 127.
     #[error("The new server (pid {pid}) could not exec its program")]
     Exec {
-        /// The process, to reap.
+        /// The process: the keeper's to reap with `CLONE_PARENT`, reaped by the holder without.
         pid: Pid,
         /// The exec's errno.
         #[source]
@@ -678,13 +723,28 @@ impl AsFd for HolderControl {
 }
 
 /// `(st_dev, st_ino)`: which file a descriptor number names.
+#[allow(clippy::unnecessary_cast)] // Their types are not u64 on every target.
 fn identity(st: &rustix::fs::Stat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)
 }
 
-fn empty_sigset() -> libc::sigset_t {
-    // SAFETY: sigset_t is a plain bit array, for which all zeroes is the empty set.
-    unsafe { std::mem::zeroed() }
+/// Sets this thread's signal mask (the kernel's 64-bit set: bit `n - 1` for signal `n`) with the
+/// raw system call, which unlike glibc's wrappers does not leave glibc's own signals out;
+/// returns the previous mask. SIGKILL and SIGSTOP cannot be blocked; the kernel ignores them.
+fn set_signal_mask(mask: u64) -> u64 {
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask reads 8 bytes (the size passed) from `mask` and writes 8 to `old`,
+    // both valid locals; it cannot fail with these arguments.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::c_long::from(libc::SIG_SETMASK),
+            &raw const mask,
+            &raw mut old,
+            size_of::<u64>(),
+        );
+    }
+    old
 }
 
 /// `"LUO_HOLDER_PID="`, ten digits, NUL.
@@ -937,41 +997,36 @@ fn hung_up(channel: BorrowedFd<'_>) -> bool {
 /// Every signal to its default disposition (SIGCHLD with `SA_NOCLDWAIT`, so the servers this
 /// holder starts without `CLONE_PARENT` are reaped by the kernel), then an empty mask. Handlers
 /// inherited from the server never run in the holder: every signal stayed blocked from before
-/// the clone until here.
+/// the clone until here. Raw system calls: glibc's `sigaction` refuses its own two signals.
 fn reset_signals() {
     for sig in 1..=64 {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        let mut action: libc::sigaction = {
-            // SAFETY: libc::sigaction is plain data; all zeroes is SIG_DFL (0), no flags and an
-            // empty mask.
-            unsafe { std::mem::zeroed() }
+        let flags = if sig == libc::SIGCHLD {
+            libc::SA_NOCLDWAIT as libc::c_ulong
+        } else {
+            0
         };
-        action.sa_sigaction = libc::SIG_DFL;
-        if sig == libc::SIGCHLD {
-            action.sa_flags = libc::SA_NOCLDWAIT;
-        }
-        // SAFETY: sigaction is async-signal-safe; `action` is valid for reads, and the old
-        // action is not asked for. The numbers glibc reserves for itself fail with EINVAL,
-        // which is fine.
+        // The kernel's `struct sigaction`: handler, flags, then (where the architecture has
+        // one) the restorer, then the mask. With SIG_DFL (0), no restorer and an empty mask,
+        // every word but the flags is zero, so one array fits every layout; the padding covers
+        // the longest.
+        let action: [libc::c_ulong; 8] = [0, flags, 0, 0, 0, 0, 0, 0];
+        // SAFETY: rt_sigaction reads at most the kernel's `struct sigaction` (at most 32 bytes)
+        // from `action`, which holds 64, and writes no old action (null); the mask size is the
+        // kernel's, 8 bytes. It only changes this process's dispositions.
         unsafe {
-            libc::sigaction(sig, &action, std::ptr::null_mut());
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                libc::c_long::from(sig),
+                action.as_ptr(),
+                std::ptr::null_mut::<libc::c_ulong>(),
+                size_of::<u64>(),
+            );
         }
     }
-    // An empty kernel signal set is 8 zero bytes on Linux.
-    let empty: u64 = 0;
-    // SAFETY: rt_sigprocmask reads `size_of::<u64>()` bytes from `empty`, which is valid, and
-    // writes no old mask (null).
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::c_long::from(libc::SIG_SETMASK),
-            &raw const empty,
-            std::ptr::null_mut::<u64>(),
-            size_of::<u64>(),
-        );
-    }
+    set_signal_mask(0);
 }
 
 /// Runs `OP_START` in the holder: creates the new server's process, which shares the holder's
@@ -993,7 +1048,9 @@ fn start(p: &Prepared, seq: u32) -> Reply {
         )
     };
     if rc < 0 {
-        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EAGAIN);
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EAGAIN);
         return Reply::new(OP_START, seq, STEP_CLONE, errno as u32, 0);
     }
     let pid = rc as u32;
@@ -1021,7 +1078,9 @@ extern "C" fn server_main(arg: *mut c_void) -> c_int {
     unsafe {
         libc::execve(p.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
     }
-    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOEXEC);
+    let errno = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::ENOEXEC);
     p.outcome.store(encode(STEP_EXEC, errno), Ordering::SeqCst);
     exit_now(127)
 }
@@ -1050,7 +1109,11 @@ fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
     // SAFETY: `fd` is not negative; a number that is not open gives EBADF, which is skipped.
     // This process owns its copy of the table alone.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let flags = if on { FdFlags::CLOEXEC } else { FdFlags::empty() };
+    let flags = if on {
+        FdFlags::CLOEXEC
+    } else {
+        FdFlags::empty()
+    };
     match rustix::io::fcntl_setfd(borrowed, flags) {
         Ok(()) | Err(Errno::BADF) => Ok(()),
         Err(e) => Err(e),
@@ -1119,7 +1182,11 @@ fn parse_fd_size(status: &[u8]) -> Option<RawFd> {
     let at = status.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let mut value: RawFd = 0;
     let mut digits = 0;
-    for &b in status.get(at..)?.iter().skip_while(|&&b| b == b' ' || b == b'\t') {
+    for &b in status
+        .get(at..)?
+        .iter()
+        .skip_while(|&&b| b == b' ' || b == b'\t')
+    {
         if !b.is_ascii_digit() {
             break;
         }
@@ -1153,7 +1220,10 @@ mod tests {
         let mut bad = req;
         bad.op = U32::new(99);
         let r = Request::parse(bad.as_bytes()).expect_err("unknown op");
-        assert_eq!((r.errno.get() as i32, r.op.get(), r.seq.get()), (libc::EOPNOTSUPP, 99, 7));
+        assert_eq!(
+            (r.errno.get() as i32, r.op.get(), r.seq.get()),
+            (libc::EOPNOTSUPP, 99, 7)
+        );
         // A longer request from a newer keeper: accepted if the tail is zero, refused if not.
         let mut long = [0u8; 24];
         long[..16].copy_from_slice(req.as_bytes());
@@ -1166,6 +1236,45 @@ mod tests {
         huge[..16].copy_from_slice(req.as_bytes());
         huge[..4].copy_from_slice(&((MAX_MESSAGE + 1) as u32).to_le_bytes());
         assert_eq!(refused(&huge), libc::E2BIG, "over the limit");
+    }
+
+    proptest::proptest! {
+        /// The holder parses whatever the channel carries: a well-formed request, mutated
+        /// anywhere, is read or refused, never anything else, and a refusal is a valid reply.
+        #[test]
+        fn any_packet_is_read_or_refused(
+            op in 0u32..5,
+            seq: u32,
+            tail in proptest::collection::vec(0u8..2, 0..60),
+            flip: Option<(usize, u8)>,
+        ) {
+            let mut packet = Request::new(op, seq).as_bytes().to_vec();
+            packet.extend_from_slice(&tail);
+            let len = packet.len() as u32;
+            packet[..4].copy_from_slice(&len.to_le_bytes());
+            if let Some((at, byte)) = flip {
+                let at = at % packet.len();
+                packet[at] = byte;
+            }
+            match Request::parse(&packet) {
+                Ok(req) => {
+                    proptest::prop_assert_eq!(req.magic.get(), HOLDER_MAGIC);
+                    proptest::prop_assert_eq!(req.size.get() as usize, packet.len());
+                    proptest::prop_assert!((16..=MAX_MESSAGE).contains(&packet.len()));
+                    proptest::prop_assert!(packet[16..].iter().all(|&b| b == 0));
+                    proptest::prop_assert!(matches!(req.op.get(), OP_PING | OP_START | OP_EXIT));
+                }
+                Err(reply) => {
+                    proptest::prop_assert_eq!(reply.step.get(), STEP_REQUEST);
+                    proptest::prop_assert!(Reply::parse(reply.as_bytes()).is_some());
+                }
+            }
+            let _ = Reply::parse(&packet);
+            for cut in 0..16 {
+                let prefix = &packet[..cut];
+                proptest::prop_assert!(Request::parse(prefix).is_err(), "a {cut}-byte prefix");
+            }
+        }
     }
 
     #[test]
@@ -1183,14 +1292,24 @@ mod tests {
             "{err:?}"
         );
         let ok = Reply::new(OP_START, 3, STEP_OK, 0, 0);
-        assert!(matches!(HolderControl::outcome(&ok), Err(HolderError::BadReply)), "pid 0");
+        assert!(
+            matches!(HolderControl::outcome(&ok), Err(HolderError::BadReply)),
+            "pid 0"
+        );
     }
 
     #[test]
     fn fd_size_is_read_from_proc_status() {
-        assert_eq!(parse_fd_size(b"Name:\tx\nFDSize:\t256\nGroups:\n"), Some(256));
+        assert_eq!(
+            parse_fd_size(b"Name:\tx\nFDSize:\t256\nGroups:\n"),
+            Some(256)
+        );
         assert_eq!(parse_fd_size(b"Name:\tx\nFDSize:\t\nGroups:\n"), None);
-        assert_eq!(parse_fd_size(b"FDSize:\t64\n"), None, "never the first line");
+        assert_eq!(
+            parse_fd_size(b"FDSize:\t64\n"),
+            None,
+            "never the first line"
+        );
         assert_eq!(parse_fd_size(b"\nFDSize:\t99999999999\n"), None, "overflow");
         let size = proc_fd_size().expect("/proc/self/status has FDSize");
         let fd = rustix::fs::memfd_create("probe", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
@@ -1209,8 +1328,12 @@ mod tests {
             p.fill_pid(pid);
             let envp: Vec<String> = p.envp[..p.envp.len() - 1]
                 .iter()
-                // SAFETY: every entry points to a NUL-terminated string owned by `p`.
-                .map(|&e| unsafe { std::ffi::CStr::from_ptr(e) }.to_string_lossy().into_owned())
+                .map(|&e| {
+                    // SAFETY: every entry points to a NUL-terminated string owned by `p`.
+                    unsafe { std::ffi::CStr::from_ptr(e) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .collect();
             assert_eq!(envp, ["A=1".to_string(), format!("{PID_ENV}={pid}")]);
         }

@@ -27,7 +27,8 @@
 //! }
 //! # Ok::<(), std::io::Error>(())
 //! ```
-#![allow(unsafe_code)] // Raw clone, getsockopt, setsockopt: every unsafe block says why it is sound.
+// Raw clone, getsockopt, setsockopt: every unsafe block says why it is sound.
+#![allow(unsafe_code)]
 
 pub mod holder;
 pub mod mmap;

@@ -166,10 +166,14 @@ fn server() -> ! {
     if let Some(program) = cfg.get("program").filter(|p| *p != "self") {
         config.program = std::ffi::CString::new(program.as_str()).expect("path");
     }
+    config.argv.extend(
+        ROLE_ARGS
+            .iter()
+            .map(|a| std::ffi::CString::new(*a).expect("arg")),
+    );
     config
-        .argv
-        .extend(ROLE_ARGS.iter().map(|a| std::ffi::CString::new(*a).expect("arg")));
-    config.envp.retain(|e| !e.as_bytes().starts_with(ROLE.as_bytes()));
+        .envp
+        .retain(|e| !e.as_bytes().starts_with(ROLE.as_bytes()));
     config
         .envp
         .push(std::ffi::CString::new(format!("{ROLE}=recover")).expect("env"));
@@ -244,8 +248,13 @@ fn recover() -> ! {
             "kept" => {
                 let mut buf = vec![0u8; KEPT_LEN + 1];
                 let n = rustix::io::pread(&owned, &mut buf, 0).expect("pread");
-                let intact = n == KEPT_LEN && buf[..n].iter().enumerate().all(|(i, &b)| b == pattern(i));
-                if intact { "intact".to_string() } else { format!("damaged({n})") }
+                let intact =
+                    n == KEPT_LEN && buf[..n].iter().enumerate().all(|(i, &b)| b == pattern(i));
+                if intact {
+                    "intact".to_string()
+                } else {
+                    format!("damaged({n})")
+                }
             }
             "late" => {
                 let mut buf = [0u8; 16];
@@ -255,7 +264,8 @@ fn recover() -> ! {
             "sock" => {
                 assert!(readable(&owned, TIMEOUT), "nothing on the socket");
                 let mut buf = [0u8; 64];
-                let (_, n) = rustix::net::recv(&owned, &mut buf[..], RecvFlags::empty()).expect("recv");
+                let (_, n) =
+                    rustix::net::recv(&owned, &mut buf[..], RecvFlags::empty()).expect("recv");
                 rustix::net::send(&owned, b"pong", SendFlags::NOSIGNAL).expect("send");
                 String::from_utf8_lossy(&buf[..n]).into_owned()
             }
@@ -264,7 +274,10 @@ fn recover() -> ! {
         result += &format!(" {name}={what} {name}_cloexec={}", flags & libc::FD_CLOEXEC);
         std::mem::forget(owned); // Leave the table as it was.
     }
-    let count = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd").count() - 1;
+    let count = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+        - 1;
     result += &format!(" fds={count}");
     send_msg(link(), &result, &[]);
     std::process::exit(0);
@@ -372,7 +385,10 @@ fn pid(text: &str) -> Pid {
 /// Waits for `pid`, a child of this process, to exit; its exit code (or 128 + signal).
 fn wait_child(pid: Pid) -> i32 {
     let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).expect("pidfd_open");
-    assert!(readable(&pidfd, TIMEOUT), "{pid} still runs after {TIMEOUT:?}");
+    assert!(
+        readable(&pidfd, TIMEOUT),
+        "{pid} still runs after {TIMEOUT:?}"
+    );
     let (_, status) = rustix::process::waitpid(Some(pid), WaitOptions::empty())
         .expect("waitpid")
         .expect("a status");
@@ -419,8 +435,16 @@ fn a_killed_servers_descriptors_reach_the_new_server_under_the_same_numbers() {
     expect("channel", "closed");
     let mut pong = [0u8; 8];
     let (_, n) = rustix::net::recv(&server.far, &mut pong[..], RecvFlags::empty()).expect("recv");
-    assert_eq!(&pong[..n], b"pong", "the socket is still connected both ways");
-    assert_eq!(wait_child(new), 0, "the new server is the keeper's child (CLONE_PARENT)");
+    assert_eq!(
+        &pong[..n],
+        b"pong",
+        "the socket is still connected both ways"
+    );
+    assert_eq!(
+        wait_child(new),
+        0,
+        "the new server is the keeper's child (CLONE_PARENT)"
+    );
     control.exit().expect("exit");
     assert_eq!(wait_child(server.holder()), 0);
 }
@@ -463,7 +487,11 @@ fn a_crash_looping_new_server_can_be_started_again_and_again() {
     assert_eq!(server.hello(), new);
     let result = server.check(&["kept", "sock", "late"]);
     assert_eq!(
-        (result["kept"].as_str(), result["sock"].as_str(), result["late"].as_str()),
+        (
+            result["kept"].as_str(),
+            result["sock"].as_str(),
+            result["late"].as_str()
+        ),
         ("intact", "ping", "late"),
         "{result:?}"
     );
@@ -480,7 +508,11 @@ fn a_failed_exec_is_reported_and_the_holder_stays() {
     match control.start() {
         Err(HolderError::Exec { pid, source }) => {
             assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{source}");
-            assert_eq!(wait_child(pid), 127, "the failed child is the keeper's to reap");
+            assert_eq!(
+                wait_child(pid),
+                127,
+                "the failed child is the keeper's to reap"
+            );
         }
         other => panic!("expected an exec failure, got {other:?}"),
     }
@@ -527,6 +559,33 @@ fn a_server_crash_does_not_end_the_holder() {
     server.kill();
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(control.ping().expect("ping"), server.holder());
+    control.exit().expect("exit");
+    assert_eq!(wait_child(server.holder()), 0);
+}
+
+#[test]
+fn the_holder_catches_ignores_and_blocks_no_signal() {
+    // The server (a Rust program) ignores SIGPIPE and has glibc's handlers installed; none of
+    // that may reach the holder, or an inherited handler could run in it.
+    let (server, mut control) = Server::start("parent=1 mode=all extra=0", &[]);
+    let status =
+        |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |text: &str, key: &str| {
+        let line = text.lines().find(|l| l.starts_with(key)).expect(key);
+        u64::from_str_radix(line[key.len()..].trim(), 16).expect("hex")
+    };
+    // The holder resets its signals before it answers anything.
+    assert_eq!(control.ping().expect("ping"), server.holder());
+    let server_status = status(server.fd("pid"));
+    assert_ne!(
+        field(&server_status, "SigIgn:"),
+        0,
+        "the server ignores SIGPIPE"
+    );
+    let holder_status = status(server.fd("holder"));
+    for key in ["SigBlk:", "SigIgn:", "SigCgt:"] {
+        assert_eq!(field(&holder_status, key), 0, "{key} of the holder");
+    }
     control.exit().expect("exit");
     assert_eq!(wait_child(server.holder()), 0);
 }
@@ -588,7 +647,11 @@ fn a_holder_whose_channel_the_server_closed_exits() {
 fn hostile_requests_are_refused_and_install_nothing() {
     let (mut server, mut control) = Server::start("parent=1 mode=all extra=0", &[]);
     server.kill();
-    let holder_fds = || std::fs::read_dir(format!("/proc/{}/fd", server.holder())).expect("fd").count();
+    let holder_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.holder()))
+            .expect("fd")
+            .count()
+    };
     let before = holder_fds();
     let ask = |bytes: &[u8], fds: &[BorrowedFd<'_>]| -> holder::Reply {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -596,17 +659,28 @@ fn hostile_requests_are_refused_and_install_nothing() {
         if !fds.is_empty() {
             assert!(anc.push(SendAncillaryMessage::ScmRights(fds)));
         }
-        rustix::net::sendmsg(&control, &[IoSlice::new(bytes)], &mut anc, SendFlags::NOSIGNAL)
-            .expect("send");
+        rustix::net::sendmsg(
+            &control,
+            &[IoSlice::new(bytes)],
+            &mut anc,
+            SendFlags::NOSIGNAL,
+        )
+        .expect("send");
         assert!(readable(&control, TIMEOUT));
         let mut buf = [0u8; 64];
         let (_, n) = rustix::net::recv(&control, &mut buf[..], RecvFlags::empty()).expect("recv");
         holder::Reply::parse(&buf[..n]).expect("a well-formed refusal")
     };
     let refused = |reply: holder::Reply| (reply.step.get(), reply.errno.get() as i32);
-    assert_eq!(refused(ask(b"garbage", &[])), (holder::STEP_REQUEST, libc::EINVAL));
+    assert_eq!(
+        refused(ask(b"garbage", &[])),
+        (holder::STEP_REQUEST, libc::EINVAL)
+    );
     let mut big = vec![0u8; 200];
-    big[..16].copy_from_slice(zerocopy::IntoBytes::as_bytes(&holder::Request::new(holder::OP_PING, 5)));
+    big[..16].copy_from_slice(zerocopy::IntoBytes::as_bytes(&holder::Request::new(
+        holder::OP_PING,
+        5,
+    )));
     assert_eq!(refused(ask(&big, &[])), (holder::STEP_REQUEST, libc::E2BIG));
     let unknown = holder::Request::new(77, 6);
     assert_eq!(
@@ -618,10 +692,17 @@ fn hostile_requests_are_refused_and_install_nothing() {
     let ping = holder::Request::new(holder::OP_PING, 8);
     let reply = ask(zerocopy::IntoBytes::as_bytes(&ping), &[r.as_fd()]);
     assert_eq!((reply.step.get(), reply.seq.get()), (holder::STEP_OK, 8));
-    assert_eq!(holder_fds(), before, "nothing was installed in the shared table");
+    assert_eq!(
+        holder_fds(),
+        before,
+        "nothing was installed in the shared table"
+    );
     // An empty packet is not a hang-up.
     rustix::net::send(&control, b"", SendFlags::NOSIGNAL).expect("send");
-    assert_eq!(control.ping().expect("ping after all that"), server.holder());
+    assert_eq!(
+        control.ping().expect("ping after all that"),
+        server.holder()
+    );
     control.exit().expect("exit");
     assert_eq!(wait_child(server.holder()), 0);
 }
@@ -654,7 +735,13 @@ fn time_starts(extra: usize, rounds: usize) -> (Duration, Duration, Duration, Du
     assert_eq!(wait_child(server.holder()), 0);
     replies.sort();
     running.sort();
-    (replies[rounds / 2], replies[0], running[rounds / 2], running[0], fds)
+    (
+        replies[rounds / 2],
+        replies[0],
+        running[rounds / 2],
+        running[0],
+        fds,
+    )
 }
 
 #[test]
@@ -671,7 +758,10 @@ fn start_with_17000_descriptors() {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (base_med, base_min, base_run, _, base_fds) = time_starts(0, 5);
     let (big_med, big_min, big_run, _, big_fds) = time_starts(17_000, 5);
-    assert!(big_fds >= 17_000, "the new server has {big_fds} descriptors");
+    assert!(
+        big_fds >= 17_000,
+        "the new server has {big_fds} descriptors"
+    );
     eprintln!(
         "holder start, request to reply (exec done), median (min) of 5: \
          {base_fds} descriptors {:.2} ms ({:.2} ms); {big_fds} descriptors {:.2} ms ({:.2} ms); \

@@ -348,5 +348,6 @@ pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()>
     };
     let serving = format!("SERVING {me} {}", holder.pid().as_raw_nonzero().get());
     transport::send(channel.as_fd(), serving.as_bytes(), &[])?;
+    server.watch_keeper();
     Ok(())
 }

@@ -446,8 +446,7 @@ impl UserLuod {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let free = std::fs::File::open(&lock).is_ok_and(|f| {
-                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                    .is_ok()
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
             });
             if free {
                 return;

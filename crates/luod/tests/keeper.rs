@@ -169,7 +169,10 @@ fn the_keeper_pid_stays_across_an_upgrade_and_the_successor_is_kept_too() {
     luod.control().upgrade(None).expect("upgrade");
     let after = luod.status();
     assert_ne!(after.pid, before.pid, "a new server serves");
-    assert_eq!(after.keeper_pid, before.keeper_pid, "the keeper's pid stays");
+    assert_eq!(
+        after.keeper_pid, before.keeper_pid,
+        "the keeper's pid stays"
+    );
     assert_eq!(after.files, 1);
     // The successor has a holder of its own: killing it loses nothing either.
     let (st, _) = kill_server(&luod);
@@ -197,7 +200,11 @@ fn the_old_server_killed_right_after_ready_leaves_luod_serving_and_the_upgrade_d
     let after = luod.status();
     assert_eq!(after.keeper_pid, before.keeper_pid);
     assert_eq!(after.restarts, 1, "one crash, one restart");
-    assert_eq!(after.upgrades, before.upgrades + 1, "the upgrade was applied once");
+    assert_eq!(
+        after.upgrades,
+        before.upgrades + 1,
+        "the upgrade was applied once"
+    );
     assert_eq!(after.files, 1);
     ctl.ping().expect("the requester's connection survived");
     s.handoff().unwrap();
@@ -272,12 +279,19 @@ fn a_server_that_crashes_on_start_up_is_restarted_with_backoff_while_everything_
         .unwrap();
     let t0 = Instant::now();
     let (st, took) = kill_server(&luod);
-    eprintln!("four starts, three crashing: {:.1} ms", took.as_secs_f64() * 1e3);
+    eprintln!(
+        "four starts, three crashing: {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "0");
     assert_eq!(st.restarts, 4, "one kill and three start-up crashes");
     assert_eq!(st.files, 1, "the holder kept every descriptor meanwhile");
     // Back-off: 10 + 20 + 40 ms at least between the quick deaths.
-    assert!(t0.elapsed() >= Duration::from_millis(70), "no back-off: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(70),
+        "no back-off: {:?}",
+        t0.elapsed()
+    );
     let log = luod.log_text();
     assert!(log.matches("the server died").count() >= 4, "{log}");
     s.handoff().unwrap();

@@ -77,6 +77,14 @@ impl HugePages {
             let _ = write_num(Path::new("/proc/sys/vm/compact_memory"), 1);
             write_num(&control, previous)?;
             write_num(&control, previous + count)?;
+            if read_num(&dir.join("free_hugepages"))? < free + count {
+                // Still short: the page cache may hold the memory. Drop the clean cache,
+                // compact, and try a last time.
+                let _ = write_num(Path::new("/proc/sys/vm/drop_caches"), 3);
+                let _ = write_num(Path::new("/proc/sys/vm/compact_memory"), 1);
+                write_num(&control, previous)?;
+                write_num(&control, previous + count)?;
+            }
             let now = read_num(&dir.join("free_hugepages"))?;
             if now < free + count {
                 return Err(format!(

@@ -80,6 +80,14 @@ impl HugePages {
             grow()?;
         }
         if !grown()? {
+            // Still short: the page cache (a build's, say) may hold the memory. Drop the clean
+            // cache, compact, and try a last time.
+            let _ = write_value(Path::new("/proc/sys/vm/drop_caches"), 3);
+            let _ = write_value(Path::new("/proc/sys/vm/compact_memory"), 1);
+            write_value(&control, previous).map_err(|e| e.to_string())?;
+            grow()?;
+        }
+        if !grown()? {
             let now = read(&control)?;
             let free = read(&sysfs.join("free_hugepages"))?;
             return Err(format!(

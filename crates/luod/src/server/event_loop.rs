@@ -8,7 +8,7 @@ use luo_client::transport::{self, Recv};
 use rustix::event::epoll;
 use tracing::{info, warn};
 
-use super::{BURST, KEY_MIGRATION, KEY_SIGNAL, KEY_SUCCESSOR, Server};
+use super::{BURST, KEY_KEEPER, KEY_MIGRATION, KEY_SIGNAL, KEY_SUCCESSOR, Server};
 use crate::listener::KEY_LISTENER;
 
 /// Why the loop ended.
@@ -47,6 +47,7 @@ impl Server {
                     KEY_SIGNAL => self.on_signal(),
                     KEY_SUCCESSOR => crate::handover::on_successor(self),
                     KEY_MIGRATION => self.on_migrated(),
+                    KEY_KEEPER => self.on_keeper(),
                     _ => self.on_conn(key, ev.flags),
                 }
                 // What changed outside a request (a connection accepted or closed, a session
@@ -110,6 +111,32 @@ impl Server {
     pub(crate) fn reap_zombies(&mut self) {
         if !self.zombies.is_empty() {
             self.zombies.retain(|c| !c.try_reap());
+        }
+    }
+
+    /// Watches the keeper's channel: a keeper that is gone leaves nobody to start a server
+    /// after a crash, and nobody for a service manager to stop; this server then stops too.
+    pub fn watch_keeper(&self) {
+        if let Some(k) = &self.keeper_channel {
+            let _ = epoll::add(
+                &self.epoll,
+                k,
+                epoll::EventData::new_u64(KEY_KEEPER),
+                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+            );
+        }
+    }
+
+    fn on_keeper(&mut self) {
+        let Some(k) = &self.keeper_channel else {
+            return;
+        };
+        match transport::recv(k.as_fd(), false) {
+            Ok(Recv::WouldBlock) | Ok(Recv::Message(_)) => {}
+            Ok(Recv::Closed) | Err(_) => {
+                warn!("the keeper is gone (killed?); this server stops, as after SIGTERM");
+                self.ended = Some(Ended::Shutdown);
+            }
         }
     }
 

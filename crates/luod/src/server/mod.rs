@@ -51,6 +51,8 @@ const KEY_SIGNAL: u64 = 1;
 const KEY_SUCCESSOR: u64 = u64::MAX;
 /// The epoll key of the migration in progress (its worker's eventfd).
 const KEY_MIGRATION: u64 = u64::MAX - 1;
+/// The epoll key of the keeper's channel.
+const KEY_KEEPER: u64 = u64::MAX - 2;
 
 /// What luod was started with, carried across upgrades.
 #[derive(Clone, Debug)]

@@ -47,7 +47,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Runs the keeper: starts `luod --serve <server_args>` and keeps a server running until one
 /// shuts down.
 pub fn keep(server_args: Vec<OsString>, signals: OwnedFd) -> anyhow::Result<()> {
-    let children = child_pipe()?;
+    let children = signal_pipe_of(signal_hook::consts::SIGCHLD)?;
+    let reexec = signal_pipe_of(signal_hook::consts::SIGUSR2)?;
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .context("Cannot become a child subreaper")?;
     let (ours, theirs) = rustix::net::socketpair(
@@ -79,15 +80,61 @@ pub fn keep(server_args: Vec<OsString>, signals: OwnedFd) -> anyhow::Result<()> 
         stopping: false,
     };
     info!(pid = child.id(), "keeper started the server");
-    k.run(&signals, &children)
+    k.run(&signals, &children, &reexec)
 }
 
-/// A pipe written to on every SIGCHLD, so the keeper reaps at once.
-fn child_pipe() -> anyhow::Result<OwnedFd> {
+/// A keeper that re-executed itself (SIGUSR2): same pid, same children, the channel and the
+/// holder's control kept across the exec under the numbers in `spec`
+/// (`channel,holder,server,restarts,recovery_us`; holder -1 and server 0 for none).
+pub fn resume(spec: &str, signals: OwnedFd) -> anyhow::Result<()> {
+    let children = signal_pipe_of(signal_hook::consts::SIGCHLD)?;
+    let reexec = signal_pipe_of(signal_hook::consts::SIGUSR2)?;
+    let f: Vec<&str> = spec.split(',').collect();
+    anyhow::ensure!(
+        f.len() == 5,
+        "--keeper-resume takes five numbers, not {spec:?}"
+    );
+    let n = |i: usize| -> anyhow::Result<i64> {
+        f[i].parse()
+            .with_context(|| format!("--keeper-resume field {i}"))
+    };
+    let channel = crate::handover::adopt_inherited(n(0)? as i32)?;
+    let holder = match n(1)? {
+        h if h >= 0 => Some(HolderControl::from_fd(crate::handover::adopt_inherited(
+            h as i32,
+        )?)),
+        _ => None,
+    };
+    let mut k = Keeper {
+        channel,
+        server: Pid::from_raw(n(2)? as i32),
+        started: Instant::now(),
+        holder,
+        offered: Vec::new(),
+        restarts: n(3)? as u32,
+        died: None,
+        last_recovery_us: n(4)? as u64,
+        backoff: BACKOFF_FIRST,
+        stopping: false,
+    };
+    info!(
+        server = n(2)?,
+        restarts = k.restarts,
+        "keeper re-executed itself; same pid, same server"
+    );
+    // A server that died during the exec is reaped now.
+    if let Some(done) = k.reap()? {
+        return done;
+    }
+    k.run(&signals, &children, &reexec)
+}
+
+/// A pipe written to on every `signal`, so the keeper's poll wakes at once.
+fn signal_pipe_of(signal: i32) -> anyhow::Result<OwnedFd> {
     let (read, write) = rustix::pipe::pipe_with(
         rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
     )?;
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, write)?;
+    signal_hook::low_level::pipe::register(signal, write)?;
     Ok(read)
 }
 
@@ -110,12 +157,18 @@ struct Keeper {
 }
 
 impl Keeper {
-    fn run(&mut self, signals: &OwnedFd, children: &OwnedFd) -> anyhow::Result<()> {
+    fn run(
+        &mut self,
+        signals: &OwnedFd,
+        children: &OwnedFd,
+        reexec: &OwnedFd,
+    ) -> anyhow::Result<()> {
         loop {
             let mut fds = [
                 rustix::event::PollFd::new(&self.channel, rustix::event::PollFlags::IN),
                 rustix::event::PollFd::new(signals, rustix::event::PollFlags::IN),
                 rustix::event::PollFd::new(children, rustix::event::PollFlags::IN),
+                rustix::event::PollFd::new(reexec, rustix::event::PollFlags::IN),
             ];
             let timeout = rustix::event::Timespec {
                 tv_sec: 0,
@@ -133,6 +186,13 @@ impl Keeper {
             if child {
                 let mut buf = [0u8; 64];
                 let _ = rustix::io::read(children, &mut buf);
+            }
+            if fds[3].revents().contains(rustix::event::PollFlags::IN) {
+                let mut buf = [0u8; 64];
+                let _ = rustix::io::read(reexec, &mut buf);
+                if let Err(e) = self.reexec() {
+                    warn!(error = %format!("{e:#}"), "the keeper could not re-execute itself; it keeps running");
+                }
             }
             if sig {
                 let mut buf = [0u8; 64];
@@ -263,6 +323,45 @@ impl Keeper {
             }
             self.restart()?;
         }
+    }
+
+    /// Replaces the keeper's program with its binary as it is on disk now (SIGUSR2), keeping
+    /// its pid, its children, its channel and its holder's control. Returns only on failure.
+    fn reexec(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.offered.is_empty() && self.died.is_none(),
+            "a server is starting; try again once it serves"
+        );
+        let exe = std::env::current_exe().context("Cannot find luod's own binary")?;
+        let keep: Vec<std::os::fd::BorrowedFd<'_>> = std::iter::once(self.channel.as_fd())
+            .chain(self.holder.as_ref().map(AsFd::as_fd))
+            .collect();
+        for fd in &keep {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+        }
+        let spec = format!(
+            "{},{},{},{},{}",
+            self.channel.as_raw_fd(),
+            self.holder.as_ref().map_or(-1, |h| h.as_fd().as_raw_fd()),
+            self.server.map_or(0, |p| p.as_raw_nonzero().get()),
+            self.restarts,
+            self.last_recovery_us
+        );
+        let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if let Some(i) = args.iter().position(|a| a == "--keeper-resume") {
+            args.truncate(i);
+        }
+        info!(binary = %exe.display(), "the keeper re-executes itself");
+        let err = std::os::unix::process::CommandExt::exec(
+            std::process::Command::new(&exe)
+                .args(args.iter().skip(1))
+                .arg("--keeper-resume")
+                .arg(&spec),
+        );
+        for fd in keep {
+            let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
+        }
+        Err(anyhow::anyhow!("exec {}: {err}", exe.display()))
     }
 
     fn restart(&mut self) -> anyhow::Result<()> {

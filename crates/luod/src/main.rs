@@ -83,6 +83,10 @@ struct Args {
     #[arg(long, hide = true, value_name = "FD")]
     takeover: Option<i32>,
 
+    /// Internal: continue as the keeper after it re-executed itself (SIGUSR2).
+    #[arg(long, hide = true, value_name = "SPEC")]
+    keeper_resume: Option<String>,
+
     /// Internal: start as the keeper's first server, its channel to the keeper at FD.
     #[arg(long, hide = true, value_name = "FD")]
     serve: Option<i32>,
@@ -165,6 +169,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             "recovered the state of the server that died"
         );
         return serve(server);
+    }
+    if let Some(spec) = &args.keeper_resume {
+        return keeper::resume(spec, signal_pipe()?);
     }
     if args.serve.is_none() {
         // The process started by hand or by a service manager: the keeper.

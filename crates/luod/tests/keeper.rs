@@ -300,3 +300,43 @@ fn a_server_that_crashes_on_start_up_is_restarted_with_backoff_while_everything_
     let r = luod.device().retrieve_session("boot").unwrap();
     assert_eq!(read_all(&r.retrieve(4).unwrap()), pattern(4, 77_777));
 }
+
+#[test]
+fn the_keeper_re_executes_itself_in_place_and_keeps_everything() {
+    let luod = Luod::start("keeper-reexec");
+    let dev = luod.device();
+    let s = dev.create_session("re").unwrap();
+    s.preserve(memfd_with("q", &pattern(6, 123_456)).as_fd(), 6)
+        .unwrap();
+    let before = luod.status();
+    let keeper = rustix::process::Pid::from_raw(before.keeper_pid as i32).unwrap();
+    let exe_before = std::fs::read_link(format!("/proc/{}/exe", before.keeper_pid)).unwrap();
+    rustix::process::kill_process(keeper, rustix::process::Signal::USR2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !luod.log_text().contains("keeper re-executed itself") {
+        assert!(
+            Instant::now() < deadline,
+            "no re-exec:\n{}",
+            luod.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let after = luod.status();
+    assert_eq!(after.keeper_pid, before.keeper_pid, "same pid");
+    assert_eq!(after.pid, before.pid, "the server was not touched");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", after.keeper_pid)).unwrap(),
+        exe_before
+    );
+    // The re-executed keeper still holds the holder's control: a crash is recovered.
+    let (st, _) = kill_server(&luod);
+    assert_eq!(
+        (st.keeper_pid, st.restarts, st.files),
+        (before.keeper_pid, 1, 1)
+    );
+    s.handoff().unwrap();
+    drop(s);
+    drop(dev);
+    let r = luod.device().retrieve_session("re").unwrap();
+    assert_eq!(read_all(&r.retrieve(6).unwrap()), pattern(6, 123_456));
+}

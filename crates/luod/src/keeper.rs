@@ -211,6 +211,11 @@ impl Keeper {
             if let Some(done) = self.reap()? {
                 return done;
             }
+            // A successor its predecessor discarded is not the keeper's child: its holder's
+            // channel goes (ending that holder) once the process is gone.
+            self.offered.retain(|(p, _)| {
+                Pid::from_raw(*p).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+            });
         }
     }
 
@@ -384,8 +389,18 @@ impl Keeper {
 /// The server's side: says HELLO, gets its holder's channel, spawns the holder (set up to
 /// start `luod --recover` from this server's checkpoint and journal), and says SERVING.
 pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()> {
+    if let Some(holder) = prepare(server, log)? {
+        serving(server, holder)?;
+    }
+    Ok(())
+}
+
+/// The first half of [`join`]: HELLO, the holder's channel, the holder spawned. A successor
+/// does this while its predecessor still serves; the keeper changes nothing until
+/// [`serving`]. `None` without a keeper.
+pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<Option<u32>> {
     let Some(channel) = server.keeper_channel.as_ref() else {
-        return Ok(());
+        return Ok(None);
     };
     let me = std::process::id();
     transport::send(channel.as_fd(), format!("HELLO {me}").as_bytes(), &[])?;
@@ -445,7 +460,16 @@ pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()>
         restarts,
         last_recovery_us: recovery_us,
     };
-    let serving = format!("SERVING {me} {}", holder.pid().as_raw_nonzero().get());
+    Ok(Some(holder.pid().as_raw_nonzero().get() as u32))
+}
+
+/// The second half of [`join`]: SERVING, after which the keeper lets the predecessor's holder
+/// go and starts servers from this one's.
+pub fn serving(server: &mut crate::server::Server, holder: u32) -> anyhow::Result<()> {
+    let Some(channel) = server.keeper_channel.as_ref() else {
+        return Ok(());
+    };
+    let serving = format!("SERVING {} {holder}", std::process::id());
     transport::send(channel.as_fd(), serving.as_bytes(), &[])?;
     server.watch_keeper();
     Ok(())

@@ -138,17 +138,24 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     if let Some(fd) = args.takeover {
-        let inherited = handover::take_over(fd, fd_limit, signal_pipe)?;
+        let mut holder = None;
+        let inherited = handover::take_over(fd, fd_limit, signal_pipe, |server| {
+            make_durable(server, 1)?;
+            holder = keeper::prepare(server, &args.log)?;
+            Ok(())
+        })?;
         handover::wait_go(&inherited.channel)?;
         drop(inherited.channel);
         let mut server = inherited.server;
+        if let Some(holder) = holder {
+            keeper::serving(&mut server, holder)?;
+        }
         info!(
             generation = server.engine.generation(),
             sessions = server.engine.sessions().len(),
             clients = server.conns.len(),
             "took over"
         );
-        become_durable(&mut server, 1, &args.log)?;
         return serve(server);
     }
     if let Some(numbers) = &args.recover {
@@ -234,8 +241,13 @@ fn serve(mut server: Server) -> anyhow::Result<()> {
 /// inherited: those stay as they are for a recovery from the predecessor's holder, until this
 /// server serves), writes its first checkpoint, and joins the keeper.
 fn become_durable(server: &mut Server, next_seq: u64, log: &str) -> anyhow::Result<()> {
+    make_durable(server, next_seq)?;
+    keeper::join(server, log)
+}
+
+/// Fresh checkpoint and journal memfds, and the first checkpoint in them.
+fn make_durable(server: &mut Server, next_seq: u64) -> anyhow::Result<()> {
     let state = server::state_memfd("luod-state")?;
     let journal = server::state_memfd("luod-journal")?;
-    server.make_durable(state, journal, next_seq)?;
-    keeper::join(server, log)
+    server.make_durable(state, journal, next_seq)
 }

@@ -22,6 +22,7 @@ pub fn take_over(
     channel_raw: i32,
     fd_limit: u64,
     signals: impl FnOnce() -> anyhow::Result<OwnedFd>,
+    prepare: impl FnOnce(&mut Server) -> anyhow::Result<()>,
 ) -> anyhow::Result<Inherited> {
     let channel = adopt_raw(channel_raw)?;
     let image = match read_image(&channel) {
@@ -40,7 +41,11 @@ pub fn take_over(
             "inherited descriptors adopted"
         );
         let signals = signals()?;
-        build_successor(&parsed, &mut fds, &stats, signals, fd_limit)
+        let mut server = build_successor(&parsed, &mut fds, &stats, signals, fd_limit)?;
+        // The successor's own checkpoint and holder are made now, while the old server still
+        // serves, so that after GO only a message separates it from serving.
+        prepare(&mut server)?;
+        Ok(server)
     })();
     match result {
         Ok(server) => {

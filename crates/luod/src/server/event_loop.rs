@@ -122,7 +122,9 @@ impl Server {
                 &self.epoll,
                 k,
                 epoll::EventData::new_u64(KEY_KEEPER),
-                epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+                // A hang-up only: this end is shared with every server of the lineage (a
+                // successor gets its HOLDER answer on it), so this server never reads it.
+                epoll::EventFlags::RDHUP,
             );
         }
     }
@@ -131,12 +133,12 @@ impl Server {
         let Some(k) = &self.keeper_channel else {
             return;
         };
-        match transport::recv(k.as_fd(), false) {
-            Ok(Recv::WouldBlock) | Ok(Recv::Message(_)) => {}
-            Ok(Recv::Closed) | Err(_) => {
-                warn!("the keeper is gone (killed?); this server stops, as after SIGTERM");
-                self.ended = Some(Ended::Shutdown);
-            }
+        if transport::peer_hung_up(k) {
+            warn!("the keeper is gone (killed?); this server stops, as after SIGTERM");
+            self.ended = Some(Ended::Shutdown);
+        } else {
+            // Not a hang-up (spurious): stop listening rather than spin.
+            let _ = epoll::delete(&self.epoll, k);
         }
     }
 

@@ -12,7 +12,7 @@ use luo_client::transport::{self, Recv};
 use luo_client::{PRESERVE_WINDOW, Session};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
-const ECONNRESET: Errno = Errno(104);
+const ECONNRESET: Errno = Errno::ECONNRESET;
 
 fn memfds(n: usize) -> Vec<(OwnedFd, u64)> {
     (0..n)

@@ -302,7 +302,7 @@ pub(crate) type Holder = (u64, u64);
 pub(crate) fn holder_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<Holder> {
     rustix::fs::fstat(fd)
         .ok()
-        .map(|st| (st.st_dev as u64, st.st_ino as u64))
+        .map(|st| (st.st_dev, st.st_ino))
 }
 
 /// One tracked device.

@@ -77,6 +77,7 @@ pub fn keep(server_args: Vec<OsString>, signals: OwnedFd) -> anyhow::Result<()> 
         died: None,
         last_recovery_us: 0,
         backoff: BACKOFF_FIRST,
+        retry_at: None,
         stopping: false,
     };
     info!(pid = child.id(), "keeper started the server");
@@ -115,6 +116,7 @@ pub fn resume(spec: &str, signals: OwnedFd) -> anyhow::Result<()> {
         died: None,
         last_recovery_us: n(4)? as u64,
         backoff: BACKOFF_FIRST,
+        retry_at: None,
         stopping: false,
     };
     info!(
@@ -153,6 +155,8 @@ struct Keeper {
     died: Option<Instant>,
     last_recovery_us: u64,
     backoff: Duration,
+    /// When to try again to start a server, after a start that failed.
+    retry_at: Option<Instant>,
     stopping: bool,
 }
 
@@ -210,6 +214,12 @@ impl Keeper {
             }
             if let Some(done) = self.reap()? {
                 return done;
+            }
+            if self.server.is_none()
+                && !self.stopping
+                && self.retry_at.is_some_and(|t| Instant::now() >= t)
+            {
+                self.try_restart();
             }
             // A successor its predecessor discarded is not the keeper's child: its holder's
             // channel goes (ending that holder) once the process is gone.
@@ -326,7 +336,7 @@ impl Keeper {
             } else {
                 self.backoff = BACKOFF_FIRST;
             }
-            self.restart()?;
+            self.try_restart();
         }
     }
 
@@ -369,7 +379,18 @@ impl Keeper {
         Err(anyhow::anyhow!("exec {}: {err}", exe.display()))
     }
 
+    /// Starts a server from the holder, or, if that fails, tries again after the back-off:
+    /// the keeper never gives up the holder, whatever goes wrong.
+    fn try_restart(&mut self) {
+        if let Err(e) = self.restart() {
+            warn!(error = %format!("{e:#}"), retry_ms = self.backoff.as_millis() as u64, "cannot start a server; trying again");
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
     fn restart(&mut self) -> anyhow::Result<()> {
+        self.retry_at = None;
         let Some(holder) = self.holder.as_mut() else {
             bail!("The server died before it had a holder: nothing to start from");
         };

@@ -9,13 +9,12 @@
 //! names that file in the result, as it does in the table.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use luo_abi::image::{Image, ImageWriter, NO_FD, SESSION_INCOMING, SessionSpec};
 use luo_core::{FlbRecord, WRITER_VERSION};
 
-use crate::handover::{DAEMON_PART, DAEMON_PART_COMPATIBLE};
+use crate::handover::{ConnState, DaemonState};
 use crate::journal::{ConnRec, Delta, FileRec};
 
 /// A reply the dead server made durable but whose request may still be unread: sent again if
@@ -59,8 +58,8 @@ struct Model {
     generation: u64,
     sessions: BTreeMap<u64, Session>,
     flbs: Vec<FlbRecord>,
-    /// The daemon part's settings lines, as they were.
-    settings: Vec<String>,
+    /// The daemon's records (its settings; the slots in it are the checkpoint's).
+    daemon: Option<DaemonState>,
     listener: Option<Fd>,
     lock: Option<Fd>,
     keeper: Option<Fd>,
@@ -146,59 +145,39 @@ fn model_of(image: &Image<'_>) -> anyhow::Result<Model> {
             data: f.data.to_vec(),
         });
     }
-    let part = image
-        .part(DAEMON_PART)
-        .context("The checkpoint has no daemon part")?;
-    ensure!(
-        part.compatible == DAEMON_PART_COMPATIBLE,
-        "Unknown daemon part {}",
-        part.compatible
-    );
-    let text = std::str::from_utf8(part.data).context("Daemon part is not UTF-8")?;
-    let index = |v: &str| -> anyhow::Result<Fd> { fd_at(Some(v.parse().context("index")?)) };
-    for line in text.lines() {
-        let (k, v) = line.split_once('=').context("Malformed daemon part")?;
-        match k {
-            "listener" => m.listener = Some(index(v)?),
-            "lock" => m.lock = Some(index(v)?),
-            "keeper" => m.keeper = Some(index(v)?),
-            "journal_from" => m.journal_from = v.parse().context("journal_from")?,
-            "conn" => {
-                let f: Vec<&str> = v.split(' ').collect();
-                ensure!(f.len() == 7, "Malformed connection record");
-                let (fd, _) = index(f[0])?;
-                let uid: u32 = f[3].parse()?;
-                let kind: u32 = f[1].parse()?;
-                let session = if kind == 2 {
-                    let name = crate::handover::unhex(f[6]).context("name")?;
-                    let incoming = f[5] != "out";
-                    *m.sessions
-                        .iter()
-                        .find(|(_, s)| {
-                            s.owner == uid
-                                && s.name == name
-                                && (s.flags & SESSION_INCOMING != 0) == incoming
-                        })
-                        .context("A connection's session is not in the checkpoint")?
-                        .0
-                } else {
-                    u64::MAX
-                };
-                m.conns.insert(
-                    fd,
-                    ConnRec {
-                        fd,
-                        kind,
-                        pid: f[2].parse()?,
-                        uid,
-                        gid: f[4].parse()?,
-                        session,
-                    },
-                );
-            }
-            _ => m.settings.push(line.to_owned()),
-        }
+    let d = DaemonState::read(image)?;
+    m.listener = Some(fd_at(Some(d.listener))?);
+    m.lock = Some(fd_at(Some(d.lock))?);
+    m.keeper = d.keeper.map(|k| fd_at(Some(k))).transpose()?;
+    m.journal_from = d.journal_from;
+    for c in &d.conns {
+        let (fd, _) = fd_at(Some(c.index))?;
+        let session = if c.kind == 2 {
+            *m.sessions
+                .iter()
+                .find(|(_, s)| {
+                    s.owner == c.cred.uid
+                        && s.name == c.name
+                        && (s.flags & SESSION_INCOMING != 0) == c.incoming
+                })
+                .context("A connection's session is not in the checkpoint")?
+                .0
+        } else {
+            u64::MAX
+        };
+        m.conns.insert(
+            fd,
+            ConnRec {
+                fd,
+                kind: c.kind,
+                pid: c.cred.pid,
+                uid: c.cred.uid,
+                gid: c.cred.gid,
+                session,
+            },
+        );
     }
+    m.daemon = Some(d);
     Ok(m)
 }
 
@@ -291,51 +270,45 @@ fn write(m: &Model) -> anyhow::Result<Vec<u8>> {
         w.add_flb(&f.compatible, f.count, f.flags, &f.data)
             .map_err(|e| anyhow!("FLB {}: {e}", f.compatible))?;
     }
-    let mut text = String::new();
-    for line in &m.settings {
-        text.push_str(line);
-        text.push('\n');
-    }
-    for (key, fd) in [
-        ("listener", m.listener),
-        ("lock", m.lock),
-        ("keeper", m.keeper),
-    ] {
-        if let Some((fd, mode)) = fd {
-            let _ = writeln!(text, "{key}={}", add(&mut w, fd, mode));
-        }
-    }
+    let (Some(listener), Some(lock), Some(daemon)) = (m.listener, m.lock, m.daemon.as_ref()) else {
+        bail!("The checkpoint names no listener or no lock");
+    };
+    let listener = add(&mut w, listener.0, listener.1);
+    let lock = add(&mut w, lock.0, lock.1);
+    let keeper = m.keeper.map(|(fd, mode)| add(&mut w, fd, mode));
+    let mut conns = Vec::with_capacity(m.conns.len());
     for c in m.conns.values() {
         let index = add(&mut w, c.fd, luo_abi::image::S_IFSOCK);
-        let (dir, name): (&str, &[u8]) = if c.kind == 2 {
+        let (incoming, name) = if c.kind == 2 {
             let s = m
                 .sessions
                 .get(&c.session)
                 .with_context(|| format!("connection {} names session {}", c.fd, c.session))?;
-            (
-                if s.flags & SESSION_INCOMING != 0 {
-                    "in"
-                } else {
-                    "out"
-                },
-                &s.name,
-            )
+            (s.flags & SESSION_INCOMING != 0, s.name.clone())
         } else {
-            ("-", &[])
+            (false, Vec::new())
         };
-        let _ = write!(
-            text,
-            "conn={index} {} {} {} {} {dir} ",
-            c.kind, c.pid, c.uid, c.gid
-        );
-        crate::handover::push_hex(&mut text, name);
-        text.push('\n');
+        conns.push(ConnState {
+            index,
+            kind: c.kind,
+            cred: crate::conn::Cred {
+                pid: c.pid,
+                uid: c.uid,
+                gid: c.gid,
+            },
+            incoming,
+            name,
+        });
     }
-    if m.listener.is_none() || m.lock.is_none() {
-        bail!("The checkpoint names no listener or no lock");
+    DaemonState {
+        listener,
+        lock,
+        keeper,
+        journal_from: m.journal_from,
+        conns,
+        ..daemon.clone()
     }
-    w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
-        .map_err(|e| anyhow!("{e}"))?;
+    .write(&mut w)?;
     w.finish()
         .map_err(|e| anyhow!("Cannot lay out the recovered image: {e}"))
 }

@@ -9,10 +9,9 @@ use luo_client::transport::{self, Recv};
 use luo_core::Engine;
 use tracing::info;
 
-use super::image::unhex;
-use super::{DAEMON_PART, DAEMON_PART_COMPATIBLE};
-use crate::conn::{Cred, Kind};
-use crate::server::{Server, Settings};
+use super::records::DaemonState;
+use crate::conn::Kind;
+use crate::server::Server;
 
 /// A successor's whole start: adopt what the predecessor left (before this process opens
 /// anything), then open the signal pipe with `signals`, restore, and confirm. The image is
@@ -203,112 +202,53 @@ pub(crate) fn build_successor(
     signals: OwnedFd,
     fd_limit: u64,
 ) -> anyhow::Result<Server> {
-    let part = parsed
-        .part(DAEMON_PART)
-        .context("The image has no daemon part")?;
-    ensure!(
-        part.compatible == DAEMON_PART_COMPATIBLE,
-        "Unknown daemon part {}",
-        part.compatible
-    );
-    let text = std::str::from_utf8(part.data)
-        .context("Daemon part is not UTF-8")?
-        .to_owned();
+    // The daemon's records are read and checked before anything is taken from `fds`.
+    let state = DaemonState::read(parsed)?;
     let registry = crate::registry()?;
     let t0 = Instant::now();
-    let engine =
+    let mut engine =
         Engine::restore_parsed(registry, parsed, fds, stats).context("Restoring the sessions")?;
     info!(ms = t0.elapsed().as_secs_f64() * 1e3, "engine restored");
-    let mut settings = Settings {
-        socket: Default::default(),
-        limits: Default::default(),
-        fds: Default::default(),
-        binary: Default::default(),
-        pids: Vec::new(),
-    };
-    let mut upgrades = 0;
-    let mut last_upgrade = (0, 0);
-    let mut listener = None;
-    let mut lock = None;
-    let mut keeper = None;
-    let mut conns = Vec::new();
-    let mut take = |i: &str| -> anyhow::Result<OwnedFd> {
-        let i: usize = i.parse().context("descriptor index")?;
-        fds.get_mut(i)
+    let mut take = |i: u32| -> anyhow::Result<OwnedFd> {
+        fds.get_mut(i as usize)
             .and_then(Option::take)
             .with_context(|| format!("descriptor {i} missing"))
     };
-    for line in text.lines() {
-        let (k, v) = line.split_once('=').context("Malformed daemon part")?;
-        match k {
-            "socket" => settings.socket = v.into(),
-            "binary" => settings.binary = v.into(),
-            "upgrades" => upgrades = v.parse()?,
-            "last_upgrade" => {
-                let (r, f) = v.split_once(' ').context("Malformed last_upgrade")?;
-                last_upgrade = (r.parse()?, f.parse()?);
-            }
-            "pids" => {
-                settings.pids = v
-                    .split(',')
-                    .filter(|p| !p.is_empty())
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
-            "limit.sessions" => settings.limits.sessions = Some(v.parse()?),
-            "limit.files" => settings.limits.files = Some(v.parse()?),
-            "limit.bytes" => settings.limits.bytes = Some(v.parse()?),
-            "limit.fds" => settings.fds.share = Some(v.parse()?),
-            "limit.fd_reserve" => settings.fds.reserve = Some(v.parse()?),
-            "listener" => listener = Some(take(v)?),
-            "keeper" => keeper = Some(take(v)?),
-            // Where the journal starts: read by a recovery, not by a successor.
-            "journal_from" => {}
-            "lock" => lock = Some(take(v)?),
-            "conn" => {
-                let f: Vec<&str> = v.split(' ').collect();
-                ensure!(f.len() == 7, "Malformed connection record");
-                let fd = take(f[0])?;
-                let cred = Cred {
-                    pid: f[2].parse()?,
-                    uid: f[3].parse()?,
-                    gid: f[4].parse()?,
-                };
-                conns.push((
-                    fd,
-                    f[1].parse::<u32>()?,
-                    cred,
-                    f[5].to_owned(),
-                    unhex(f[6]).context("name")?,
-                ));
-            }
-            _ => bail!("Unknown daemon setting {k}"),
-        }
+    let listener = take(state.listener)?;
+    let lock = take(state.lock)?;
+    let keeper = state.keeper.map(&mut take).transpose()?;
+    let mut conns = Vec::with_capacity(state.conns.len());
+    for c in &state.conns {
+        conns.push((take(c.index)?, c));
     }
-    let mut engine = engine;
-    engine.set_limits(settings.limits);
-    let listener = listener.context("No listener in the image")?;
-    let lock = lock.context("No lock in the image")?;
-    let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
-    server.upgrades = upgrades;
-    server.last_upgrade = last_upgrade;
+    engine.set_limits(state.settings.limits);
+    let mut server = Server::new(
+        engine,
+        state.settings.clone(),
+        listener,
+        lock,
+        signals,
+        fd_limit,
+    )?;
+    server.upgrades = state.upgrades;
+    server.last_upgrade = state.last_upgrade;
     server.keeper_channel = keeper;
-    for (fd, code, cred, dir, name) in conns {
-        let kind = match code {
+    for (fd, c) in conns {
+        let kind = match c.kind {
             0 => Kind::Control,
             1 => Kind::Device,
             2 => {
                 let id = server
                     .engine
-                    .find_session(cred.uid, dir != "out", &name)
+                    .find_session(c.cred.uid, c.incoming, &c.name)
                     .context("A connection's session is not in the image")?;
                 Kind::Session(id)
             }
             3 => Kind::Detached,
-            _ => bail!("Unknown connection kind {code}"),
+            other => bail!("Unknown connection kind {other}"),
         };
         rustix::io::ioctl_fionbio(&fd, true)?;
-        server.add_conn(fd, kind, cred)?;
+        server.add_conn(fd, kind, c.cred)?;
     }
     Ok(server)
 }

@@ -42,8 +42,6 @@
 
 /// Image part holding the daemon's own state.
 pub const DAEMON_PART: &str = "luod";
-/// Its compatible; changing the text layout below bumps it.
-pub const DAEMON_PART_COMPATIBLE: &str = "luod-daemon-v1";
 /// How long the old server waits for the successor's verdict.
 pub(crate) const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -51,12 +49,14 @@ pub(crate) const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_
 mod adopt;
 mod image;
 mod reboot;
+mod records;
 #[allow(unsafe_code)] // Forking the successor and clearing close-on-exec in the child.
 mod spawn;
 mod upgrade;
 
 pub use adopt::{adopt_inherited, recover, take_over, wait_go};
-pub(crate) use image::{daemon_image, push_hex, unhex};
+pub(crate) use image::daemon_image;
 pub use reboot::{reboot, release_successor};
+pub(crate) use records::{ConnState, DaemonState};
 pub use spawn::Successor;
 pub use upgrade::{Staging, begin_upgrade, on_successor, on_timeout, requester_gone};

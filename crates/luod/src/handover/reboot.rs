@@ -8,9 +8,9 @@ use luo_abi::image::ImageWriter;
 use luo_client::transport;
 use luo_core::WRITER_VERSION;
 
-use super::image::{add_daemon_fds, settings_text};
+use super::READY_TIMEOUT;
+use super::image::daemon_state;
 use super::spawn::{await_verdict, spawn_successor};
-use super::{DAEMON_PART, DAEMON_PART_COMPATIBLE, READY_TIMEOUT};
 use crate::server::Server;
 
 /// Reboot emulation: freeze every outgoing session, hand them (and only them) to a fresh
@@ -28,10 +28,7 @@ pub fn reboot(server: &mut Server) -> anyhow::Result<()> {
             .engine
             .write_reboot(&mut w, &mut fds)
             .context("Cannot write the sessions")?;
-        let mut text = settings_text(&server.settings, 0, false);
-        add_daemon_fds(server, &mut w, &mut fds, &mut text, false)?;
-        w.add_part(DAEMON_PART, DAEMON_PART_COMPATIBLE, text.as_bytes())
-            .map_err(|e| anyhow!("{e}"))?;
+        daemon_state(server, &mut w, &mut fds, 0, (0, 0), false)?.write(&mut w)?;
         let image = w
             .finish()
             .map_err(|e| anyhow!("Cannot lay out the image: {e}"))?;

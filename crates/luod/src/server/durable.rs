@@ -195,7 +195,7 @@ impl Server {
         let t0 = std::time::Instant::now();
         let from = d.journal.next_seq();
         let (image, _fds) =
-            crate::handover::daemon_image(self, self.upgrades, &format!("journal_from={from}\n"))?;
+            crate::handover::daemon_image(self, self.upgrades, self.last_upgrade, from)?;
         let fresh = state_memfd("luod-checkpoint")?;
         let mut done = 0;
         while done < image.len() {

@@ -327,6 +327,13 @@ impl Keeper {
                 (None, Some(s)) => format!("signal {s}"),
                 _ => format!("wait status {:#x}", status.as_raw()),
             };
+            if self.holder.is_none() {
+                // The first server never served (it refused its settings, say): nothing is
+                // held, and luod fails to start as the server did.
+                return Ok(Some(Err(anyhow::anyhow!(
+                    "The server did not start ({how}); see its message above"
+                ))));
+            }
             let quick = self.started.elapsed() < QUICK_DEATH;
             warn!(pid = pid.as_raw_nonzero().get(), how = %how, "the server died; starting another from its state");
             self.died.get_or_insert_with(Instant::now);

@@ -434,12 +434,21 @@ impl UserLuod {
     /// keeper would otherwise start again. The server's holder exits once the keeper is gone.
     fn kill9(mut self, socket: &Path) {
         let server = raw_status(socket).and_then(|s| Pid::from_raw(s.pid.get() as i32));
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        // The keeper stopped first (so it starts no other server), then the server killed
+        // (before it can see its keeper go and shut down cleanly), then the keeper.
+        let keeper = self
+            .child
+            .as_ref()
+            .and_then(|c| Pid::from_raw(c.id() as i32));
+        if let Some(pid) = keeper {
+            let _ = rustix::process::kill_process(pid, Signal::STOP);
         }
         if let Some(pid) = server {
             let _ = rustix::process::kill_process(pid, Signal::KILL);
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         // Gone when no process holds the lock any more (the server and its holder).
         let lock = socket.with_extension("lock");

@@ -340,3 +340,29 @@ fn the_keeper_re_executes_itself_in_place_and_keeps_everything() {
     let r = luod.device().retrieve_session("re").unwrap();
     assert_eq!(read_all(&r.retrieve(6).unwrap()), pattern(6, 123_456));
 }
+
+#[test]
+fn a_killed_keeper_leaves_no_server_behind() {
+    let luod = Luod::start("keeper-killed");
+    let st = luod.status();
+    let (keeper, server) = (st.keeper_pid as i32, st.pid as i32);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(keeper).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::alive(server) {
+        assert!(
+            Instant::now() < deadline,
+            "the server outlived its keeper:\n{}",
+            luod.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        luod.log_text().contains("the keeper is gone"),
+        "the server says why it stopped:\n{}",
+        luod.log_text()
+    );
+}

@@ -35,17 +35,22 @@ pub const POS: u64 = 12_345;
 /// The seals stage 1 adds; the memfd handler (`memfd-v2`) carries them over.
 pub const SEALS: SealFlags = SealFlags::SHRINK;
 
-/// The byte the memfd holds at `offset`: a mix of the offset, so that a page restored at the
-/// wrong index or a shifted copy shows, and zero inside [`HOLE`].
-pub fn pattern(offset: u64) -> u8 {
-    if HOLE.contains(&offset) {
-        return 0;
+/// The 8 bytes the memfd holds at offset `8 * index`: a mix of the index, so that a page
+/// restored at the wrong index or a shifted copy shows, and zero inside [`HOLE`] (whose bounds
+/// are multiples of 8).
+fn word(index: u64) -> [u8; 8] {
+    if HOLE.contains(&(index * 8)) {
+        return [0; 8];
     }
-    let mut x = (offset >> 3).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut x = index.wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    x.to_le_bytes()[(offset & 7) as usize]
+    (x ^ (x >> 31)).to_le_bytes()
+}
+
+/// The byte the memfd holds at `offset`.
+pub fn pattern(offset: u64) -> u8 {
+    word(offset / 8)[(offset % 8) as usize]
 }
 
 fn len(size: u64) -> usize {
@@ -54,9 +59,9 @@ fn len(size: u64) -> usize {
 
 /// Fills `buf`, which starts at file offset 0, with [`pattern`], leaving [`HOLE`] untouched.
 fn fill(buf: &mut [u8]) {
-    for (offset, byte) in (0u64..).zip(buf.iter_mut()) {
-        if !HOLE.contains(&offset) {
-            *byte = pattern(offset);
+    for (index, chunk) in (0u64..).zip(buf.chunks_mut(8)) {
+        if !HOLE.contains(&(index * 8)) {
+            chunk.copy_from_slice(&word(index)[..chunk.len()]);
         }
     }
 }
@@ -65,10 +70,16 @@ fn fill(buf: &mut [u8]) {
 fn verify(buf: &[u8]) -> Option<(u64, u64)> {
     let mut first = None;
     let mut count = 0u64;
-    for (offset, &byte) in (0u64..).zip(buf.iter()) {
-        if byte != pattern(offset) {
-            first.get_or_insert(offset);
-            count += 1;
+    for (index, chunk) in (0u64..).zip(buf.chunks(8)) {
+        let want = word(index);
+        if chunk == &want[..chunk.len()] {
+            continue;
+        }
+        for (i, (a, b)) in (0u64..).zip(chunk.iter().zip(want.iter())) {
+            if a != b {
+                first.get_or_insert(index * 8 + i);
+                count += 1;
+            }
         }
     }
     first.map(|f| (f, count))
@@ -307,6 +318,7 @@ mod tests {
         let mut buf = vec![0u8; 3 * 4096 + 5];
         fill(&mut buf);
         assert_eq!(verify(&buf), None);
+        assert!((0u64..).zip(&buf).all(|(o, &b)| b == pattern(o)));
         buf[4096 + 9] ^= 1;
         buf[8000] ^= 1;
         assert_eq!(verify(&buf), Some((4096 + 9, 2)));

@@ -6,8 +6,21 @@ description="the kernel's liveupdate selftests: single-boot suite, then the two-
 
 two_stage="luo_kexec_simple luo_multi_session luo_stress_sessions luo_stress_files"
 
+# The single-boot suite (kselftest harness): its exit status, and none of its tests skipped
+# (a skip exits 0 when others pass).
+suite() {
+    /selftests/liveupdate >/tmp/liveupdate.out 2>&1
+    rc=$?
+    cat /tmp/liveupdate.out
+    [ $rc = 0 ] || return $rc
+    grep -q '^# Totals: pass:[0-9]* fail:0 xfail:0 xpass:0 skip:0 error:0$' /tmp/liveupdate.out || {
+        echo "liveupdate: a test failed or skipped"
+        return 1
+    }
+}
+
 stage_1() {
-    check liveupdate /selftests/liveupdate || return 1
+    check liveupdate suite || return 1
     for t in $two_stage; do
         check "$t-stage-1" "/selftests/$t" --stage 1 || return 1
     done
@@ -17,5 +30,5 @@ stage_2() {
     for t in $two_stage; do
         check "$t-stage-2" "/selftests/$t" --stage 2 || return 1
     done
-    check liveupdate-after-kexec /selftests/liveupdate
+    check liveupdate-after-kexec suite
 }

@@ -94,14 +94,12 @@ fn expect_errno<T>(
 ) -> Result<(), Error> {
     match result {
         Err(e) if e == want => {
-            report.ok(&format!("{what}: {want:?} as expected"));
+            report.ok(&format!("{what}: {want} as expected"));
             Ok(())
         }
-        Err(e) => Err(Error::Unexpected(format!(
-            "{what}: {e:?}, expected {want:?}"
-        ))),
+        Err(e) => Err(Error::Unexpected(format!("{what}: {e}, expected {want}"))),
         Ok(_) => Err(Error::Unexpected(format!(
-            "{what}: succeeded, expected {want:?}"
+            "{what}: succeeded, expected {want}"
         ))),
     }
 }
@@ -164,7 +162,7 @@ pub fn stage1(report: &mut Report, kexec: &str) -> Result<(), Error> {
         Errno::EXIST,
     )?;
     match rustix::fs::ftruncate(&memfd, SIZE + 4096) {
-        Err(e) => report.ok(&format!("a preserved memfd cannot grow: {e:?}")),
+        Err(e) => report.ok(&format!("a preserved memfd cannot grow: {e}")),
         Ok(()) => return Err(Error::Unexpected("a preserved memfd grew".into())),
     }
     drop(memfd); // The session holds the file now.

@@ -312,3 +312,182 @@ fn write(m: &Model) -> anyhow::Result<Vec<u8>> {
     w.finish()
         .map_err(|e| anyhow!("Cannot lay out the recovered image: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    //! The property the journal rests on: the checkpoint with the journal applied gives the
+    //! image a snapshot of the engine would write, after any sequence of operations.
+
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::sync::Arc;
+
+    use luo_abi::image::{Image, ImageWriter, S_IFREG, S_IFSOCK};
+    use luo_core::{Engine, SessionId, WRITER_VERSION};
+
+    use super::rebuild;
+    use crate::handover::DaemonState;
+    use crate::journal::Delta;
+    use crate::server::Settings;
+
+    struct Fixed {
+        listener: OwnedFd,
+        lock: OwnedFd,
+    }
+
+    fn image_of(engine: &Engine, fixed: &Fixed, journal_from: u64) -> Vec<u8> {
+        let mut w = ImageWriter::new(engine.generation(), WRITER_VERSION);
+        let mut fds = Vec::new();
+        engine.write_snapshot(&mut w, &mut fds).unwrap();
+        let listener = w.add_fd(fixed.listener.as_raw_fd(), S_IFSOCK);
+        let lock = w.add_fd(fixed.lock.as_raw_fd(), S_IFREG);
+        DaemonState {
+            settings: Settings {
+                socket: "/run/luod/luod.sock".into(),
+                limits: Default::default(),
+                fds: Default::default(),
+                binary: "/usr/sbin/luod".into(),
+                pids: vec![1],
+            },
+            upgrades: 0,
+            last_upgrade: (0, 0),
+            listener,
+            lock,
+            keeper: None,
+            journal_from,
+            conns: Vec::new(),
+        }
+        .write(&mut w)
+        .unwrap();
+        w.finish().unwrap()
+    }
+
+    /// What two images say about sessions, files (with their descriptor numbers) and FLBs.
+    fn contents(bytes: &[u8]) -> String {
+        let image = Image::parse(bytes).unwrap();
+        let fd = |i: Option<u32>| i.map(|i| image.fds()[i as usize].fd.get());
+        let mut out = String::new();
+        for s in image.sessions() {
+            out += &format!(
+                "S{} {} {:#x} {:?}\n",
+                s.seq(),
+                s.owner(),
+                s.flags(),
+                s.name()
+            );
+            for f in s.files() {
+                out += &format!(
+                    "  F{} {} fd={:?} open={:?} st={} fl={:#x} rec={:?}\n",
+                    f.token,
+                    f.compatible,
+                    fd(f.fd_index),
+                    fd(f.open_fd_index),
+                    f.status,
+                    f.flags,
+                    f.record
+                );
+            }
+        }
+        for f in image.flbs() {
+            out += &format!(
+                "FLB {} {} {:#x} {:?}\n",
+                f.compatible, f.count, f.flags, f.data
+            );
+        }
+        out
+    }
+
+    fn memfd(bytes: &[u8]) -> OwnedFd {
+        let fd =
+            rustix::fs::memfd_create("journal-model", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::io::write(&fd, bytes).unwrap();
+        fd
+    }
+
+    #[test]
+    fn the_checkpoint_with_the_journal_is_the_snapshot_after_any_operations() {
+        let registry = Arc::new(luo_handlers::default_registry().unwrap());
+        let (listener, _peer) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let fixed = Fixed {
+            listener,
+            lock: memfd(b""),
+        };
+        let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for round in 0..20 {
+            let mut engine = Engine::new(Arc::clone(&registry));
+            engine.track_changes(true);
+            let checkpoint = image_of(&engine, &fixed, 1);
+            let mut journal: Vec<(u64, Delta)> = Vec::new();
+            let mut seq = 1;
+            let mut sessions: Vec<(SessionId, u32, String)> = Vec::new();
+            let mut retrieved: Vec<OwnedFd> = Vec::new();
+            for step in 0..120 {
+                let owner = next(3) as u32;
+                match next(8) {
+                    0 | 1 => {
+                        let name = format!("s{}", next(6));
+                        if let Ok(id) = engine.create_session(owner, name.as_bytes()) {
+                            sessions.push((id, owner, name));
+                        }
+                    }
+                    2..=4 if !sessions.is_empty() => {
+                        let (id, ..) = sessions[next(sessions.len() as u64) as usize];
+                        let fd = memfd(format!("{round}-{step}").as_bytes());
+                        let _ = engine.preserve_fd(id, Some(fd.as_fd()), next(5));
+                    }
+                    5 if !sessions.is_empty() => {
+                        let (id, ..) = sessions[next(sessions.len() as u64) as usize];
+                        let _ = engine.handoff(id);
+                    }
+                    6 if !sessions.is_empty() => {
+                        let (_, owner, ref name) = sessions[next(sessions.len() as u64) as usize];
+                        if let Ok(id) = engine.retrieve_session(owner, name.as_bytes()) {
+                            for t in engine.file_tokens(id) {
+                                if next(2) == 0
+                                    && let Ok(fd) = engine.retrieve_fd(id, t)
+                                {
+                                    retrieved.push(fd);
+                                }
+                            }
+                            if next(2) == 0 {
+                                let _ = engine.finish(id);
+                            }
+                        }
+                    }
+                    7 if !sessions.is_empty() => {
+                        let i = next(sessions.len() as u64) as usize;
+                        let (id, ..) = sessions.swap_remove(i);
+                        let _ = engine.close_session(id);
+                    }
+                    _ => {}
+                }
+                let changes = engine.take_changes();
+                for d in crate::server::deltas_of(&engine, &changes) {
+                    journal.push((seq, d));
+                    seq += 1;
+                }
+            }
+            let rebuilt = rebuild(&checkpoint, &journal).unwrap();
+            assert_eq!(rebuilt.next_seq, seq);
+            let expected = image_of(&engine, &fixed, seq);
+            assert_eq!(
+                contents(&rebuilt.image),
+                contents(&expected),
+                "round {round}: the journal does not rebuild the engine's state"
+            );
+            drop(retrieved);
+        }
+    }
+}

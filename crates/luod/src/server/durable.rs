@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use anyhow::Context;
-use luo_core::Changes;
+use luo_core::{Changes, Engine};
 use rustix::fs::MemfdFlags;
 use tracing::{debug, warn};
 
@@ -93,7 +93,7 @@ impl Server {
             }
             return;
         }
-        let deltas = self.deltas_of(&changes);
+        let deltas = deltas_of(&self.engine, &changes);
         let Some(d) = self.durable.as_mut() else {
             return;
         };
@@ -126,64 +126,6 @@ impl Server {
         warn!(error = %format!("{e:#}"), "cannot journal a change; this server stops");
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-    }
-
-    /// The journal records of `changes`, read from the engine as it is now.
-    fn deltas_of(&self, changes: &Changes) -> Vec<Delta> {
-        let mut out = Vec::new();
-        for (&seq, &(id, whole)) in &changes.sessions {
-            match self.engine.session_record(id) {
-                None => out.push(Delta::SessionDel { seq }),
-                Some(rec) => {
-                    if whole {
-                        out.push(Delta::SessionDel { seq });
-                    }
-                    out.push(Delta::SessionPut(rec));
-                    if whole {
-                        for token in self.engine.file_tokens(id) {
-                            if let Some(f) = self.file_rec(id, token) {
-                                out.push(Delta::FilePut { seq, file: f });
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        for &(seq, id, token) in &changes.files {
-            if changes.sessions.get(&seq).is_some_and(|&(_, whole)| whole) {
-                continue;
-            }
-            if self.engine.session_record(id).is_none() {
-                continue;
-            }
-            out.push(match self.file_rec(id, token) {
-                Some(file) => Delta::FilePut { seq, file },
-                None => Delta::FileDel { seq, token },
-            });
-        }
-        if changes.flbs {
-            out.push(Delta::Flbs(self.engine.flb_records()));
-        }
-        out
-    }
-
-    fn file_rec(&self, id: luo_core::SessionId, token: u64) -> Option<FileRec> {
-        let f = self.engine.file_record(id, token)?;
-        let open_mode = f
-            .open
-            .and_then(|o| rustix::fs::fstat(o).ok())
-            .map_or(0, |st| st.st_mode & luo_abi::image::S_IFMT);
-        Some(FileRec {
-            compatible: f.compatible.to_owned(),
-            token,
-            fd: f.fd.as_raw_fd(),
-            mode: f.mode,
-            open_fd: f.open.map_or(-1, |o| o.as_raw_fd()),
-            open_mode,
-            status: f.status,
-            flags: f.flags,
-            record: f.record.to_vec(),
-        })
     }
 
     /// Writes a checkpoint: the whole state as an image, put in place of the last one in one
@@ -222,4 +164,62 @@ impl Server {
         let _ = d.state.as_fd();
         Ok(())
     }
+}
+
+/// The journal records of `changes`, read from the engine as it is now.
+pub(crate) fn deltas_of(engine: &Engine, changes: &Changes) -> Vec<Delta> {
+    let mut out = Vec::new();
+    for (&seq, &(id, whole)) in &changes.sessions {
+        match engine.session_record(id) {
+            None => out.push(Delta::SessionDel { seq }),
+            Some(rec) => {
+                if whole {
+                    out.push(Delta::SessionDel { seq });
+                }
+                out.push(Delta::SessionPut(rec));
+                if whole {
+                    for token in engine.file_tokens(id) {
+                        if let Some(f) = file_rec(engine, id, token) {
+                            out.push(Delta::FilePut { seq, file: f });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for &(seq, id, token) in &changes.files {
+        if changes.sessions.get(&seq).is_some_and(|&(_, whole)| whole) {
+            continue;
+        }
+        if engine.session_record(id).is_none() {
+            continue;
+        }
+        out.push(match file_rec(engine, id, token) {
+            Some(file) => Delta::FilePut { seq, file },
+            None => Delta::FileDel { seq, token },
+        });
+    }
+    if changes.flbs {
+        out.push(Delta::Flbs(engine.flb_records()));
+    }
+    out
+}
+
+fn file_rec(engine: &Engine, id: luo_core::SessionId, token: u64) -> Option<FileRec> {
+    let f = engine.file_record(id, token)?;
+    let open_mode = f
+        .open
+        .and_then(|o| rustix::fs::fstat(o).ok())
+        .map_or(0, |st| st.st_mode & luo_abi::image::S_IFMT);
+    Some(FileRec {
+        compatible: f.compatible.to_owned(),
+        token,
+        fd: f.fd.as_raw_fd(),
+        mode: f.mode,
+        open_fd: f.open.map_or(-1, |o| o.as_raw_fd()),
+        open_mode,
+        status: f.status,
+        flags: f.flags,
+        record: f.record.to_vec(),
+    })
 }

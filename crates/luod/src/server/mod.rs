@@ -31,6 +31,8 @@ use crate::budget::{Budget, FdSettings, Tally};
 use crate::conn::{Conn, Cred, Kind};
 use crate::listener::{Admission, KEY_LISTENER};
 
+#[cfg(test)]
+pub(crate) use durable::deltas_of;
 pub use durable::state_memfd;
 pub use event_loop::Ended;
 pub use reply::Reply;

@@ -2558,3 +2558,110 @@ impl Diff {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The detectors alone, against a fake luod on a socket pair: a harness that cannot see a
+    //! second reply, a missing one or a changed byte would pass against anything.
+
+    use super::*;
+
+    fn pair() -> (Conn, OwnedFd, Arc<Shared>) {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, socketpair};
+        let shared = Arc::new(Shared::new(Duration::from_millis(200)));
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        (Conn::adopt(a, &shared), b, shared)
+    }
+
+    /// The fake luod: reads one request and answers it `times` times.
+    fn answer_times(peer: &OwnedFd, times: usize) {
+        let Ok(Recv::Message(m)) = transport::recv(peer.as_fd(), true) else {
+            panic!("no request");
+        };
+        let (hdr, _) = wire::parse_request(&m.bytes).expect("request");
+        for _ in 0..times {
+            let mut reply = Vec::new();
+            wire::write_reply(&mut reply, 0, hdr.id.get(), &[]);
+            transport::send(peer.as_fd(), &reply, &[]).expect("send");
+        }
+    }
+
+    #[test]
+    fn a_second_reply_is_counted_as_duplicated() {
+        let (conn, peer, shared) = pair();
+        let server = thread::spawn(move || {
+            answer_times(&peer, 2);
+            answer_times(&peer, 1);
+            peer
+        });
+        let first = conn.call(Op::Ping as u32, &[], &[]);
+        assert!(matches!(first, Outcome::Reply { errno: 0, .. }));
+        // The second reply to the first request arrives while the next one waits.
+        let second = conn.call(Op::Ping as u32, &[], &[]);
+        assert!(matches!(second, Outcome::Reply { errno: 0, .. }));
+        let _peer = server.join().expect("server");
+        assert_eq!(shared.count(Fault::Duplicated), 1);
+        assert!(conn.drain(), "nothing more, and still open");
+        assert_eq!(shared.count(Fault::Duplicated), 1);
+    }
+
+    #[test]
+    fn a_second_reply_after_the_last_request_is_found_by_the_drain() {
+        let (conn, peer, shared) = pair();
+        let server = thread::spawn(move || {
+            answer_times(&peer, 2);
+            peer
+        });
+        assert!(matches!(
+            conn.call(Op::Ping as u32, &[], &[]),
+            Outcome::Reply { .. }
+        ));
+        let peer = server.join().expect("server");
+        assert!(conn.drain());
+        assert_eq!(shared.count(Fault::Duplicated), 1);
+        drop(peer);
+        assert!(!conn.drain(), "the fake luod hung up");
+    }
+
+    #[test]
+    fn a_missing_reply_is_lost() {
+        let (conn, peer, shared) = pair();
+        let out = conn.call(Op::Ping as u32, &[], &[]);
+        assert!(matches!(out, Outcome::Timeout), "{out:?}");
+        assert!(matches!(
+            answer(&shared, out, "PING", &[], &[]),
+            Answer::NoReply
+        ));
+        drop(peer);
+        let out = conn.call(Op::Ping as u32, &[], &[]);
+        assert!(matches!(out, Outcome::Closed | Outcome::Cut), "{out:?}");
+        answer(&shared, out, "PING", &[], &[]);
+        assert_eq!(shared.count(Fault::LostReply) + shared.count(Fault::Cut), 2);
+    }
+
+    #[test]
+    fn a_changed_byte_is_found() {
+        let file = FileModel {
+            seed: 7,
+            len: 10_001,
+        };
+        let fd = memfd(file.seed, file.len).expect("memfd");
+        assert_eq!(holds(&fd, &file), Ok(()));
+        rustix::io::pwrite(&fd, &[0x5a ^ pattern(7, 4_001)[4_000]], 4_000).expect("pwrite");
+        assert_eq!(
+            holds(&fd, &file),
+            Err("differs from byte 4000 on".to_owned())
+        );
+        let short = FileModel {
+            len: 10_000,
+            ..file
+        };
+        assert!(holds(&fd, &short).is_err());
+    }
+}

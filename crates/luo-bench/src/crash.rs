@@ -1903,6 +1903,16 @@ fn tell(out: Outcome) -> Told {
     }
 }
 
+/// How the end of a server was taken.
+enum Death {
+    /// Not a kill: the request that passes the failpoint ended the server itself.
+    None,
+    /// A kill, and a new server answered.
+    Recovered,
+    /// A kill, and luod is gone (or does not answer): a fresh one is needed.
+    Gone,
+}
+
 /// How a kill ended.
 enum Recovery {
     /// A new server answered, this long after the kill.
@@ -1988,7 +1998,7 @@ impl Harness {
             // Failpoint kills spread evenly over the rounds; the first go through every point.
             let pct = self.opts.failpoint_percent;
             let at_failpoint = round * pct / 100 > (round - 1) * pct / 100;
-            if at_failpoint {
+            let killed = if at_failpoint {
                 let point = if self.failpoint_turn < FAILPOINTS.len() {
                     FAILPOINTS[self.failpoint_turn]
                 } else {
@@ -2001,16 +2011,20 @@ impl Harness {
                     _ => self.kill_at(point)?,
                 }
             } else {
+                false
+            };
+            // A failpoint that did not fire: the round's kill comes at random.
+            if !killed {
                 self.kill_random()?;
             }
         }
-        if self.opts.upgrade_every > 0 && round % self.opts.upgrade_every == 0 {
+        if round.is_multiple_of(self.opts.upgrade_every) {
             self.upgrade(None)?;
         }
-        if self.opts.reboot_every > 0 && round % self.opts.reboot_every == 0 {
+        if round.is_multiple_of(self.opts.reboot_every) {
             self.reboot(None)?;
         }
-        if self.opts.verify_every > 0 && round % self.opts.verify_every == 0 {
+        if round.is_multiple_of(self.opts.verify_every) {
             self.pause()?;
             self.verify();
         }
@@ -2086,12 +2100,15 @@ impl Harness {
             return Err(format!("cannot kill server {}", server.pid));
         }
         server.exited(Duration::from_secs(5));
-        self.killed(t0, server.pid)
+        if let Death::Gone = self.died(t0, server.pid, None, None) {
+            self.revive()?;
+        }
+        Ok(())
     }
 
     /// Arms `point` to fire within a few of the clients' requests and waits for the server to
-    /// die there; if it does not in time, kills it at random instead.
-    fn kill_at(&mut self, point: &'static str) -> Result<(), String> {
+    /// die there. False if it did not in time (it is disarmed).
+    fn kill_at(&mut self, point: &'static str) -> Result<bool, String> {
         let server = self.server()?;
         let hit = 1 + self.rng.below(4) as u32;
         self.arm(point, hit)?;
@@ -2099,46 +2116,65 @@ impl Harness {
             // Disarm; it may fire meanwhile.
             let _ = self.arm(point, 0);
             if !server.exited(Duration::from_millis(50)) {
-                self.report.failpoints_unreached += 1;
-                return self.kill_random();
+                self.unreached(point);
+                return Ok(false);
             }
         }
-        self.fired(point);
-        self.killed(Instant::now(), server.pid)
+        if let Death::Gone = self.died(Instant::now(), server.pid, Some(point), None) {
+            self.revive()?;
+        }
+        Ok(true)
     }
 
-    fn fired(&mut self, point: &'static str) {
-        self.report.failpoint_kills += 1;
-        *self.report.failpoints_fired.entry(point).or_default() += 1;
+    fn unreached(&mut self, point: &str) {
+        self.report.failpoints_unreached += 1;
+        self.note(format!("failpoint {point} did not fire"));
     }
 
-    /// After server `pid` died at `t0`: the recovery measured, or a fresh luod if it is gone.
-    fn killed(&mut self, t0: Instant, pid: u32) -> Result<(), String> {
-        self.report.kills += 1;
-        // The killer's connection is a client like any other: it must survive, and is used
-        // again; the recovery is measured on a fresh one (and on the probe's).
-        match self.recover(t0, pid) {
+    /// After server `pid` exited at `t0`: waits for the next server and counts the kill (at
+    /// `point`, if one). With `restarts` (luod's count before an upgrade or a reboot, which end
+    /// the old server themselves) the exit is a kill only if luod counts one more restart, or
+    /// is gone.
+    fn died(
+        &mut self,
+        t0: Instant,
+        pid: u32,
+        point: Option<&'static str>,
+        restarts: Option<u32>,
+    ) -> Death {
+        let death = match self.recover(t0, pid) {
             Recovery::Answered(d, s) => {
-                self.report.recoveries.push(d);
                 self.daemon.note(&s);
                 self.daemon.reap();
-                Ok(())
+                if restarts.is_some_and(|r| s.restarts <= r) {
+                    // The request went through: its old server ended as it should.
+                    self.unreached(point.unwrap_or("?"));
+                    return Death::None;
+                }
+                self.report.recoveries.push(d);
+                Death::Recovered
             }
             Recovery::Gone => {
                 self.report.keeper_deaths += 1;
-                self.revive()
+                Death::Gone
             }
             Recovery::Stuck => {
                 self.report.unrecovered += 1;
                 self.ctx.shared.fault(Fault::Unexpected, 1, || {
                     format!(
-                        "no server answered within {:?} of the kill of {pid}",
+                        "no server answered within {:?} of the end of {pid}",
                         self.opts.reply_timeout
                     )
                 });
-                self.revive()
+                Death::Gone
             }
+        };
+        self.report.kills += 1;
+        if let Some(p) = point {
+            self.report.failpoint_kills += 1;
+            *self.report.failpoints_fired.entry(p).or_default() += 1;
         }
+        death
     }
 
     /// Waits for a server other than `old` to answer STATUS on a fresh connection.
@@ -2147,12 +2183,13 @@ impl Harness {
         let mut conn: Option<Conn> = None;
         let mut waiting: Option<u64> = None;
         while Instant::now() < deadline {
-            if waiting.is_none() && !self.daemon.keeper_alive() {
-                return Recovery::Gone;
-            }
             if conn.is_none() {
                 conn = Conn::connect(&self.ctx.socket, &self.ctx.shared);
                 if conn.is_none() {
+                    // Nobody holds the listening socket: without its keeper, luod is gone.
+                    if !self.daemon.keeper_alive() {
+                        return Recovery::Gone;
+                    }
                     thread::sleep(Duration::from_millis(1));
                     continue;
                 }
@@ -2187,12 +2224,8 @@ impl Harness {
                         _ => thread::sleep(Duration::from_millis(1)),
                     }
                 }
-                Outcome::Timeout => {
-                    // Still waiting: is anyone left to answer?
-                    if !self.daemon.keeper_alive() {
-                        return Recovery::Gone;
-                    }
-                }
+                // Still waiting (a successor that holds the socket may yet answer).
+                Outcome::Timeout => {}
                 _ => {
                     waiting = None;
                     conn = None;
@@ -2220,21 +2253,17 @@ impl Harness {
         self.build_load()
     }
 
-    /// An upgrade, with the clients running; with `point`, the old server dies at it.
-    fn upgrade(&mut self, point: Option<&'static str>) -> Result<(), String> {
-        let server = self.server()?;
+    /// An upgrade, with the clients running; with `point`, the old server dies at it. True if
+    /// it did.
+    fn upgrade(&mut self, point: Option<&'static str>) -> Result<bool, String> {
+        let before = self.status().ok_or("luod does not answer STATUS")?;
+        let server = Watched::open(before.pid).ok_or("the server is gone")?;
         if let Some(p) = point {
             self.arm(p, 1)?;
         }
         let helper = self.helper(Op::Upgrade as u32);
-        if let Some(p) = point {
-            if server.exited(self.opts.reply_timeout) {
-                self.fired(p);
-                self.killed(Instant::now(), server.pid)?;
-            } else {
-                self.report.failpoints_unreached += 1;
-            }
-        }
+        let death = self.await_point(point, &server, before.restarts);
+        // The helper's connection counts until it is joined: before any fresh luod.
         let told = helper.join().map_err(|_| "the upgrade helper panicked")?;
         match told {
             Told::Errno(0) => self.report.upgrades += 1,
@@ -2247,11 +2276,31 @@ impl Harness {
                 .shared
                 .fault(Fault::LostReply, 1, || format!("UPGRADE: {why}")),
         }
-        if self.status().is_none() && !self.daemon.keeper_alive() {
-            return Err("luod is gone after an upgrade".to_owned());
+        if let Death::Gone = death {
+            self.revive()?;
+        } else if self.status().is_none() {
+            return Err("luod does not answer after an upgrade".to_owned());
         }
         self.daemon.reap();
-        Ok(())
+        Ok(!matches!(death, Death::None))
+    }
+
+    /// With `point` armed and the request that passes it on its way: waits for `server` to
+    /// end, and tells a kill at the point from the request's own end of it.
+    fn await_point(
+        &mut self,
+        point: Option<&'static str>,
+        server: &Watched,
+        restarts: u32,
+    ) -> Death {
+        let Some(p) = point else {
+            return Death::None;
+        };
+        if !server.exited(self.opts.reply_timeout) {
+            self.unreached(p);
+            return Death::None;
+        }
+        self.died(Instant::now(), server.pid, Some(p), Some(restarts))
     }
 
     /// A request in a thread of its own, on a fresh connection.
@@ -2263,8 +2312,9 @@ impl Harness {
         })
     }
 
-    /// A reboot, with the clients stopped; with `point`, the server dies at it.
-    fn reboot(&mut self, point: Option<&'static str>) -> Result<(), String> {
+    /// A reboot, with the clients stopped; with `point`, the server dies at it. True if it
+    /// did.
+    fn reboot(&mut self, point: Option<&'static str>) -> Result<bool, String> {
         self.pause()?;
         self.verify();
         let before = self.status().ok_or("luod does not answer STATUS")?;
@@ -2273,26 +2323,17 @@ impl Harness {
             self.arm(p, 1)?;
         }
         let helper = self.helper(Op::Reboot as u32);
-        if let Some(p) = point {
-            if server.exited(self.opts.reply_timeout) {
-                self.fired(p);
-                self.report.kills += 1;
-                match self.recover(Instant::now(), server.pid) {
-                    Recovery::Answered(d, s) => {
-                        self.report.recoveries.push(d);
-                        self.daemon.note(&s);
-                    }
-                    Recovery::Gone | Recovery::Stuck => {
-                        let _ = helper.join();
-                        self.report.keeper_deaths += 1;
-                        return self.revive();
-                    }
-                }
-            } else {
-                self.report.failpoints_unreached += 1;
-            }
-        }
+        let death = self.await_point(point, &server, before.restarts);
         let told = helper.join().map_err(|_| "the reboot helper panicked")?;
+        if let Death::Gone = death {
+            if let Told::Nothing(why) = told {
+                self.ctx
+                    .shared
+                    .fault(Fault::LostReply, 1, || format!("REBOOT: {why}"));
+            }
+            self.revive()?;
+            return Ok(true);
+        }
         // Every connection was cut (if the reboot happened): reconnect.
         self.control = None;
         let after = self
@@ -2302,7 +2343,11 @@ impl Harness {
         match (&told, rebooted) {
             (Told::Errno(0), true) => {}
             // Refused: nothing changed.
-            (Told::Errno(e), false) if *e != 0 => {}
+            (Told::Errno(e), false) if *e != 0 => {
+                if point.is_none() {
+                    self.note(format!("reboot refused: {}", Errno(*e)));
+                }
+            }
             (Told::Errno(e), _) => self.ctx.shared.fault(Fault::Unexpected, 1, || {
                 format!(
                     "REBOOT answered {}, generation {} -> {}",
@@ -2315,12 +2360,6 @@ impl Harness {
                 .ctx
                 .shared
                 .fault(Fault::LostReply, 1, || format!("REBOOT: {why}")),
-        }
-        if let Told::Errno(e) = told
-            && e != 0
-            && point.is_none()
-        {
-            self.note(format!("reboot refused: {}", Errno(e)));
         }
         if rebooted {
             self.report.reboots += 1;
@@ -2338,7 +2377,7 @@ impl Harness {
             lock(&load.state).settle(&self.ctx, 0);
             self.build_load()?;
         }
-        Ok(())
+        Ok(!matches!(death, Death::None))
     }
 
     /// The load: root's sessions and memfds, held by luod.

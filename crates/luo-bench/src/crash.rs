@@ -46,7 +46,15 @@
 //!
 //! This file is shared by `luo-bench crash` (the long form) and `crates/luod/tests/crash.rs`
 //! (the short form, which includes it with `#[path]`); it uses only luo-abi, luo-client, rustix
-//! and std.
+//! and std. As root:
+//!
+//! ```ignore
+//! let report = crash::run(&crash::Options::short(luod_binary, dir))?;
+//! for (key, value) in report.keys() {
+//!     println!("{key}={value}");
+//! }
+//! assert!(report.clean(), "{}", report.failures());
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
@@ -181,6 +189,8 @@ fn clock_seed() -> u64 {
 pub struct Report {
     /// The seed it ran with.
     pub seed: u64,
+    /// Rounds run (fewer than asked if the deadline came first).
+    pub rounds: u64,
     /// Servers killed: at a random instant or at a failpoint.
     pub kills: u64,
     /// Kills at a failpoint (the server killed itself there).
@@ -294,6 +304,7 @@ impl Report {
             ("crash_load_files", self.load_files.to_string()),
             ("crash_restarts", self.restarts.to_string()),
             ("crash_keeper", u8::from(self.keeper).to_string()),
+            ("crash_rounds", self.rounds.to_string()),
             (
                 "crash_seconds",
                 format!("{:.1}", self.elapsed.as_secs_f64()),
@@ -1069,14 +1080,18 @@ impl OwnerState {
     /// that a second reply on it is still seen.
     fn linger(&mut self, conn: Conn, shared: &Shared) {
         if self.lingering.len() >= LINGER {
-            let old = self.lingering.remove(0);
-            if !old.drain() {
-                shared.fault(Fault::Cut, 1, || {
-                    "a handed-off or finished session's connection".to_owned()
-                });
-            }
+            last_read(self.lingering.remove(0), shared);
         }
         self.lingering.push(conn);
+    }
+
+    /// The sessions `f` selects.
+    fn names(&self, f: impl Fn(&SessionModel) -> bool) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| f(s))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Drops `name` from the record: what luod did with it is unknown.
@@ -1361,19 +1376,10 @@ impl OwnerState {
             return false;
         }
         let with_conn = |stage: Stage, s: &SessionModel| s.stage == stage && s.conn.is_some();
-        let names = |st: &OwnerState, f: &dyn Fn(&SessionModel) -> bool| -> Vec<String> {
-            st.sessions
-                .iter()
-                .filter(|(_, s)| f(s))
-                .map(|(n, _)| n.clone())
-                .collect()
-        };
-        let open = names(self, &|s| with_conn(Stage::Outgoing, s));
-        let roomy = names(self, &|s| {
-            with_conn(Stage::Outgoing, s) && s.files.len() < SESSION_FILES
-        });
-        let waiting = names(self, &|s| s.stage == Stage::Incoming);
-        let retrieved = names(self, &|s| with_conn(Stage::Retrieved, s));
+        let open = self.names(|s| with_conn(Stage::Outgoing, s));
+        let roomy = self.names(|s| with_conn(Stage::Outgoing, s) && s.files.len() < SESSION_FILES);
+        let waiting = self.names(|s| s.stage == Stage::Incoming);
+        let retrieved = self.names(|s| with_conn(Stage::Retrieved, s));
         // (weight, sessions it applies to): create, preserve, handoff, close, retrieve the
         // session, retrieve a file (or finish once every file is), finish.
         let room = self.sessions.len() < CLIENT_SESSIONS;
@@ -1446,20 +1452,13 @@ impl OwnerState {
             }
             thread::sleep(Duration::from_millis(10));
         }
-        let of = |st: &OwnerState, stage| -> Vec<String> {
-            st.sessions
-                .iter()
-                .filter(|(_, s)| s.stage == stage)
-                .map(|(n, _)| n.clone())
-                .collect()
-        };
-        for name in of(self, Stage::Outgoing) {
+        for name in self.names(|s| s.stage == Stage::Outgoing) {
             self.handoff(ctx, &name);
         }
-        for name in of(self, Stage::Incoming) {
+        for name in self.names(|s| s.stage == Stage::Incoming) {
             self.retrieve_session(ctx, uid, &name);
         }
-        for name in of(self, Stage::Retrieved) {
+        for name in self.names(|s| s.stage == Stage::Retrieved) {
             let tokens: Vec<u64> = self
                 .sessions
                 .get(&name)
@@ -1487,10 +1486,7 @@ impl OwnerState {
             }
         }
         for c in self.lingering.drain(..) {
-            // A handed-off or finished session's connection: luod keeps it open too.
-            if !c.drain() {
-                cut("a handed-off or finished session's connection".to_owned());
-            }
+            last_read(c, shared);
         }
     }
 
@@ -1504,6 +1500,16 @@ impl OwnerState {
             s.stage = Stage::Incoming;
             s.conn = None;
         }
+    }
+}
+
+/// Reads a handed-off or finished session's connection one last time (luod keeps those open
+/// too), and closes it.
+fn last_read(conn: Conn, shared: &Shared) {
+    if !conn.drain() {
+        shared.fault(Fault::Cut, 1, || {
+            "a handed-off or finished session's connection".to_owned()
+        });
     }
 }
 
@@ -1725,6 +1731,9 @@ impl Daemon {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--socket-mode", "0666", "--log", &self.filter])
+            // A successor started by an upgrade gets `--takeover` only: the environment
+            // carries the filter to it.
+            .env("LUOD_LOG", &self.filter)
             .env("LUOD_FAILPOINTS", "1")
             .env_remove("LUOD_SOCKET")
             .env_remove("LUOD_CONFIG")
@@ -1967,6 +1976,7 @@ impl Harness {
                 break;
             }
             self.round(round)?;
+            self.report.rounds = round;
             if self.opts.progress && round % 50 == 0 {
                 eprintln!(
                     "crash: {round} rounds, {} kills, lost {}, duplicated {}, {:.0} s",

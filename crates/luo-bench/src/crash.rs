@@ -1691,7 +1691,8 @@ impl Watched {
     }
 }
 
-/// The luod this run drives: the process it started, and every luod process seen since.
+/// The luod this run drives: the process it started, and every luod process seen since, each
+/// held by a pidfd, so that no signal ever reaches a process that merely reused a pid.
 #[derive(Debug)]
 struct Daemon {
     luod: PathBuf,
@@ -1702,7 +1703,8 @@ struct Daemon {
     child: Option<Child>,
     /// luod's main process: its keeper (or, without one, its only process).
     keeper: Option<Watched>,
-    pids: BTreeSet<u32>,
+    /// Every luod process seen (servers, successors) that has not exited yet.
+    procs: Vec<Watched>,
 }
 
 impl Daemon {
@@ -1715,7 +1717,7 @@ impl Daemon {
             shared: Arc::clone(shared),
             child: None,
             keeper: None,
-            pids: BTreeSet::new(),
+            procs: Vec::new(),
         };
         d.spawn()?;
         Ok(d)
@@ -1742,7 +1744,7 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("Cannot start {}: {e}", self.luod.display()))?;
-        self.pids.insert(child.id());
+        // Not reaped yet, so its pid is still its own.
         self.keeper = Watched::open(child.id());
         self.child = Some(child);
         let t0 = Instant::now();
@@ -1763,17 +1765,22 @@ impl Daemon {
         }
     }
 
-    /// Takes note of the processes a STATUS names.
+    /// Takes note of the processes a STATUS names (it came from them: they ran just now).
     fn note(&mut self, s: &Snapshot) {
-        self.pids.insert(s.pid);
         let keeper = if s.keeper_pid != 0 {
             s.keeper_pid
         } else {
             s.pid
         };
-        self.pids.insert(keeper);
         if self.keeper.as_ref().is_none_or(|k| k.pid != keeper) {
             self.keeper = Watched::open(keeper);
+        }
+        for pid in [s.pid, keeper] {
+            if !self.procs.iter().any(|w| w.pid == pid)
+                && let Some(w) = Watched::open(pid)
+            {
+                self.procs.push(w);
+            }
         }
     }
 
@@ -1783,17 +1790,19 @@ impl Daemon {
             .is_some_and(|k| !k.exited(Duration::ZERO))
     }
 
-    /// Reaps every exited luod process that is this process's child.
+    /// Reaps every exited luod process that is this process's child (the one it started, and
+    /// successors orphaned by their server's end, adopted as their subreaper), and forgets
+    /// the exited ones.
     fn reap(&mut self) {
         if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
             self.child = None;
         }
         let first = self.child.as_ref().map(Child::id);
         let mut zombies: Vec<u32> = self
-            .pids
+            .procs
             .iter()
-            .copied()
-            .filter(|&p| Some(p) != first)
+            .filter(|w| Some(w.pid) != first && w.exited(Duration::ZERO))
+            .map(|w| w.pid)
             .collect();
         zombies.extend(zombie_luod_children());
         for pid in zombies {
@@ -1801,28 +1810,35 @@ impl Daemon {
                 let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG);
             }
         }
+        self.procs.retain(|w| !w.exited(Duration::ZERO));
     }
 
-    /// Stops every luod process of this run: SIGTERM, then SIGKILL.
-    fn stop(&mut self) {
-        if let Some(k) = &self.keeper
-            && let Ok(pid) = i32::try_from(k.pid)
-            && let Some(p) = Pid::from_raw(pid)
-            && is_luod(k.pid)
-        {
-            let _ = rustix::process::kill_process(p, Signal::TERM);
-        }
+    /// True once every luod process of this run has exited, reaping them, within `within`.
+    fn gone_within(&mut self, within: Duration) -> bool {
         let t0 = Instant::now();
-        while self.pids.iter().any(|&p| is_luod(p)) && t0.elapsed() < Duration::from_secs(5) {
+        loop {
             self.reap();
+            if self.procs.is_empty() && !self.keeper_alive() {
+                return true;
+            }
+            if t0.elapsed() > within {
+                return false;
+            }
             thread::sleep(Duration::from_millis(10));
         }
-        for &pid in &self.pids {
-            if is_luod(pid)
-                && let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process(p, Signal::KILL);
+    }
+
+    /// Stops every luod process of this run: SIGTERM to its main process, then SIGKILL to
+    /// whatever is left.
+    fn stop(&mut self) {
+        if let Some(k) = &self.keeper {
+            let _ = rustix::process::pidfd_send_signal(&k.fd, Signal::TERM);
+        }
+        if !self.gone_within(Duration::from_secs(5)) {
+            for w in self.procs.iter().chain(&self.keeper) {
+                w.kill();
             }
+            self.gone_within(Duration::from_secs(5));
         }
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
@@ -1830,12 +1846,6 @@ impl Daemon {
         }
         self.child = None;
         self.keeper = None;
-        let t0 = Instant::now();
-        while self.pids.iter().any(|&p| is_luod(p)) && t0.elapsed() < Duration::from_secs(5) {
-            self.reap();
-            thread::sleep(Duration::from_millis(10));
-        }
-        self.reap();
     }
 
     /// A fresh luod on the same socket, after this one died.
@@ -1855,16 +1865,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// True while `pid` is a running (not zombie) luod process.
-fn is_luod(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let comm = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')'));
-    matches!(comm, Some((name, rest)) if name.starts_with("luod")
-        && !matches!(rest.split_whitespace().next(), Some("Z" | "X")))
 }
 
 /// This process's zombie children that were luod processes (a successor an upgrade started,
@@ -1948,7 +1948,7 @@ struct Harness {
 
 impl Harness {
     fn go(&mut self) -> Result<(), String> {
-        let first = self.status().ok_or("luod gave no STATUS")?;
+        let first = self.need_status("at the start")?;
         self.report.keeper = first.keeper_pid != 0 && first.keeper_pid != first.pid;
         if self.opts.progress {
             eprintln!(
@@ -2067,17 +2067,34 @@ impl Harness {
         self.control.as_ref()
     }
 
-    /// STATUS on the killer's connection (reconnected if luod closed it).
+    /// STATUS on the killer's connection, or on a new one if that one fails (a cut counts).
     fn status(&mut self) -> Option<Snapshot> {
         let within = self.opts.reply_timeout;
-        let s = status(self.control()?, within);
-        if s.is_none() {
-            self.control = None;
+        for _ in 0..2 {
+            let Some(conn) = self.control() else {
+                continue;
+            };
+            match status(conn, within) {
+                Some(s) => {
+                    self.daemon.note(&s);
+                    return Some(s);
+                }
+                None => self.control = None,
+            }
         }
-        if let Some(s) = &s {
-            self.daemon.note(s);
-        }
-        s
+        None
+    }
+
+    /// [`status`](Self::status), or why there is none.
+    fn need_status(&mut self, when: &str) -> Result<Snapshot, String> {
+        self.status().ok_or_else(|| {
+            let gone = if self.daemon.keeper_alive() {
+                "its main process runs"
+            } else {
+                "its main process is gone"
+            };
+            format!("luod did not answer STATUS {when} ({gone})")
+        })
     }
 
     fn arm(&mut self, point: &str, hit: u32) -> Result<(), String> {
@@ -2098,7 +2115,7 @@ impl Harness {
 
     /// The server now, watched.
     fn server(&mut self) -> Result<Watched, String> {
-        let s = self.status().ok_or("luod does not answer STATUS")?;
+        let s = self.need_status("before a kill")?;
         Watched::open(s.pid).ok_or_else(|| format!("server {} is gone", s.pid))
     }
 
@@ -2266,7 +2283,7 @@ impl Harness {
     /// An upgrade, with the clients running; with `point`, the old server dies at it. True if
     /// it did.
     fn upgrade(&mut self, point: Option<&'static str>) -> Result<bool, String> {
-        let before = self.status().ok_or("luod does not answer STATUS")?;
+        let before = self.need_status("before an upgrade")?;
         let server = Watched::open(before.pid).ok_or("the server is gone")?;
         if let Some(p) = point {
             self.arm(p, 1)?;
@@ -2288,8 +2305,8 @@ impl Harness {
         }
         if let Death::Gone = death {
             self.revive()?;
-        } else if self.status().is_none() {
-            return Err("luod does not answer after an upgrade".to_owned());
+        } else {
+            self.need_status("after an upgrade")?;
         }
         self.daemon.reap();
         Ok(!matches!(death, Death::None))
@@ -2327,7 +2344,7 @@ impl Harness {
     fn reboot(&mut self, point: Option<&'static str>) -> Result<bool, String> {
         self.pause()?;
         self.verify();
-        let before = self.status().ok_or("luod does not answer STATUS")?;
+        let before = self.need_status("before a reboot")?;
         let server = Watched::open(before.pid).ok_or("the server is gone")?;
         if let Some(p) = point {
             self.arm(p, 1)?;
@@ -2346,9 +2363,7 @@ impl Harness {
         }
         // Every connection was cut (if the reboot happened): reconnect.
         self.control = None;
-        let after = self
-            .status()
-            .ok_or("luod does not answer STATUS after REBOOT")?;
+        let after = self.need_status("after a reboot")?;
         let rebooted = after.generation > before.generation;
         match (&told, rebooted) {
             (Told::Errno(0), true) => {}

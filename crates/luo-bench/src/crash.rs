@@ -2361,6 +2361,11 @@ impl Harness {
             self.revive()?;
             return Ok(true);
         }
+        if let Told::Errno(0) = told {
+            // The old server ends once its successor serves; a connection it accepted in the
+            // meantime would be cut with every other: reconnect after.
+            server.exited(self.opts.reply_timeout);
+        }
         // Every connection was cut (if the reboot happened): reconnect.
         self.control = None;
         let after = self.need_status("after a reboot")?;

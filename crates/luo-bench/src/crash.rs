@@ -1912,6 +1912,16 @@ fn tell(out: Outcome) -> Told {
     }
 }
 
+/// An UPGRADE or REBOOT sent past a failpoint ([`Harness::send_past`]).
+struct Sent {
+    /// luod's status before.
+    before: Snapshot,
+    /// The server it was sent to.
+    server: Watched,
+    death: Death,
+    told: Told,
+}
+
 /// How the end of a server was taken.
 enum Death {
     /// Not a kill: the request that passes the failpoint ended the server itself.
@@ -2283,15 +2293,7 @@ impl Harness {
     /// An upgrade, with the clients running; with `point`, the old server dies at it. True if
     /// it did.
     fn upgrade(&mut self, point: Option<&'static str>) -> Result<bool, String> {
-        let before = self.need_status("before an upgrade")?;
-        let server = Watched::open(before.pid).ok_or("the server is gone")?;
-        if let Some(p) = point {
-            self.arm(p, 1)?;
-        }
-        let helper = self.helper(Op::Upgrade as u32);
-        let death = self.await_point(point, &server, before.restarts);
-        // The helper's connection counts until it is joined: before any fresh luod.
-        let told = helper.join().map_err(|_| "the upgrade helper panicked")?;
+        let Sent { death, told, .. } = self.send_past(Op::Upgrade, "UPGRADE", point)?;
         match told {
             Told::Errno(0) => self.report.upgrades += 1,
             Told::Errno(e) => {
@@ -2312,6 +2314,37 @@ impl Harness {
         Ok(!matches!(death, Death::None))
     }
 
+    /// Sends `op` (UPGRADE or REBOOT, `name`) from a thread of its own, with `point` armed first, and
+    /// waits for the point and for the reply.
+    fn send_past(
+        &mut self,
+        op: Op,
+        name: &str,
+        point: Option<&'static str>,
+    ) -> Result<Sent, String> {
+        let before = self.need_status(&format!("before {name}"))?;
+        let server = Watched::open(before.pid).ok_or("the server is gone")?;
+        if let Some(p) = point {
+            self.arm(p, 1)?;
+        }
+        let (socket, shared) = (self.ctx.socket.clone(), Arc::clone(&self.ctx.shared));
+        let helper = thread::spawn(move || match Conn::connect(&socket, &shared) {
+            Some(c) => tell(c.call(op as u32, &[], &[])),
+            None => Told::Nothing("no connection"),
+        });
+        let death = self.await_point(point, &server, before.restarts);
+        // The helper's connection counts until it is joined: before any fresh luod.
+        let told = helper
+            .join()
+            .map_err(|_| format!("the thread sending {name} panicked"))?;
+        Ok(Sent {
+            before,
+            server,
+            death,
+            told,
+        })
+    }
+
     /// With `point` armed and the request that passes it on its way: waits for `server` to
     /// end, and tells a kill at the point from the request's own end of it.
     fn await_point(
@@ -2330,28 +2363,17 @@ impl Harness {
         self.died(Instant::now(), server.pid, Some(p), Some(restarts))
     }
 
-    /// A request in a thread of its own, on a fresh connection.
-    fn helper(&self, op: u32) -> JoinHandle<Told> {
-        let (socket, shared) = (self.ctx.socket.clone(), Arc::clone(&self.ctx.shared));
-        thread::spawn(move || match Conn::connect(&socket, &shared) {
-            Some(c) => tell(c.call(op, &[], &[])),
-            None => Told::Nothing("no connection"),
-        })
-    }
-
     /// A reboot, with the clients stopped; with `point`, the server dies at it. True if it
     /// did.
     fn reboot(&mut self, point: Option<&'static str>) -> Result<bool, String> {
         self.pause()?;
         self.verify();
-        let before = self.need_status("before a reboot")?;
-        let server = Watched::open(before.pid).ok_or("the server is gone")?;
-        if let Some(p) = point {
-            self.arm(p, 1)?;
-        }
-        let helper = self.helper(Op::Reboot as u32);
-        let death = self.await_point(point, &server, before.restarts);
-        let told = helper.join().map_err(|_| "the reboot helper panicked")?;
+        let Sent {
+            before,
+            server,
+            death,
+            told,
+        } = self.send_past(Op::Reboot, "REBOOT", point)?;
         if let Death::Gone = death {
             if let Told::Nothing(why) = told {
                 self.ctx

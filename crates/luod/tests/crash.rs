@@ -38,9 +38,10 @@ fn harness(test: &str, tune: impl FnOnce(&mut Options)) -> Option<Report> {
         opts.seed = seed;
     }
     tune(&mut opts);
-    let report =
-        crash::run(&opts).unwrap_or_else(|e| panic!("{test}: the harness could not run: {e}"));
+    let result = crash::run(&opts);
+    // Either way the directory goes: an error carries the end of luod's log.
     let _ = std::fs::remove_dir_all(&dir);
+    let report = result.unwrap_or_else(|e| panic!("{test}: the harness could not run: {e}"));
     let keys: Vec<String> = report
         .keys()
         .iter()

@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|copy|copy-engine|migrate|preload|vmm|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|crash|copy|copy-engine|migrate|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -61,6 +61,19 @@
 //!   `rpc_preserve_vs_raw_fd_pipelined_ratio` (like for like),
 //!   `rpc_preserve_vs_raw_fd_ratio`, `rpc_preserve_vs_sequential_ratio` (what pipelining
 //!   gains) and `rpc_preserve_vs_ping_ratio`.
+//! - **`crash`** — the crash-injection harness (module `crash`, shared with luod's test
+//!   `tests/crash.rs`) against the release luod (build it first with
+//!   `cargo build --release -p luod`; needs root): clients of four uids create, preserve, hand
+//!   off, retrieve and finish while the server is killed 1,000 times, at random instants and at
+//!   its failpoints, with 2,000 sessions and 15,000 memfds held; upgrades and reboots in the mix.
+//!   After every kill LIST and STATUS are checked against the harness's record of what luod
+//!   acknowledged; at the end every file is read back. Prints `crash_kills`, `crash_lost`,
+//!   `crash_duplicated` (both must be 0: the program exits non-zero otherwise),
+//!   `crash_recovery_ms_p50`, `_p99` and `_max` (from the kill to the first request answered
+//!   by the new server), `crash_failpoint_kills`, `crash_upgrades`, `crash_reboots` and the
+//!   counters behind them (`docs/PERFORMANCE.md`, "Crash recovery"). `crash short` runs the
+//!   test's short form; `LUO_BENCH_CRASH_ROUNDS`, `LUO_BENCH_CRASH_SEED` and
+//!   `LUO_BENCH_CRASH_KILL=0` (the same mix without kills) change the run.
 //! - **`copy`** — the batch copy engine (`luo-copy`) against plain copies of the same
 //!   prefaulted, page-aligned 1 GiB buffers, in one run: the engine with the CPU path, one
 //!   channel and two channels at 4 KiB, 2 MiB and 1 GiB units (every copy checked byte for
@@ -101,6 +114,7 @@
 #![forbid(unsafe_code)]
 
 mod copy;
+mod crash;
 mod engine;
 mod external;
 mod image;
@@ -168,8 +182,70 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str =
-    "usage: luo-bench <image|engine|upgrade|rpc|copy|copy-engine|migrate|preload|vmm|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|crash [short]|copy|copy-engine|migrate|preload|vmm|all>";
+
+/// The `crash` benchmark: the long form of the crash-injection harness (`short`: the test's).
+fn crash(args: &[String]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let luod = upgrade::locate_luod()?;
+    let limit = raise_nofile()?;
+    let dir = std::env::temp_dir().join(format!("luo-bench-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // Every client uid must reach the socket.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let mut opts = match args.first().map(String::as_str) {
+        None | Some("long") => crash::Options::long(luod, dir.clone()),
+        Some("short") => crash::Options::short(luod, dir.clone()),
+        Some(other) => return Err(format!("crash: unknown form {other:?} (long or short)").into()),
+    };
+    opts.progress = true;
+    if let Some(n) = env_number("LUO_BENCH_CRASH_ROUNDS") {
+        opts.rounds = n;
+    }
+    // 0: the same mix with no kill, which must find nothing (the harness's own baseline).
+    if let Some(n) = env_number("LUO_BENCH_CRASH_KILL") {
+        opts.kill = n != 0;
+    }
+    if let Some(n) = env_number("LUO_BENCH_CRASH_SEED") {
+        opts.seed = n;
+    }
+    if let Ok(filter) = std::env::var("LUO_BENCH_LUOD_LOG") {
+        opts.log_filter = filter;
+    }
+    eprintln!(
+        "crash: {} in {} (fd limit {limit}); {} rounds, {} clients, {} sessions and {} memfds held",
+        opts.luod.display(),
+        dir.display(),
+        opts.rounds,
+        opts.clients,
+        opts.load_sessions,
+        opts.load_files
+    );
+    let result = crash::run(&opts);
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    for (key, value) in report.keys() {
+        put(key, value);
+    }
+    check(report.clean(), || {
+        format!(
+            "luod lost {} and duplicated {} (cut {}, unexpected {}, unrecovered {}, luod gone {} \
+             times):\n{}",
+            report.lost(),
+            report.duplicated,
+            report.connections_cut,
+            report.unexpected,
+            report.unrecovered,
+            report.keeper_deaths,
+            report.failures()
+        )
+    })
+}
+
+/// A number from the environment.
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -178,6 +254,7 @@ fn main() {
         "image" => image::run(),
         "engine" => engine::run(),
         "upgrade" => upgrade::run(),
+        "crash" => crash(args.get(1..).unwrap_or_default()),
         // The copy engine, then what is built on it: MIGRATE through luod and the live
         // re-backing of a running guest.
         "copy" => copy::run()

@@ -76,6 +76,9 @@ pub struct Engine {
     pub(crate) excluded: Excluded,
     /// What changed since [`Engine::take_changes`], while tracking is on.
     pub(crate) changes: Option<crate::changes::Changes>,
+    /// Descriptors of files that left the engine, kept open until [`Engine::take_doomed`]
+    /// while [`Engine::defer_closes`] is on.
+    pub(crate) doomed: Option<Vec<OwnedFd>>,
 }
 
 /// One preserved file, as [`Engine::file_view`] shows it.
@@ -155,6 +158,7 @@ impl Engine {
             fds_held: 0,
             excluded: Excluded::default(),
             changes: None,
+            doomed: None,
         }
     }
 
@@ -668,6 +672,7 @@ impl Engine {
             handler.finish(&mut file.data, file.status);
             self.flb_file_finish(file.handler);
             self.release_file(owner, &file);
+            self.bury(file);
         }
         if let Some(session) = self.sessions.get_mut(&id) {
             session.order.clear();
@@ -698,12 +703,35 @@ impl Engine {
                 registry.handlers[file.handler].unpreserve(&mut file.data);
                 self.flb_unpreserve(file.handler);
                 self.release_file(owner, &file);
+                self.bury(file);
             }
         } else {
             self.finish_files(id)?;
         }
         self.remove_session(id);
         Ok(())
+    }
+
+    /// Closes the descriptors of a file that left the engine, or keeps them for
+    /// [`Engine::take_doomed`].
+    fn bury(&mut self, file: File) {
+        if let Some(doomed) = self.doomed.as_mut() {
+            doomed.push(file.data.fd);
+            doomed.extend(file.retrieved);
+        }
+    }
+
+    /// Keeps (or stops keeping) the descriptors of files that leave the engine open until
+    /// [`take_doomed`](Self::take_doomed): a daemon that journals its changes closes them only
+    /// once the journal says they are gone, so that a number the journal still names is never
+    /// closed (or reused) first.
+    pub fn defer_closes(&mut self, on: bool) {
+        self.doomed = on.then(Vec::new);
+    }
+
+    /// The descriptors kept by [`defer_closes`](Self::defer_closes) since the last call.
+    pub fn take_doomed(&mut self) -> Vec<OwnedFd> {
+        self.doomed.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Forgets a file that left the engine: its identity, its share of the owner's usage and

@@ -300,9 +300,7 @@ pub(crate) type Holder = (u64, u64);
 
 /// The [`Holder`] tag of the held descriptor `fd`, or `None` if it cannot be read.
 pub(crate) fn holder_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<Holder> {
-    rustix::fs::fstat(fd)
-        .ok()
-        .map(|st| (st.st_dev, st.st_ino))
+    rustix::fs::fstat(fd).ok().map(|st| (st.st_dev, st.st_ino))
 }
 
 /// One tracked device.

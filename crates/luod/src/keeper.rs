@@ -39,8 +39,10 @@ use tracing::{info, warn};
 /// Exit status of a server whose successor serves now.
 pub const EXIT_HANDED_OVER: i32 = 3;
 
-/// A server that dies sooner than this after it started counts toward the back-off.
-const QUICK_DEATH: Duration = Duration::from_secs(5);
+/// A server that dies before it serves, or sooner than this after it said SERVING (a crash on
+/// the first request it reads again, say), counts toward the back-off of a crash loop; one
+/// that served longer is replaced at once, and the back-off starts over.
+const QUICK_DEATH: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -71,6 +73,7 @@ pub fn keep(server_args: Vec<OsString>, signals: OwnedFd) -> anyhow::Result<()> 
         channel: ours,
         server: Pid::from_raw(child.id() as i32),
         started: Instant::now(),
+        serving_since: None,
         holder: None,
         offered: Vec::new(),
         restarts: 0,
@@ -110,6 +113,7 @@ pub fn resume(spec: &str, signals: OwnedFd) -> anyhow::Result<()> {
         channel,
         server: Pid::from_raw(n(2)? as i32),
         started: Instant::now(),
+        serving_since: None,
         holder,
         offered: Vec::new(),
         restarts: n(3)? as u32,
@@ -146,6 +150,8 @@ struct Keeper {
     /// The process serving (or starting to), if any.
     server: Option<Pid>,
     started: Instant,
+    /// When the current server said SERVING (`None` until it does).
+    serving_since: Option<Instant>,
     /// The holder of the current server's table.
     holder: Option<HolderControl>,
     /// Holder channels offered to servers that have not said SERVING yet.
@@ -275,6 +281,7 @@ impl Keeper {
                     let _ = old.exit();
                 }
                 self.server = Pid::from_raw(pid);
+                self.serving_since = Some(Instant::now());
                 if let Some(died) = self.died.take() {
                     info!(
                         pid,
@@ -334,7 +341,10 @@ impl Keeper {
                     "The server did not start ({how}); see its message above"
                 ))));
             }
-            let quick = self.started.elapsed() < QUICK_DEATH;
+            let quick = self
+                .serving_since
+                .take()
+                .is_none_or(|t| t.elapsed() < QUICK_DEATH);
             warn!(pid = pid.as_raw_nonzero().get(), how = %how, "the server died; starting another from its state");
             self.died.get_or_insert_with(Instant::now);
             if quick {

@@ -187,7 +187,8 @@ pub fn finish(server: &mut crate::server::Server, m: Migration) -> Reply {
         .reback_fd(m.session, m.token, copied.fd.as_fd())
     {
         Ok(old) => {
-            release_later(old);
+            // Closed once the swap is journaled (see `Server::bury`), on a thread of its own.
+            server.bury_later(old);
             Reply::ok(copied.reply.as_bytes().to_vec())
         }
         Err(e) => err(e.errno(), e.to_string()),
@@ -197,7 +198,7 @@ pub fn finish(server: &mut crate::server::Server, m: Migration) -> Reply {
 /// Closes `old` on a thread of its own: when it is the last reference to the old memory, the
 /// close frees every page of it, which for a gigabyte takes tens of milliseconds the event loop
 /// should not spend.
-fn release_later(old: OwnedFd) {
+pub(crate) fn release_later(old: OwnedFd) {
     // If the thread cannot start, the closure, and the descriptor with it, is dropped here.
     let _ = std::thread::Builder::new()
         .name("luod-release".into())

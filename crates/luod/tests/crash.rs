@@ -79,7 +79,6 @@ fn assert_clean(test: &str, r: &Report) {
 }
 
 #[test]
-#[ignore = "needs the keeper (issue 10)"]
 fn crash_kills_lose_nothing_and_answer_every_request_once() {
     let test = "crash_kills_lose_nothing_and_answer_every_request_once";
     let Some(r) = harness(test, |_| {}) else {

@@ -35,6 +35,7 @@ impl Server {
             }
             Kind::Control | Kind::Detached => {}
         }
+        self.bury(conn.fd);
         debug!(key, "connection closed");
     }
 

@@ -1,7 +1,7 @@
 //! Making changes durable: the journal each changing request appends to before its reply, and
 //! the checkpoints that start it afresh (see [`crate::journal`] and [`crate::recover`]).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use anyhow::Context;
 use luo_core::{Changes, Engine};
@@ -42,6 +42,7 @@ impl Server {
         next_seq: u64,
     ) -> anyhow::Result<()> {
         self.engine.track_changes(true);
+        self.engine.defer_closes(true);
         self.durable = Some(Durable {
             state,
             journal: Writer::new(journal, next_seq)?,
@@ -69,6 +70,35 @@ impl Server {
         };
         if let Some(d) = self.durable.as_mut() {
             d.pending.push(Delta::ConnPut(rec));
+        }
+    }
+
+    /// Closes `fd`, which left the state, once the journal says it did: until then its number
+    /// must not be closed, or it could be reused for another file while the journal still
+    /// names it. Without a journal it is closed at once.
+    pub(crate) fn bury(&mut self, fd: OwnedFd) {
+        if self.durable.is_some() {
+            self.graveyard.push(fd);
+        }
+    }
+
+    /// [`bury`](Self::bury) for a descriptor whose close may take long (the last reference to
+    /// a large memory file): closed on a thread once journaled.
+    pub(crate) fn bury_later(&mut self, fd: OwnedFd) {
+        if self.durable.is_some() {
+            self.graveyard_later.push(fd);
+        } else {
+            crate::migrate::release_later(fd);
+        }
+    }
+
+    /// After a journal write: closes what it recorded as gone.
+    fn close_buried(&mut self) {
+        self.graveyard.clear();
+        self.graveyard.extend(self.engine.take_doomed());
+        self.graveyard.clear();
+        for fd in self.graveyard_later.drain(..) {
+            crate::migrate::release_later(fd);
         }
     }
 
@@ -107,6 +137,7 @@ impl Server {
             d.journal.push(a);
         }
         if d.journal.is_pending_empty() {
+            self.close_buried();
             return;
         }
         let long = d.journal.len() > CHECKPOINT_BYTES;
@@ -114,6 +145,7 @@ impl Server {
             self.journal_failed(&e);
             return;
         }
+        self.close_buried();
         if long && let Err(e) = self.checkpoint() {
             self.journal_failed(&e);
         }
@@ -155,13 +187,13 @@ impl Server {
         // Every record now lives in the image: what is pending is stale.
         d.pending.clear();
         let _ = self.engine.take_changes();
+        self.close_buried();
         debug!(
             bytes = image.len(),
             ms = t0.elapsed().as_secs_f64() * 1e3,
             from,
             "checkpoint written"
         );
-        let _ = d.state.as_fd();
         Ok(())
     }
 }

@@ -85,6 +85,7 @@ impl Server {
             );
         }
         self.epoch += 1;
+        self.journal_reply(key, id, &reply);
         self.send_reply(key, id, reply);
     }
 

@@ -133,6 +133,10 @@ pub struct Server {
     pub durable: Option<durable::Durable>,
     /// This server's end of the keeper's channel, if a keeper started it.
     pub keeper_channel: Option<OwnedFd>,
+    /// Descriptors that left the state, closed once the journal says so (see
+    /// [`Server::bury`]); `bury_later` ones are closed on a thread of their own.
+    pub(crate) graveyard: Vec<OwnedFd>,
+    pub(crate) graveyard_later: Vec<OwnedFd>,
     /// The reply being sent answers a changing request (where the `after-reply` failpoint is).
     pub(crate) replying_to_change: bool,
     /// Test-only failpoints (see [`crate::failpoint`]).
@@ -210,6 +214,8 @@ impl Server {
             failpoints: crate::failpoint::Failpoints::from_env(),
             durable: None,
             replying_to_change: false,
+            graveyard: Vec::new(),
+            graveyard_later: Vec::new(),
             keeper_channel: None,
             keeper: KeeperInfo {
                 pid: std::process::id(),

@@ -136,7 +136,7 @@ impl Server {
         {
             // The client holds the old file too (it replaced it): closing luod's copy is cheap.
             Ok(old) => {
-                drop(old);
+                self.bury(old);
                 Reply::ok(Vec::new())
             }
             Err(e) => Reply::err_msg(e.errno(), &e.to_string()),

@@ -149,7 +149,7 @@ impl Options {
             verify_every: 1,
             reply_timeout: Duration::from_secs(10),
             failpoint_wait: Duration::from_secs(2),
-            deadline: Duration::from_secs(35),
+            deadline: Duration::from_secs(55),
             seed: clock_seed(),
             log_filter: "warn".to_owned(),
             progress: false,

@@ -216,7 +216,9 @@ impl Keeper {
                 }
             }
             if chan {
-                self.on_message();
+                // Every message waiting: a SERVING must be seen before the death of its
+                // sender is.
+                while self.on_message() {}
             }
             if let Some(done) = self.reap()? {
                 return done;
@@ -235,10 +237,11 @@ impl Keeper {
         }
     }
 
-    fn on_message(&mut self) {
+    /// Handles one message from a server; false when none was waiting.
+    fn on_message(&mut self) -> bool {
         let msg = match transport::recv(self.channel.as_fd(), false) {
             Ok(Recv::Message(m)) => m,
-            _ => return,
+            _ => return false,
         };
         let text = String::from_utf8_lossy(&msg.bytes).into_owned();
         let mut words = text.split(' ');
@@ -251,7 +254,7 @@ impl Keeper {
                     Ok(pair) => pair,
                     Err(e) => {
                         warn!(error = %e, "cannot make a holder channel");
-                        return;
+                        return true;
                     }
                 };
                 let hello = format!(
@@ -264,7 +267,7 @@ impl Keeper {
                     transport::send(self.channel.as_fd(), hello.as_bytes(), &[end.as_fd()])
                 {
                     warn!(error = %e, "cannot answer the server");
-                    return;
+                    return true;
                 }
                 self.offered.push((pid, ctl));
                 if self.server.is_none() {
@@ -274,7 +277,7 @@ impl Keeper {
             }
             (Some("SERVING"), Some(pid)) => {
                 let Some(i) = self.offered.iter().position(|(p, _)| *p == pid) else {
-                    return;
+                    return true;
                 };
                 let (_, ctl) = self.offered.swap_remove(i);
                 if let Some(mut old) = self.holder.replace(ctl) {
@@ -293,6 +296,7 @@ impl Keeper {
             }
             _ => warn!(message = %text, "unknown message from the server"),
         }
+        true
     }
 
     /// Reaps every child that exited; `Some` when the keeper must end.
@@ -306,11 +310,15 @@ impl Keeper {
             };
             // A holder channel offered to a server that died unused: dropping it ends the
             // holder that server may have spawned (it exits when its keeper's end closes).
-            self.offered
-                .retain(|(p, _)| *p != pid.as_raw_nonzero().get());
-            if Some(pid) != self.server {
-                // A holder told to exit, an old server after a handover, a successor that
-                // failed: nothing to do unless it was serving.
+            let raw = pid.as_raw_nonzero().get();
+            let was_offered = self.offered.iter().any(|(p, _)| *p == raw);
+            self.offered.retain(|(p, _)| *p != raw);
+            // Between an old server's exit after a handover and its successor's SERVING, no
+            // server is current: a successor that dies then is the one that would have served.
+            let successor = self.server.is_none() && was_offered;
+            if Some(pid) != self.server && !successor {
+                // A holder told to exit, an old server after a handover, a successor its
+                // predecessor discarded: nothing to do.
                 continue;
             }
             self.server = None;

@@ -231,8 +231,10 @@ int main(void)
     CHECK("luo_list(NULL callback) counts", count >= 0);
     int calls = 0;
     int seen = luo_list(client, stop_after_one, &calls);
+    /* The sessions closed just above leave luod when it has read their hang-up, which may be
+       between the two calls: what is checked is that the walk stops at the first one. */
     CHECK("luo_list stops when the callback returns non-zero",
-          count == 0 ? seen == 0 && calls == 0 : seen == 1 && calls == 1);
+          calls <= 1 && seen == calls && (count > 0 || calls == 0));
 
     luo_close(client);
     if (failures != 0) {

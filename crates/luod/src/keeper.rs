@@ -48,7 +48,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs the keeper: starts `luod --serve <server_args>` and keeps a server running until one
 /// shuts down.
-pub fn keep(server_args: Vec<OsString>, signals: OwnedFd) -> anyhow::Result<()> {
+pub fn keep(
+    server_args: Vec<OsString>,
+    signals: OwnedFd,
+    handed: crate::systemd::Handed,
+) -> anyhow::Result<()> {
     let children = signal_pipe_of(signal_hook::consts::SIGCHLD)?;
     let reexec = signal_pipe_of(signal_hook::consts::SIGUSR2)?;
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
@@ -62,13 +66,18 @@ pub fn keep(server_args: Vec<OsString>, signals: OwnedFd) -> anyhow::Result<()> 
     // The server's end crosses the exec of the first server.
     rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
     let exe = std::env::current_exe().context("Cannot find luod's own binary")?;
-    let child = std::process::Command::new(&exe)
-        .arg("--serve")
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg("--serve")
         .arg(theirs.as_raw_fd().to_string())
-        .args(&server_args)
+        .args(&server_args);
+    // What systemd handed over (the socket, the stored descriptors) goes to the first server;
+    // the keeper keeps no copy.
+    crate::systemd::hand_to_server(&handed, &mut cmd)?;
+    let child = cmd
         .spawn()
         .with_context(|| format!("Cannot start {}", exe.display()))?;
     drop(theirs);
+    drop(handed);
     let mut k = Keeper {
         channel: ours,
         server: Pid::from_raw(child.id() as i32),

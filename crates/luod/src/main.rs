@@ -18,6 +18,7 @@ mod recover;
 mod server;
 mod socket;
 mod status;
+mod systemd;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -75,6 +76,12 @@ struct Args {
     #[arg(long, value_name = "N")]
     fd_reserve: Option<u64>,
 
+    /// Park every preserved descriptor and luod's state in systemd's file descriptor store, so
+    /// that a restart of the whole service (`systemctl restart luod`) loses nothing. On by
+    /// itself when systemd says the store is there (`FDSTORE=`, systemd 254 and later).
+    #[arg(long)]
+    fdstore: bool,
+
     /// Log filter, as RUST_LOG (e.g. "info", "luod=debug").
     #[arg(long, env = "LUOD_LOG", default_value = "info", value_name = "FILTER")]
     log: String,
@@ -124,32 +131,50 @@ fn signal_pipe() -> anyhow::Result<OwnedFd> {
 
 fn main() {
     let args = Args::parse();
+    // What systemd (or the keeper) put in the environment is read and cleared before any
+    // thread exists.
+    let role = if args.serve.is_some() {
+        systemd::Role::FirstServer
+    } else if args.takeover.is_none() && args.recover.is_none() && args.keeper_resume.is_none() {
+        systemd::Role::Keeper
+    } else {
+        systemd::Role::Other
+    };
+    let handed = match systemd::take_environment(role, args.fdstore) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("luod: {e:#}");
+            std::process::exit(1);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = run(args) {
+    if let Err(e) = run(args, handed) {
         eprintln!("luod: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
     let fd_limit = raise_fd_limit();
     if let Some(fd) = args.takeover {
         let mut holder = None;
         let inherited = handover::take_over(fd, fd_limit, signal_pipe, |server| {
+            // The store stays the predecessor's until this one serves.
+            server.systemd.defer();
             make_durable(server, 1)?;
             holder = keeper::prepare(server, &args.log)?;
             Ok(())
         })?;
         handover::wait_go(&inherited.channel)?;
-        drop(inherited.channel);
         let mut server = inherited.server;
         if let Some(holder) = holder {
             keeper::serving(&mut server, holder)?;
         }
+        drop(inherited.channel);
         info!(
             generation = server.engine.generation(),
             sessions = server.engine.sessions().len(),
@@ -165,6 +190,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .and_then(|(s, j)| Some((s.parse().ok()?, j.parse().ok()?)))
             .context("--recover takes STATE,JOURNAL")?;
         let (mut server, recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
+        server.systemd.assume_stored();
         failpoint::recovery_start();
         become_durable(&mut server, recovery.next_seq, &args.log)?;
         info!(
@@ -180,18 +206,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(spec) = &args.keeper_resume {
         return keeper::resume(spec, signal_pipe()?);
     }
-    if args.serve.is_none() {
+    let Some(serve_fd) = args.serve else {
         // The process started by hand or by a service manager: the keeper.
         let server_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-        return keeper::keep(server_args, signal_pipe()?);
+        return keeper::keep(server_args, signal_pipe()?, handed);
+    };
+    if systemd::holds_state(&handed) {
+        // A restart of the whole service: the state comes back from systemd's store. Done
+        // before this process opens anything, as a recovery.
+        let t0 = std::time::Instant::now();
+        let channel = handover::adopt_inherited(serve_fd)?;
+        let (mut server, recovery) = systemd::restore(handed, channel, fd_limit, signal_pipe)?;
+        become_durable(&mut server, recovery.next_seq, &args.log)?;
+        info!(
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            records = recovery.records,
+            sessions = server.engine.sessions().len(),
+            clients = server.conns.len(),
+            "restored the state kept in systemd's descriptor store"
+        );
+        return serve(server);
     }
+    let activated = systemd::activated_listener(handed)?;
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    let place = match args.socket.or(file.socket) {
-        Some(path) => Place::explicit(path),
-        None => Place::default_for_caller(),
+    let place = match (&activated, args.socket.or(file.socket)) {
+        (Some((_, path)), _) => Place::explicit(path.clone()),
+        (None, Some(path)) => Place::explicit(path),
+        (None, None) => Place::default_for_caller(),
     };
     let mode = match args.socket_mode.as_deref().or(file.socket_mode.as_deref()) {
         Some(m) => parse_mode(m)?,
@@ -204,7 +248,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let signals = signal_pipe()?;
     let binary = std::env::current_exe().context("Cannot find luod's own binary")?;
-    let (listener, lock) = socket::bind(&place, mode)?;
+    let (listener, lock) = match activated {
+        // systemd bound it (luod.socket): luod takes the lock beside it and serves it.
+        Some((listener, _)) => (listener, socket::lock(&place)?),
+        None => socket::bind(&place, mode)?,
+    };
     let socket = place.socket;
     let mut engine = Engine::new(registry()?);
     engine.set_limits(limits);
@@ -219,9 +267,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         pids: Vec::new(),
     };
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
-    if let Some(fd) = args.serve {
-        server.keeper_channel = Some(handover::adopt_inherited(fd)?);
-    }
+    server.keeper_channel = Some(handover::adopt_inherited(serve_fd)?);
     become_durable(&mut server, 1, &args.log)?;
     info!(socket = %socket.display(), fd_limit, "luod serving");
     serve(server)
@@ -231,6 +277,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// holds the same open files, and dropping the server's state would undo what it relies on
 /// (a socket option a handler set while it held the socket, say).
 fn serve(mut server: Server) -> anyhow::Result<()> {
+    systemd::serving(&mut server);
     match server.run()? {
         Ended::Shutdown => Ok(()),
         Ended::HandedOver => std::process::exit(keeper::EXIT_HANDED_OVER),

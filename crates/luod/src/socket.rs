@@ -92,6 +92,39 @@ impl Place {
 /// Takes the socket's lock (a second luod fails here), replaces a stale socket, then binds
 /// with permissions `mode` and listens. Returns the listener and the lock.
 pub fn bind(place: &Place, mode: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let (dir, lock) = take_lock(place)?;
+    let socket = &place.socket;
+    let name = socket
+        .file_name()
+        .with_context(|| format!("Invalid socket path {}: no file name", socket.display()))?;
+    remove_stale(&dir, name, socket)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(socket)
+        .with_context(|| format!("Invalid socket path {}", socket.display()))?;
+    // The socket file is created with mode 0777 less the umask: set the umask so that it has
+    // `mode` from the start. A chmod after bind would follow a symlink put there meanwhile.
+    // The umask is the process's: luod has no other thread yet that could create a file.
+    let old = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
+    let bound = rustix::net::bind(&fd, &addr);
+    rustix::process::umask(old);
+    bound.with_context(|| format!("Cannot bind {}", socket.display()))?;
+    rustix::net::listen(&fd, 1024)?;
+    Ok((fd, lock))
+}
+
+/// Takes the lock of a socket systemd bound (socket activation): a second luod on the same
+/// socket fails here as it would at [`bind`].
+pub fn lock(place: &Place) -> anyhow::Result<OwnedFd> {
+    Ok(take_lock(place)?.1)
+}
+
+/// Opens (checking it, for a default socket) the socket's directory and takes the lock in it.
+fn take_lock(place: &Place) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let socket = &place.socket;
     let name = socket
         .file_name()
@@ -114,24 +147,7 @@ pub fn bind(place: &Place, mode: u32) -> anyhow::Result<(OwnedFd, OwnedFd)> {
             lock_path.display()
         );
     }
-    remove_stale(&dir, name, socket)?;
-    let fd = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    let addr = SocketAddrUnix::new(socket)
-        .with_context(|| format!("Invalid socket path {}", socket.display()))?;
-    // The socket file is created with mode 0777 less the umask: set the umask so that it has
-    // `mode` from the start. A chmod after bind would follow a symlink put there meanwhile.
-    // The umask is the process's: luod has no other thread yet that could create a file.
-    let old = rustix::process::umask(Mode::from_raw_mode(!mode & 0o777));
-    let bound = rustix::net::bind(&fd, &addr);
-    rustix::process::umask(old);
-    bound.with_context(|| format!("Cannot bind {}", socket.display()))?;
-    rustix::net::listen(&fd, 1024)?;
-    Ok((fd, lock))
+    Ok((dir, lock))
 }
 
 /// Opens (creating it if the rule says so) the directory of a default socket and checks it.

@@ -298,7 +298,9 @@ pub fn recover(
     let mut resend = Vec::new();
     let mut keep = Vec::new();
     for p in rebuilt.pending {
-        if head_id(p.conn) == Some(p.id) {
+        // After a restart from systemd's store the descriptors of a reply in flight are gone
+        // (they were never stored): the request is then answered anew.
+        if head_id(p.conn) == Some(p.id) && p.fds.iter().all(|&fd| is_open(fd)) {
             keep.extend_from_slice(&p.fds);
             resend.push(p);
         }
@@ -337,6 +339,17 @@ pub fn recover(
             next_seq: rebuilt.next_seq,
         },
     ))
+}
+
+/// True if `raw` is an open descriptor of this process.
+fn is_open(raw: i32) -> bool {
+    if raw <= 2 {
+        return false;
+    }
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor table entry; a closed number gives
+    // EBADF, and the borrow ends with the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    rustix::io::fcntl_getfd(fd).is_ok()
 }
 
 /// The whole content of a memfd.

@@ -83,6 +83,7 @@ pub fn begin_upgrade(server: &mut Server, requester: u64, id: u64, binary: PathB
         );
         return;
     }
+    crate::systemd::reloading(server);
     stage_round(server, requester, id, binary, 1, Instant::now());
 }
 

@@ -94,8 +94,16 @@ impl Server {
 
     /// After a journal write: closes what it recorded as gone.
     fn close_buried(&mut self) {
-        self.graveyard.clear();
         self.graveyard.extend(self.engine.take_doomed());
+        if self.systemd.storing() {
+            let numbers: Vec<i32> = self
+                .graveyard
+                .iter()
+                .chain(self.graveyard_later.iter())
+                .map(AsRawFd::as_raw_fd)
+                .collect();
+            crate::systemd::closing(&mut self.systemd, &numbers);
+        }
         self.graveyard.clear();
         for fd in self.graveyard_later.drain(..) {
             crate::migrate::release_later(fd);
@@ -127,10 +135,14 @@ impl Server {
         let Some(d) = self.durable.as_mut() else {
             return;
         };
-        for delta in deltas
-            .iter()
-            .chain(d.pending.drain(..).collect::<Vec<_>>().iter())
-        {
+        let pending: Vec<Delta> = d.pending.drain(..).collect();
+        // Whatever the records name is in systemd's store before they are written.
+        crate::systemd::before_journal(&mut self.systemd, &deltas);
+        crate::systemd::before_journal(&mut self.systemd, &pending);
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        for delta in deltas.iter().chain(pending.iter()) {
             d.journal.push(delta);
         }
         if let Some(a) = &applied {
@@ -168,14 +180,32 @@ impl Server {
         };
         let t0 = std::time::Instant::now();
         let from = d.journal.next_seq();
-        let (image, _fds) =
+        let (image, fds) =
             crate::handover::daemon_image(self, self.upgrades, self.last_upgrade, from)?;
+        let numbers: Vec<i32> = if self.systemd.storing() {
+            fds.iter().map(AsRawFd::as_raw_fd).collect()
+        } else {
+            Vec::new()
+        };
+        drop(fds);
         let fresh = state_memfd("luod-checkpoint")?;
         let mut done = 0;
         while done < image.len() {
             done += rustix::io::pwrite(&fresh, &image[done..], done as u64)
                 .context("Cannot write the checkpoint")?;
         }
+        // In systemd's store before it replaces the last one (see `crate::systemd`).
+        let keeper = self.keeper_channel.as_ref().map(AsRawFd::as_raw_fd);
+        let old_slot = match self.durable.as_ref() {
+            Some(d) => crate::systemd::checkpoint_written(
+                &mut self.systemd,
+                &fresh,
+                d.journal.fd(),
+                &numbers,
+                keeper,
+            ),
+            None => None,
+        };
         let Some(d) = self.durable.as_mut() else {
             return Ok(());
         };
@@ -187,6 +217,7 @@ impl Server {
         // Every record now lives in the image: what is pending is stale.
         d.pending.clear();
         let _ = self.engine.take_changes();
+        crate::systemd::checkpoint_installed(&self.systemd, old_slot);
         self.close_buried();
         debug!(
             bytes = image.len(),

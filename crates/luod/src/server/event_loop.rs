@@ -58,6 +58,7 @@ impl Server {
                 }
             }
             crate::handover::on_timeout(self);
+            crate::systemd::tick(self);
         }
         let ended = self.ended.unwrap_or(Ended::Shutdown);
         match ended {
@@ -152,6 +153,15 @@ impl Server {
 
     pub(crate) fn shutdown(&mut self) {
         let usage = self.engine.total_usage();
+        if crate::systemd::stopping(self) {
+            info!(
+                sessions = usage.sessions,
+                files = usage.files,
+                bytes = usage.bytes,
+                "Shutting down; every preserved session and file stays in systemd's descriptor store"
+            );
+            return;
+        }
         if usage.sessions > 0 {
             warn!(
                 sessions = usage.sessions,
@@ -160,7 +170,9 @@ impl Server {
                 "Shutting down drops every preserved session and file"
             );
         }
-        let _ = std::fs::remove_file(&self.settings.socket);
+        if !crate::systemd::socket_activated() {
+            let _ = std::fs::remove_file(&self.settings.socket);
+        }
     }
 
     /// How long the loop may wait: until a staged upgrade's deadline or the end of the
@@ -177,14 +189,14 @@ impl Server {
                 tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
                 tv_nsec: i64::from(left.subsec_nanos()),
             });
-        match (staging, paused) {
-            (Some(a), Some(b)) => Some(if (a.tv_sec, a.tv_nsec) <= (b.tv_sec, b.tv_nsec) {
-                a
-            } else {
-                b
-            }),
-            (a, b) => a.or(b),
-        }
+        let systemd = crate::systemd::timeout(self).map(|left| rustix::event::Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        });
+        [staging, paused, systemd]
+            .into_iter()
+            .flatten()
+            .min_by_key(|t| (t.tv_sec, t.tv_nsec))
     }
 
     pub(crate) fn on_conn(&mut self, key: u64, flags: epoll::EventFlags) {

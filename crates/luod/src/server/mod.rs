@@ -148,6 +148,8 @@ pub struct Server {
     /// Discarded successors not yet reaped.
     pub(crate) zombies: Vec<crate::handover::Successor>,
     pub(crate) reaping: bool,
+    /// systemd: notifications and the file descriptor store (see [`crate::systemd`]).
+    pub systemd: crate::systemd::Link,
     /// The receive buffer of `on_conn`, reused for every message.
     pub(crate) rx: Vec<u8>,
     /// The buffer replies are framed in, reused unless a reply has to wait in an outbox.
@@ -224,6 +226,7 @@ impl Server {
             },
             zombies: Vec::new(),
             reaping: false,
+            systemd: crate::systemd::Link::from_env(),
             rx: vec![0; wire::MAX_MESSAGE],
             tx: Vec::with_capacity(wire::MAX_MESSAGE),
         })

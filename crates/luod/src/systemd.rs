@@ -319,6 +319,8 @@ fn check_listener(fd: BorrowedFd<'_>, name: &str) -> anyhow::Result<PathBuf> {
         fd.as_raw_fd(),
         describe(fd)
     );
+    // systemd's sockets are blocking; luod's loop accepts until EAGAIN.
+    rustix::io::ioctl_fionbio(fd, true)?;
     let addr = rustix::net::getsockname(fd)?;
     let path = rustix::net::SocketAddrUnix::try_from(addr)
         .ok()

@@ -844,3 +844,58 @@ fn a_restart_of_the_whole_service_gets_every_descriptor_back_from_the_store() {
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_stop_with_the_store_keeps_every_session_for_the_next_start() {
+    // `systemctl restart luod`: SIGTERM to the keeper, then a new start with the store.
+    let dir = temp_dir("sd-stop-start");
+    let notify = Notify::new(&dir);
+    let socket = dir.join("luod.sock");
+    let mut args = luod_args(&socket);
+    args.push("--fdstore".into());
+    let mut cmd = Command::new(luod_binary());
+    cmd.args(&args).env("NOTIFY_SOCKET", &notify.path);
+    let mut svc = Service::start(cmd, &dir.join("luod.log"));
+    notify.wait(0, "READY=1", |m| m.has("READY=1"));
+    wait_serving(&socket, &mut svc);
+    let server = Control::connect_at(&socket).unwrap().status().unwrap().pid;
+    let (f, bytes) = patterned("f", 21, 2 << 20);
+    {
+        let dev = Device::open_at(&socket).unwrap();
+        let s = dev.create_session("across-stop").unwrap();
+        s.preserve(f.as_fd(), 8).unwrap();
+        s.handoff().unwrap();
+    }
+    drop(f);
+    let journal = format!("j{server:x}");
+    notify.wait_store("the journal", |n| n.contains(&journal));
+    rustix::process::kill_process(Pid::from_raw(svc.pid()).unwrap(), Signal::TERM).unwrap();
+    assert!(svc.wait_exit().success(), "{}", svc.log());
+    let last = notify.msgs().last().cloned().unwrap();
+    assert!(last.has("STOPPING=1"), "{last:?}");
+    assert!(
+        last.value("STATUS")
+            .is_some_and(|s| s.contains("kept in systemd's descriptor store"))
+    );
+    assert!(
+        svc.log().contains("stays in systemd's descriptor store"),
+        "{}",
+        svc.log()
+    );
+    svc.kill_all();
+
+    let from = notify.msgs().len();
+    let mut svc = start_with_fds(
+        &notify.store(),
+        &args,
+        &[("NOTIFY_SOCKET", notify.path.display().to_string())],
+        &dir.join("second.log"),
+    );
+    notify.wait(from, "READY=1", |m| m.has("READY=1"));
+    wait_serving(&socket, &mut svc);
+    let dev = Device::open_at(&socket).unwrap();
+    let s = dev.retrieve_session("across-stop").unwrap();
+    assert_eq!(pread_all(s.retrieve(8).unwrap(), 0, bytes.len()), bytes);
+    s.finish().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

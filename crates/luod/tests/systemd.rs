@@ -884,9 +884,18 @@ fn a_stop_with_the_store_keeps_every_session_for_the_next_start() {
     );
     svc.kill_all();
 
+    // As with luod.socket: the socket unit's socket comes first, under its own name, and the
+    // stored listener (the same socket) after it.
+    let mut handed = notify.store();
+    let listener = handed
+        .iter()
+        .find(|(_, fd)| rustix::net::sockopt::socket_acceptconn(fd).unwrap_or(false))
+        .map(|(_, fd)| fd.try_clone().unwrap())
+        .expect("the listener is stored");
+    handed.insert(0, ("luod.sock".into(), listener));
     let from = notify.msgs().len();
     let mut svc = start_with_fds(
-        &notify.store(),
+        &handed,
         &args,
         &[("NOTIFY_SOCKET", notify.path.display().to_string())],
         &dir.join("second.log"),

@@ -65,7 +65,7 @@ mod stats;
 mod unit;
 
 pub use batch::{Batch, Mapping, Piece, Pos, Run};
-pub use channel::{ChannelConfig, Channels, MAX_CHANNELS};
+pub use channel::{ChannelConfig, Channels, MAX_CHANNELS, SLICE_BYTES};
 pub use driver::{BatchInfo, Driver, Reason};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};

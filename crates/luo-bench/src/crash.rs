@@ -104,6 +104,10 @@ pub struct Options {
     pub load_files: usize,
     /// The kill comes at an instant uniform in this window after the clients resume.
     pub window: Duration,
+    /// No server is killed before it has served this long (from the first answer the harness
+    /// saw from it): luod's keeper restarts a server that dies sooner after a back-off, as a
+    /// crash loop, which the harness is not testing.
+    pub min_life: Duration,
     /// Share of the kills made at a failpoint rather than at a random instant, in percent.
     pub failpoint_percent: u64,
     /// An upgrade (with the clients running) after every this many rounds; 0: none.
@@ -143,6 +147,7 @@ impl Options {
             load_sessions: 40,
             load_files: 300,
             window: Duration::from_millis(40),
+            min_life: Duration::from_millis(150),
             failpoint_percent: 50,
             upgrade_every: 6,
             reboot_every: 10,
@@ -368,6 +373,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         threads: Vec::new(),
         load_builds: 0,
         failpoint_turn: 0,
+        new_server: None,
     };
     let result = run.go();
     run.ctx.gate.stop();
@@ -1963,6 +1969,8 @@ struct Harness {
     threads: Vec<JoinHandle<()>>,
     load_builds: u64,
     failpoint_turn: usize,
+    /// When the harness last saw a new server answer (after a kill, an upgrade or a reboot).
+    new_server: Option<Instant>,
 }
 
 impl Harness {
@@ -2019,7 +2027,17 @@ impl Harness {
         Ok(())
     }
 
+    /// Waits until the newest server has served [`Options::min_life`].
+    fn let_live(&self) {
+        if let Some(t) = self.new_server {
+            thread::sleep(self.opts.min_life.saturating_sub(t.elapsed()));
+        }
+    }
+
     fn round(&mut self, round: u64) -> Result<(), String> {
+        if self.opts.kill {
+            self.let_live();
+        }
         self.ctx.gate.resume();
         let wait = self.rng.below(self.opts.window.as_micros() as u64);
         thread::sleep(Duration::from_micros(wait));
@@ -2049,9 +2067,11 @@ impl Harness {
         }
         if round.is_multiple_of(self.opts.upgrade_every) {
             self.upgrade(None)?;
+            self.new_server = Some(Instant::now());
         }
         if round.is_multiple_of(self.opts.reboot_every) {
             self.reboot(None)?;
+            self.new_server = Some(Instant::now());
         }
         if round.is_multiple_of(self.opts.verify_every) {
             self.pause()?;
@@ -2140,6 +2160,7 @@ impl Harness {
 
     /// SIGKILL to the server at this instant.
     fn kill_random(&mut self) -> Result<(), String> {
+        self.let_live();
         let server = self.server()?;
         let t0 = Instant::now();
         if !server.kill() {
@@ -2194,10 +2215,12 @@ impl Harness {
                 self.daemon.reap();
                 if restarts.is_some_and(|r| s.restarts <= r) {
                     // The request went through: its old server ended as it should.
+                    self.new_server = Some(Instant::now());
                     self.unreached(point.unwrap_or("?"));
                     return Death::None;
                 }
                 self.report.recoveries.push(d);
+                self.new_server = Some(Instant::now());
                 Death::Recovered
             }
             Recovery::Gone => {

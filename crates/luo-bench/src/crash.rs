@@ -75,6 +75,9 @@ use rustix::io::Errno as SysErrno;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 /// The server's failpoints, in the order the first kills at failpoints go through them.
+/// (`upgrade-go` is not one of them: when the old server dies after GO its successor usually
+/// serves before the keeper sees the death, so from outside the round looks like an upgrade
+/// without a kill. The keeper's tests stop a server there.)
 pub const FAILPOINTS: [&str; 6] = [
     "after-apply",
     "after-journal",
@@ -374,6 +377,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         load_builds: 0,
         failpoint_turn: 0,
         new_server: None,
+        last_kill: "none",
     };
     let result = run.go();
     run.ctx.gate.stop();
@@ -1971,6 +1975,8 @@ struct Harness {
     failpoint_turn: usize,
     /// When the harness last saw a new server answer (after a kill, an upgrade or a reboot).
     new_server: Option<Instant>,
+    /// How the last kill came (a failpoint's name, or "random"), for the progress notes.
+    last_kill: &'static str,
 }
 
 impl Harness {
@@ -1997,6 +2003,16 @@ impl Harness {
         let ctx = Arc::clone(&self.ctx);
         self.threads.push(thread::spawn(move || prober(ctx)));
         let t0 = Instant::now();
+        let faults = |h: &Harness| {
+            [
+                Fault::LostState,
+                Fault::LostReply,
+                Fault::Cut,
+                Fault::Unexpected,
+            ]
+            .map(|f| h.ctx.shared.count(f))
+        };
+        let mut before = faults(self);
         for round in 1..=self.opts.rounds {
             if t0.elapsed() > self.opts.deadline {
                 self.note(format!("deadline reached after {} rounds", round - 1));
@@ -2004,6 +2020,22 @@ impl Harness {
             }
             self.round(round)?;
             self.report.rounds = round;
+            // Where things went wrong first is what a reader of the progress needs.
+            let now = faults(self);
+            if now != before {
+                let d: Vec<u64> = now.iter().zip(before).map(|(a, b)| a - b).collect();
+                self.note(format!(
+                    "round {round} ({:.1} s): lost state +{}, lost replies +{}, cut +{}, \
+                     unexpected +{} (last kill: {})",
+                    t0.elapsed().as_secs_f64(),
+                    d[0],
+                    d[1],
+                    d[2],
+                    d[3],
+                    self.last_kill
+                ));
+                before = now;
+            }
             if self.opts.progress && round % 50 == 0 {
                 eprintln!(
                     "crash: {round} rounds, {} kills, lost {}, duplicated {}, {:.0} s",
@@ -2209,6 +2241,7 @@ impl Harness {
         point: Option<&'static str>,
         restarts: Option<u32>,
     ) -> Death {
+        self.last_kill = point.unwrap_or("random");
         let death = match self.recover(t0, pid) {
             Recovery::Answered(d, s) => {
                 self.daemon.note(&s);

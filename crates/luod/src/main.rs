@@ -130,6 +130,11 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(args) {
+        if e.downcast_ref::<keeper::Refused>().is_some() {
+            // Another server serves; this one answered nobody and leaves quietly.
+            info!("{e}");
+            std::process::exit(keeper::EXIT_REFUSED);
+        }
         eprintln!("luod: {e:#}");
         std::process::exit(1);
     }
@@ -145,6 +150,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         })?;
         handover::wait_go(&inherited.channel)?;
+        failpoint::after_go();
         drop(inherited.channel);
         let mut server = inherited.server;
         if let Some(holder) = holder {
@@ -164,9 +170,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             .split_once(',')
             .and_then(|(s, j)| Some((s.parse().ok()?, j.parse().ok()?)))
             .context("--recover takes STATE,JOURNAL")?;
-        let (mut server, recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
+        let (mut server, mut recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
         failpoint::recovery_start();
         become_durable(&mut server, recovery.next_seq, &args.log)?;
+        handover::send_again(&mut server, std::mem::take(&mut recovery.replies));
         info!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
             records = recovery.records,

@@ -262,12 +262,15 @@ pub struct Recovery {
     pub resent: usize,
     /// The sequence number the journal continues from.
     pub next_seq: u64,
+    /// The replies to send again, once the keeper grants this server.
+    pub replies: Vec<Resend>,
 }
 
 /// A server started by the holder of one that died: reads the checkpoint and the journal the
 /// dead server left at `state_raw` and `journal_raw` (this process inherited its whole
 /// descriptor table), rebuilds its state, adopts every descriptor that state names and closes
-/// the rest, and sends again every reply the journal holds whose request is still unread.
+/// the rest, and finds every reply the journal holds whose request is still unread, for
+/// [`send_again`].
 /// Runs before this process opens anything; `signals` opens the signal pipe once the table is
 /// clean.
 pub fn recover(
@@ -305,8 +308,9 @@ pub fn recover(
     }
     let (mut fds, stats) = adopt_fds(&keep, &parsed)?;
     let signals = signals()?;
-    let mut server = build_successor(&parsed, &mut fds, &stats, signals, fd_limit)?;
+    let server = build_successor(&parsed, &mut fds, &stats, signals, fd_limit)?;
     let resent = resend.len();
+    let mut replies = Vec::with_capacity(resent);
     for p in resend {
         let mut reply_fds = Vec::with_capacity(p.fds.len());
         for &raw in &p.fds {
@@ -318,15 +322,15 @@ pub fn recover(
             .find(|(_, c)| c.fd.as_raw_fd() == p.conn)
             .map(|(&k, _)| k);
         if let Some(key) = key {
-            server.send_reply(
+            replies.push(Resend {
                 key,
-                p.id,
-                crate::server::Reply {
+                id: p.id,
+                reply: crate::server::Reply {
                     errno: p.errno,
                     arg: p.arg,
                     fds: reply_fds,
                 },
-            );
+            });
         }
     }
     Ok((
@@ -335,8 +339,25 @@ pub fn recover(
             records: rebuilt.applied,
             resent,
             next_seq: rebuilt.next_seq,
+            replies,
         },
     ))
+}
+
+/// A journaled reply to send again once this server may answer clients.
+#[derive(Debug)]
+pub struct Resend {
+    key: u64,
+    id: u64,
+    reply: crate::server::Reply,
+}
+
+/// Sends the replies a recovery found to send again. Only once the keeper granted this server
+/// (`keeper::serving`): a server the keeper refuses answers nobody.
+pub fn send_again(server: &mut Server, replies: Vec<Resend>) {
+    for r in replies {
+        server.send_reply(r.key, r.id, r.reply);
+    }
 }
 
 /// The whole content of a memfd.

@@ -185,6 +185,7 @@ pub fn on_successor(server: &mut Server) {
         server.send_reply(staging.requester, staging.id, Reply::ok(Vec::new()));
         server.deliver_waiting(Some(staging.requester));
         let _ = transport::send(staging.channel.as_fd(), b"GO", &[]);
+        server.failpoints.pass("upgrade-go");
         let _ = rustix::process::setpriority_process(None, 19);
         server.ended = Some(Ended::HandedOver);
         return;

@@ -172,10 +172,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             .context("--recover takes STATE,JOURNAL")?;
         let (mut server, mut recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
         failpoint::recovery_start();
-        become_durable(&mut server, recovery.next_seq, &args.log)?;
+        let rebuilt = t0.elapsed();
+        make_durable(&mut server, recovery.next_seq)?;
+        let durable = t0.elapsed();
+        keeper::join(&mut server, &args.log)?;
         handover::send_again(&mut server, std::mem::take(&mut recovery.replies));
         info!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
+            rebuild_ms = rebuilt.as_secs_f64() * 1e3,
+            checkpoint_ms = (durable - rebuilt).as_secs_f64() * 1e3,
+            grant_ms = (t0.elapsed() - durable).as_secs_f64() * 1e3,
             records = recovery.records,
             replies_sent_again = recovery.resent,
             sessions = server.engine.sessions().len(),

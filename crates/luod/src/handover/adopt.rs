@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow, bail, ensure};
 use luo_abi::image::{Image, MAX_IMAGE_LEN, S_IFMT};
 use luo_client::transport::{self, Recv};
 use luo_core::Engine;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::records::DaemonState;
 use crate::conn::Kind;
@@ -292,10 +292,13 @@ pub fn recover(
             BorrowedFd::borrow_raw(journal_raw),
         )
     };
+    let t0 = Instant::now();
     let checkpoint = read_memfd(state).context("Reading the checkpoint")?;
     let records = crate::journal::read_all(journal).context("Reading the journal")?;
+    let t_read = t0.elapsed();
     let rebuilt = crate::recover::rebuild(&checkpoint, &records)?;
     let parsed = Image::parse(&rebuilt.image).map_err(|e| anyhow!("Recovered image: {e}"))?;
+    let t_rebuild = t0.elapsed();
     // A reply is sent again only if its request is still the first unread message of its
     // connection; its descriptors are then still open (they are closed only after it left).
     let mut resend = Vec::new();
@@ -307,8 +310,19 @@ pub fn recover(
         }
     }
     let (mut fds, stats) = adopt_fds(&keep, &parsed)?;
+    let t_adopt = t0.elapsed();
     let signals = signals()?;
     let server = build_successor(&parsed, &mut fds, &stats, signals, fd_limit)?;
+    let t_build = t0.elapsed();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    debug!(
+        read_ms = ms(t_read),
+        rebuild_ms = ms(t_rebuild - t_read),
+        adopt_ms = ms(t_adopt - t_rebuild),
+        build_ms = ms(t_build - t_adopt),
+        checkpoint_bytes = checkpoint.len(),
+        "recovery: state rebuilt"
+    );
     let resent = resend.len();
     let mut replies = Vec::with_capacity(resent);
     for p in resend {

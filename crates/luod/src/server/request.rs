@@ -16,11 +16,13 @@ impl Server {
             Ok(v) => v,
             Err(e) => {
                 let e = if msg.truncated { Errno::EMSGSIZE } else { e };
+                self.metrics_request(key, None);
                 self.send_reply(key, 0, Reply::err(e));
                 return;
             }
         };
         let id = hdr.id.get();
+        self.metrics_request(key, Some(hdr.op.get()));
         if msg.truncated || msg.fds_truncated {
             let reply = if msg.truncated {
                 Reply::err(Errno::EMSGSIZE)

@@ -191,7 +191,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         return keeper::resume(spec, signal_pipe()?);
     }
     if args.serve.is_none() {
-        // The process started by hand or by a service manager: the keeper.
+        // The process started by hand or by a service manager: the keeper. A metrics address
+        // that would be refused is refused here, before any server starts.
+        if let Some(addr) = &args.metrics {
+            metrics::Addr::parse(addr)?;
+        }
         let server_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return keeper::keep(server_args, signal_pipe()?);
     }

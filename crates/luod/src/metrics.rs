@@ -467,9 +467,16 @@ impl Metrics {
         }
     }
 
-    /// Descriptors it holds: the listener, the counters, the open scrape connections.
+    /// Descriptors it holds for good, as STATUS counts them: the listener and the counters.
+    /// Scrape connections (at most [`MAX_SCRAPERS`], in luod's own 64) are counted apart, so
+    /// that a scrape does not change the figure it reports.
     pub fn fds(&self) -> u64 {
-        2 + self.scrapers.iter().flatten().count() as u64
+        2
+    }
+
+    /// Scrape connections open.
+    pub fn scrapers(&self) -> u64 {
+        self.scrapers.iter().flatten().count() as u64
     }
 
     /// When the loop must wake to close a scrape connection that ran out of time.
@@ -1151,7 +1158,7 @@ fn snapshot(server: &Server) -> Snapshot {
     // Descriptors.
     s.gauge(
         "luod_descriptors_used",
-        "Descriptors luod holds (as STATUS's fd_used, plus the metrics endpoint's).",
+        "Descriptors luod holds, as STATUS's fd_used counts them (scrape connections apart).",
         server.fds_used() as f64,
     );
     s.gauge(
@@ -1247,6 +1254,11 @@ fn snapshot(server: &Server) -> Snapshot {
             "Time from reading a request to sending its reply, by operation.",
             Values::Histogram(latency),
         ));
+        s.gauge(
+            "luod_metrics_connections",
+            "Scrape connections open (this one included), not counted in luod_descriptors_used.",
+            m.scrapers() as f64,
+        );
         let scrapes = slot::SCRAPE_CODES
             .iter()
             .enumerate()

@@ -1,0 +1,488 @@
+//! The metrics endpoint (`luod --metrics ADDR`), with real components: a real luod, real
+//! client connections preserving real memfds, a real upgrade and a real `kill -9` of the
+//! server, scraped over plain HTTP with a `TcpStream` (or a `UnixStream`), the text checked
+//! by Prometheus's own `promtool check metrics` (Debian package `prometheus`; without it the
+//! tests that need it skip, and fail under `LUO_REQUIRE_ALL=1`) and its values against the
+//! STATUS the client reads.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Luod, memfd_with};
+use luo_client::{Control, Device};
+
+/// A port nobody listens on now (bound and let go; the tests' luods bind it at once).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts luod with metrics on a fresh loopback port.
+fn luod_with_metrics(tag: &str) -> (Luod, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let luod = Luod::start_with(tag, &["--metrics", &addr]);
+    (luod, addr)
+}
+
+/// Sends `request` and reads the whole answer: its status code and body.
+fn http_over(mut s: impl Read + Write, request: &[u8]) -> (u16, String) {
+    s.write_all(request).expect("send the request");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).expect("read the answer");
+    let text = String::from_utf8(answer).expect("utf-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP head");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|l| l.trim().parse().ok())
+        .expect("Content-Length");
+    assert_eq!(length, body.len(), "Content-Length is the body's length");
+    (code, body.to_owned())
+}
+
+fn http(addr: &str, request: &[u8]) -> (u16, String) {
+    let s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(10))).ok();
+    http_over(s, request)
+}
+
+const GET: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n\r\n";
+
+/// One scrape; its text.
+fn scrape(addr: &str) -> String {
+    let (code, body) = http(addr, GET);
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    body
+}
+
+/// The samples of a scrape, by series (`name{labels}` as written).
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("series value");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The sum of metric `name`'s series whose labels include every one of `with`.
+fn sum(s: &HashMap<String, f64>, name: &str, with: &[&str]) -> f64 {
+    s.iter()
+        .filter(|(k, _)| {
+            let (n, labels) = k.split_once('{').unwrap_or((k, ""));
+            n == name && with.iter().all(|w| labels.contains(w))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// True if promtool is here; otherwise reports the skip (a failure under LUO_REQUIRE_ALL=1).
+fn have_promtool(test: &str) -> bool {
+    let ok = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        common::skip(
+            test,
+            "needs promtool (Debian package prometheus; scripts/setup installs it)",
+        );
+    }
+    ok
+}
+
+/// `promtool check metrics` on `text`: the exposition must parse and pass its lint.
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- the text ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The metrics agree with STATUS, read on `ctl`, a connection that stays open (so that both
+/// count it among the descriptors). STATUS's incoming count includes retrieved and finished
+/// sessions.
+fn assert_agrees_with_status(luod: &Luod, ctl: &Control, addr: &str) -> HashMap<String, f64> {
+    let st = ctl.status().expect("status");
+    luod.note_pid(st.pid as i32);
+    let m = samples(&scrape(addr));
+    let states = ["incoming", "retrieved", "finished"];
+    let incoming: f64 = states
+        .iter()
+        .map(|s| sum(&m, "luod_sessions", &[&format!("state=\"{s}\"")]))
+        .sum();
+    assert_eq!(
+        sum(&m, "luod_sessions", &["state=\"outgoing\""]),
+        st.sessions_outgoing as f64
+    );
+    assert_eq!(incoming, st.sessions_incoming as f64);
+    assert_eq!(sum(&m, "luod_files", &[]), st.files as f64);
+    assert_eq!(sum(&m, "luod_preserved_bytes", &[]), st.bytes as f64);
+    assert_eq!(sum(&m, "luod_upgrades_total", &[]), st.upgrades as f64);
+    assert_eq!(
+        sum(&m, "luod_server_restarts_total", &[]),
+        f64::from(st.restarts)
+    );
+    assert_eq!(
+        sum(&m, "luod_last_recovery_seconds", &[]),
+        st.last_recovery_us as f64 / 1e6
+    );
+    assert_eq!(sum(&m, "luod_descriptors_limit", &[]), st.fd_limit as f64);
+    assert_eq!(sum(&m, "luod_descriptors_used", &[]), st.fd_used as f64);
+    assert_eq!(sum(&m, "luod_generation", &[]), st.generation as f64);
+    assert_eq!(
+        sum(&m, "luod_last_upgrade_rounds", &[]),
+        f64::from(st.last_upgrade_rounds)
+    );
+    assert_eq!(sum(&m, "luod_copy_bytes_total", &[]), st.copy_bytes as f64);
+    m
+}
+
+/// The load: `sessions` sessions of three memfds each; every third handed off, and of those
+/// every other one retrieved again, and of those every other one finished. Returns the
+/// sessions still open (they must stay open to stay outgoing) and the preserves made.
+fn load(dev: &Device, tag: &str, sessions: usize) -> (Vec<luo_client::Session>, u64) {
+    let mut open = Vec::new();
+    let mut preserves = 0;
+    let mut handed = Vec::new();
+    for i in 0..sessions {
+        let name = format!("{tag}-{i}");
+        let s = dev.create_session(&name).expect("create");
+        for t in 0..3u64 {
+            let fd: OwnedFd = memfd_with("m", &vec![i as u8; 4096 * (t as usize + 1)]);
+            s.preserve(&fd, t + 1).expect("preserve");
+            preserves += 1;
+        }
+        if i % 3 == 0 {
+            s.handoff().expect("handoff");
+            handed.push(name);
+        } else {
+            open.push(s);
+        }
+    }
+    for (k, name) in handed.iter().enumerate() {
+        if k % 2 == 0 {
+            let s = dev.retrieve_session(name).expect("retrieve");
+            if k % 4 == 0 {
+                for t in 1..=3 {
+                    s.retrieve(t).expect("retrieve fd");
+                }
+                s.finish().expect("finish");
+            }
+            open.push(s);
+        }
+    }
+    (open, preserves)
+}
+
+#[test]
+fn metrics_match_status_through_a_load_of_preserves_and_an_upgrade() {
+    let test = "metrics_match_status_through_a_load_of_preserves_and_an_upgrade";
+    if !have_promtool(test) {
+        return;
+    }
+    let (luod, addr) = luod_with_metrics("metrics-load");
+    let first = scrape(&addr);
+    promtool_check(&first);
+
+    // Scrapes run all along on a thread of their own, each one must answer 200.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let (stop, addr) = (std::sync::Arc::clone(&stop), addr.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (code, body) = http(&addr, GET);
+                assert_eq!(code, 200, "a scrape during the load: {body}");
+                n += 1;
+            }
+            n
+        })
+    };
+    let dev = luod.device();
+    let ctl = luod.control();
+    let (open, preserves) = load(&dev, "a", 30);
+    let before = assert_agrees_with_status(&luod, &ctl, &addr);
+    assert_eq!(
+        sum(
+            &before,
+            "luod_requests_total",
+            &["op=\"preserve_fd\"", "errno=\"none\""]
+        ),
+        preserves as f64
+    );
+    assert!(sum(&before, "luod_sessions", &["state=\"finished\""]) > 0.0);
+    assert!(sum(&before, "luod_sessions", &["state=\"retrieved\""]) > 0.0);
+    assert!(sum(&before, "luod_sessions", &["state=\"incoming\""]) > 0.0);
+    // A refused request is counted with its errno.
+    assert_eq!(
+        common::errno(dev.create_session("a-1")),
+        luo_abi::Errno::EEXIST
+    );
+
+    luod.control().upgrade(None).expect("upgrade");
+    let (open2, preserves2) = load(&dev, "b", 12);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().expect("the scraper thread");
+    assert!(scrapes > 0);
+
+    let after = assert_agrees_with_status(&luod, &ctl, &addr);
+    let text = scrape(&addr);
+    promtool_check(&text);
+    assert_eq!(sum(&after, "luod_upgrades_total", &[]), 1.0);
+    assert_eq!(sum(&after, "luod_upgrade_blackout_seconds_count", &[]), 1.0);
+    assert!(sum(&after, "luod_last_upgrade_blackout_seconds", &[]) > 0.0);
+    assert_eq!(
+        sum(
+            &after,
+            "luod_requests_total",
+            &["op=\"upgrade\"", "errno=\"none\""]
+        ),
+        1.0
+    );
+    // Counted by the old server and the new one, in one series that did not reset.
+    assert_eq!(
+        sum(
+            &after,
+            "luod_requests_total",
+            &["op=\"preserve_fd\"", "errno=\"none\""]
+        ),
+        (preserves + preserves2) as f64
+    );
+    assert_eq!(
+        sum(
+            &after,
+            "luod_requests_total",
+            &["op=\"create_session\"", "errno=\"EEXIST\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &after,
+            "luod_request_duration_seconds_count",
+            &["op=\"preserve_fd\""]
+        ),
+        (preserves + preserves2) as f64
+    );
+    assert!(
+        sum(&after, "luod_metrics_requests_total", &["code=\"200\""]) >= f64::from(scrapes),
+        "every scrape is counted, across the upgrade"
+    );
+    assert!(!text.contains("a-1"), "no session names in the labels");
+    drop((open, open2));
+}
+
+#[test]
+fn metrics_keep_serving_after_the_server_is_killed_and_do_not_go_back() {
+    let (luod, addr) = luod_with_metrics("metrics-kill");
+    let dev = luod.device();
+    let ctl = luod.control();
+    let (open, preserves) = load(&dev, "k", 6);
+    let before = samples(&scrape(&addr));
+    let st = luod.status();
+    let pid = rustix::process::Pid::from_raw(st.pid as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill -9");
+    let t0 = Instant::now();
+    let st2 = loop {
+        if let Ok(s) = Control::connect_at(&luod.socket).and_then(|c| c.status())
+            && s.pid != st.pid
+        {
+            luod.note_pid(s.pid as i32);
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no new server:\n{}",
+            luod.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(st2.restarts, 1);
+    let after = assert_agrees_with_status(&luod, &ctl, &addr);
+    assert_eq!(sum(&after, "luod_server_restarts_total", &[]), 1.0);
+    assert_eq!(sum(&after, "luod_recovery_seconds_count", &[]), 1.0);
+    assert_eq!(
+        sum(
+            &after,
+            "luod_requests_total",
+            &["op=\"preserve_fd\"", "errno=\"none\""]
+        ),
+        preserves as f64,
+        "the counters of the server that died are the new one's"
+    );
+    for (series, v) in &before {
+        if series.starts_with("luod_requests_total") {
+            assert!(
+                after.get(series).is_some_and(|a| a >= v),
+                "{series} went back"
+            );
+        }
+    }
+    // The sessions are all there and still served.
+    assert_eq!(st2.files, st.files);
+    drop(open);
+}
+
+#[test]
+fn junk_gets_400_another_path_404_and_neither_a_silent_nor_a_flooding_scraper_stalls_luod() {
+    let (luod, addr) = luod_with_metrics("metrics-junk");
+    assert_eq!(http(&addr, b"this is not http\r\n\r\n").0, 400);
+    assert_eq!(
+        http(
+            &addr,
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        http(&addr, b"GET /metrics HTTP/1.1\r\nno header here\r\n\r\n").0,
+        400
+    );
+    assert_eq!(http(&addr, b"GET / HTTP/1.1\r\n\r\n").0, 404);
+    assert_eq!(http(&addr, b"GET /metricsx HTTP/1.1\r\n\r\n").0, 404);
+    assert_eq!(http(&addr, b"POST /metrics HTTP/1.1\r\n\r\n").0, 405);
+    // A request that never ends is cut at the size bound.
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 64 << 10));
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let _ = s.write_all(&huge);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431 "),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(80)])
+    );
+    // Scrapers that connect and send nothing hold every slot; clients are served meanwhile,
+    // and the silent ones are cut after the time bound.
+    let silent: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
+        .collect();
+    let ctl = luod.control();
+    let t0 = Instant::now();
+    for _ in 0..100 {
+        ctl.ping().expect("ping");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "100 pings took {:?} beside silent scrapers",
+        t0.elapsed()
+    );
+    let t0 = Instant::now();
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+        let mut buf = [0u8; 16];
+        // Closed without an answer (0), or reset: either way not held past the bound.
+        let _ = s.read(&mut buf);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(12),
+        "silent scrapers were held {:?}",
+        t0.elapsed()
+    );
+    // And the endpoint still answers.
+    let m = samples(&scrape(&addr));
+    assert!(sum(&m, "luod_metrics_requests_total", &["code=\"400\""]) >= 3.0);
+    assert!(sum(&m, "luod_metrics_requests_total", &["code=\"404\""]) >= 2.0);
+    assert_eq!(
+        sum(&m, "luod_metrics_requests_total", &["code=\"431\""]),
+        1.0
+    );
+    ctl.ping().expect("luod serves");
+}
+
+#[test]
+fn a_metrics_address_other_than_loopback_is_refused_with_a_clear_error() {
+    let dir = common::temp_dir("metrics-refused");
+    for bad in ["0.0.0.0:9464", "[::]:9464", "192.0.2.1:9464"] {
+        let out = Command::new(common::luod_binary())
+            .arg("--socket")
+            .arg(dir.join("luod.sock"))
+            .args(["--metrics", bad])
+            .env_remove("LUOD_SOCKET")
+            .env_remove("LUOD_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run luod");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(
+            err.contains(&format!("Refusing metrics address {bad}"))
+                && err.contains("not a loopback address"),
+            "{bad}: {err}"
+        );
+        assert!(!dir.join("luod.sock").exists(), "nothing was served");
+    }
+    // The config file's key is checked the same way.
+    let config = dir.join("luod.toml");
+    std::fs::write(&config, "metrics = \"10.1.2.3:9464\"\n").expect("config");
+    let out = Command::new(common::luod_binary())
+        .arg("--socket")
+        .arg(dir.join("luod.sock"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("LUOD_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run luod");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("not a loopback address"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn metrics_on_a_unix_socket_survive_an_upgrade_and_go_at_shutdown() {
+    let dir = common::temp_dir("metrics-unix-sock");
+    let path = dir.join("metrics.sock");
+    let arg = format!("unix:{}", path.display());
+    let luod = Luod::start_with("metrics-unix", &["--metrics", &arg]);
+    let get = |p: &Path| {
+        let s = std::os::unix::net::UnixStream::connect(p).expect("connect the metrics socket");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        http_over(s, GET)
+    };
+    assert_eq!(get(&path).0, 200);
+    luod.control().upgrade(None).expect("upgrade");
+    luod.status();
+    let (code, body) = get(&path);
+    assert_eq!(code, 200);
+    assert!(body.contains("luod_upgrades_total 1\n"), "{body}");
+    drop(luod);
+    assert!(!path.exists(), "the metrics socket is removed at shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -619,6 +619,44 @@ impl Server {
         if let Some(m) = self.metrics.as_mut() {
             m.counters.set(slot::PAUSE_START, monotonic_ns());
         }
+        self.metrics_hand_over();
+    }
+
+    /// This server is about to hand over (an upgrade, a reboot): the scrapes it accepted are
+    /// answered now if their requests have arrived, as its successor cannot take them over;
+    /// the others are closed when it exits. New scrapes wait in the listener's backlog for the
+    /// successor.
+    pub(crate) fn metrics_hand_over(&mut self) {
+        let Some(m) = self.metrics.as_mut() else {
+            return;
+        };
+        let mut answers = Vec::new();
+        for (i, s) in m.scrapers.iter_mut().enumerate() {
+            if let Some(s) = s
+                && s.output.is_empty()
+                && let Step::Answer(status) = read_request(s)
+            {
+                answers.push((i, status));
+            }
+        }
+        if answers.is_empty() {
+            return;
+        }
+        let body = render(self);
+        let Some(m) = self.metrics.as_mut() else {
+            return;
+        };
+        for (i, status) in answers {
+            if let Some(k) = slot::SCRAPE_CODES.iter().position(|&c| c == status) {
+                m.counters.add(slot::SCRAPES + k, 1);
+            }
+            if let Some(s) = m.scrapers[i].as_mut() {
+                let body = if status == 200 { body.as_str() } else { "" };
+                s.output = response(status, body, s.head_only());
+                // Non-blocking: an answer of a few KiB fits in an empty socket buffer.
+                write(s);
+            }
+        }
     }
 
     /// An upgrade failed; this server keeps serving.
@@ -1383,6 +1421,15 @@ mod tests {
         assert_eq!(judge(b"GET /metrics HTTP/1.1\r\nno colon\r\n\r\n"), 400);
         assert_eq!(judge(b"\xff\xfe\r\n\r\n"), 400);
         assert_eq!(judge(b"GET /metrics HTTP/1.1"), 400);
+    }
+
+    #[test]
+    fn the_counters_layout_is_the_one_docs_format_md_gives() {
+        // docs/format.md ("luod-metrics") names these figures; changing the layout changes
+        // MAGIC too.
+        assert_eq!(slot::LEN, 2831);
+        assert_eq!(COUNTERS_BYTES, 22_648);
+        assert_eq!(MAGIC.to_le_bytes(), *b"LUOMETR1");
     }
 
     #[test]

@@ -164,6 +164,7 @@ impl Server {
                 let reply = match crate::handover::reboot(self) {
                     Ok(()) => {
                         info!("reboot handed over; cutting every connection and exiting");
+                        self.metrics_hand_over();
                         self.send_reply(key, id, Reply::ok(Vec::new()));
                         self.deliver_waiting(Some(key));
                         // A reboot cuts every connection. Exiting does not close them: this

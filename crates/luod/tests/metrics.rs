@@ -530,3 +530,45 @@ fn metrics_on_a_unix_socket_survive_an_upgrade_and_go_at_shutdown() {
     assert!(!path.exists(), "the metrics socket is removed at shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_copy_engines_counters_match_status_and_outlive_an_upgrade() {
+    let (luod, addr) = luod_with_metrics("metrics-copy");
+    let dev = luod.device();
+    let ctl = luod.control();
+    let s = dev.create_session("vm").expect("create");
+    let ram = memfd_with("ram", &vec![7u8; 4 << 20]);
+    s.preserve(&ram, 1).expect("preserve");
+    s.handoff().expect("handoff");
+    let moved = ctl
+        .migrate("vm", 1, 4096, None)
+        .expect("migrate onto 4 KiB pages");
+    assert_eq!(moved.bytes, 4 << 20);
+    let m = assert_agrees_with_status(&luod, &ctl, &addr);
+    let st = ctl.status().expect("status");
+    assert_eq!(st.copy_bytes, 4 << 20);
+    assert_eq!(sum(&m, "luod_copy_copies_total", &[]), 1.0);
+    assert_eq!(sum(&m, "luod_copy_units_total", &[]), st.copy_units as f64);
+    assert_eq!(
+        sum(&m, "luod_copy_units_total", &["path=\"fallback\""]),
+        st.copy_units_fallback as f64
+    );
+    assert!(sum(&m, "luod_copy_seconds_total", &[]) > 0.0);
+    assert_eq!(
+        sum(
+            &m,
+            "luod_requests_total",
+            &["op=\"migrate\"", "errno=\"none\""]
+        ),
+        1.0
+    );
+
+    // STATUS's copy counters are the serving server's; the metrics' go on across servers.
+    ctl.upgrade(None).expect("upgrade");
+    let st = ctl.status().expect("status");
+    luod.note_pid(st.pid as i32);
+    assert_eq!(st.copy_bytes, 0, "a new server's copy engine");
+    let m = samples(&scrape(&addr));
+    assert_eq!(sum(&m, "luod_copy_bytes_total", &[]), (4 << 20) as f64);
+    assert_eq!(sum(&m, "luod_copy_copies_total", &[]), 1.0);
+}

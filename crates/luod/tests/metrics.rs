@@ -407,22 +407,32 @@ fn junk_gets_400_another_path_404_and_neither_a_silent_nor_a_flooding_scraper_st
         "{:?}",
         String::from_utf8_lossy(&answer[..answer.len().min(80)])
     );
-    // Scrapers that connect and send nothing hold every slot; clients are served meanwhile,
-    // and the silent ones are cut after the time bound.
-    let silent: Vec<std::net::TcpStream> = (0..8)
+    drop(s);
+    // Scrapers that connect and send nothing hold every slot (4); a fifth scrape waits in the
+    // backlog and is answered once they are cut at the time bound; clients are served
+    // meanwhile.
+    let silent: Vec<std::net::TcpStream> = (0..4)
         .map(|_| std::net::TcpStream::connect(&addr).expect("connect"))
         .collect();
-    let ctl = luod.control();
+    std::thread::sleep(Duration::from_millis(100));
     let t0 = Instant::now();
+    let fifth = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let (code, _) = http(&addr, GET);
+            (code, Instant::now())
+        })
+    };
+    let ctl = luod.control();
+    let t1 = Instant::now();
     for _ in 0..100 {
         ctl.ping().expect("ping");
     }
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
+        t1.elapsed() < Duration::from_secs(2),
         "100 pings took {:?} beside silent scrapers",
-        t0.elapsed()
+        t1.elapsed()
     );
-    let t0 = Instant::now();
     for mut s in silent {
         s.set_read_timeout(Some(Duration::from_secs(15))).ok();
         let mut buf = [0u8; 16];
@@ -430,10 +440,13 @@ fn junk_gets_400_another_path_404_and_neither_a_silent_nor_a_flooding_scraper_st
         let _ = s.read(&mut buf);
     }
     assert!(
-        t0.elapsed() < Duration::from_secs(12),
+        t0.elapsed() < Duration::from_secs(8),
         "silent scrapers were held {:?}",
         t0.elapsed()
     );
+    let (code, answered) = fifth.join().expect("the fifth scrape");
+    assert_eq!(code, 200, "the scrape that waited in the backlog");
+    assert!(answered.duration_since(t0) < Duration::from_secs(8));
     // And the endpoint still answers.
     let m = samples(&scrape(&addr));
     assert!(sum(&m, "luod_metrics_requests_total", &["code=\"400\""]) >= 3.0);
@@ -571,4 +584,49 @@ fn the_copy_engines_counters_match_status_and_outlive_an_upgrade() {
     let m = samples(&scrape(&addr));
     assert_eq!(sum(&m, "luod_copy_bytes_total", &[]), (4 << 20) as f64);
     assert_eq!(sum(&m, "luod_copy_copies_total", &[]), 1.0);
+}
+
+#[test]
+fn scrapes_in_a_loop_are_rendered_at_most_ten_times_a_second_and_clients_are_served() {
+    let (luod, addr) = luod_with_metrics("metrics-loop");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, addr) = (std::sync::Arc::clone(&stop), addr.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(http(&addr, GET).0, 200);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let ctl = luod.control();
+    let mut slowest = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(1) {
+        let t = Instant::now();
+        ctl.ping().expect("ping");
+        slowest = slowest.max(t.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes: u32 = threads
+        .into_iter()
+        .map(|t| t.join().expect("scraper"))
+        .sum();
+    let elapsed = t0.elapsed();
+    // One rendering per 100 ms at most (and the first at once), whatever the scrapers do;
+    // each answers every scrape waiting for it, one per slot at most.
+    let most = (elapsed.as_millis() / 100 + 2) as u32 * 4;
+    assert!(
+        scrapes <= most,
+        "{scrapes} scrapes answered in {elapsed:?}, more than {most}"
+    );
+    assert!(scrapes >= 5, "only {scrapes} scrapes in {elapsed:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a ping took {slowest:?} while scrapers looped"
+    );
 }

@@ -14,6 +14,10 @@ pub(super) struct Scraper {
     /// The answer is out and the write side shut: only waiting for the peer to close, so that
     /// unread bytes of its do not turn the close into a reset that loses the answer.
     pub(super) draining: bool,
+    /// Its request is read; its answer waits for the next rendering.
+    pub(super) deferred: bool,
+    /// Its descriptor is in the epoll set (it is not while it waits for its answer).
+    pub(super) watched: bool,
 }
 
 /// True for the epoll keys of the metrics endpoint.
@@ -31,57 +35,95 @@ pub fn on_event(server: &mut Server, key: u64, flags: epoll::EventFlags) {
     let Some(m) = server.metrics.as_mut() else {
         return;
     };
+    let too_soon = m.render_at() > Instant::now();
     let Some(Some(s)) = m.scrapers.get_mut(i) else {
         return;
-    };
-    let done = if s.output.is_empty() {
-        read_request(s)
-    } else if s.draining {
-        drain(s)
-    } else {
-        Step::Write
-    };
-    let done = match done {
-        Step::Answer(status) => {
-            let body = if status == 200 {
-                render(server)
-            } else {
-                String::new()
-            };
-            let Some(m) = server.metrics.as_mut() else {
-                return;
-            };
-            if let Some(k) = slot::SCRAPE_CODES.iter().position(|&c| c == status) {
-                m.counters.add(slot::SCRAPES + k, 1);
-            }
-            let Some(Some(s)) = m.scrapers.get_mut(i) else {
-                return;
-            };
-            s.output = response(status, &body, s.head_only());
-            write(s)
-        }
-        Step::Write => write(s),
-        other => other,
-    };
-    let Some(m) = server.metrics.as_mut() else {
-        return;
-    };
-    let Some(Some(s)) = m.scrapers.get_mut(i) else {
-        return;
-    };
-    let events = match done {
-        Step::Close => {
-            m.scrapers[i] = None;
-            return;
-        }
-        Step::WaitOut => epoll::EventFlags::OUT,
-        _ => epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
     };
     if flags.contains(epoll::EventFlags::ERR) {
         m.scrapers[i] = None;
         return;
     }
-    let _ = epoll::modify(&server.epoll, &s.fd, epoll::EventData::new_u64(key), events);
+    let step = if s.output.is_empty() {
+        read_request(s)
+    } else if s.draining {
+        drain(s)
+    } else {
+        write(s)
+    };
+    match step {
+        Step::Answer(200) if too_soon => {
+            // Scraped again too soon: answered by `metrics_tick` once the interval is over,
+            // and unwatched meanwhile (a peer's hang-up would wake the loop for nothing).
+            s.deferred = true;
+            settle(server, i, Step::Read);
+        }
+        Step::Answer(status) => answer_all(server, vec![(i, status)]),
+        other => settle(server, i, other),
+    }
+}
+
+/// Answers scrape connections `answers` (slot, status), rendering the metrics once if any
+/// status is 200.
+pub(super) fn answer_all(server: &mut Server, answers: Vec<(usize, u16)>) {
+    if answers.is_empty() {
+        return;
+    }
+    let body = if answers.iter().any(|&(_, status)| status == 200) {
+        render(server)
+    } else {
+        String::new()
+    };
+    for (i, status) in answers {
+        let Some(m) = server.metrics.as_mut() else {
+            return;
+        };
+        if status == 200 {
+            m.last_render = Some(Instant::now());
+        }
+        if let Some(k) = slot::SCRAPE_CODES.iter().position(|&c| c == status) {
+            m.counters.add(slot::SCRAPES + k, 1);
+        }
+        let Some(s) = m.scrapers[i].as_mut() else {
+            continue;
+        };
+        s.deferred = false;
+        let body = if status == 200 { body.as_str() } else { "" };
+        s.output = response(status, body, s.head_only());
+        // Non-blocking: an answer of a few KiB fits in an empty socket buffer; the rest, if
+        // any, goes when the socket has room.
+        let step = write(s);
+        settle(server, i, step);
+    }
+}
+
+/// After `step`, watches scrape connection `i` for what it needs next, or closes it.
+fn settle(server: &mut Server, i: usize, step: Step) {
+    let Some(m) = server.metrics.as_mut() else {
+        return;
+    };
+    let Some(s) = m.scrapers[i].as_mut() else {
+        return;
+    };
+    let events = match step {
+        Step::Close => {
+            m.scrapers[i] = None;
+            return;
+        }
+        _ if s.deferred => None,
+        Step::WaitOut => Some(epoll::EventFlags::OUT),
+        _ => Some(epoll::EventFlags::IN | epoll::EventFlags::RDHUP),
+    };
+    let data = epoll::EventData::new_u64(KEY_SCRAPER + i as u64);
+    let ok = match (events, s.watched) {
+        (None, true) => epoll::delete(&server.epoll, &s.fd).is_ok(),
+        (None, false) => true,
+        (Some(e), true) => epoll::modify(&server.epoll, &s.fd, data, e).is_ok(),
+        (Some(e), false) => epoll::add(&server.epoll, &s.fd, data, e).is_ok(),
+    };
+    s.watched = events.is_some();
+    if !ok {
+        m.scrapers[i] = None;
+    }
 }
 
 /// What a scrape connection needs next.
@@ -91,8 +133,6 @@ pub(super) enum Step {
     Read,
     /// The request is complete (or hopeless): answer with this status.
     Answer(u16),
-    /// Keep writing the answer.
-    Write,
     /// The socket is full: wait until it can take more.
     WaitOut,
     /// Close it.
@@ -106,8 +146,13 @@ impl Scraper {
 }
 
 pub(super) fn accept(server: &mut Server) {
-    for _ in 0..MAX_SCRAPERS {
+    loop {
         let Some(m) = server.metrics.as_mut() else {
+            return;
+        };
+        // Every slot taken: the rest wait in the backlog; `metrics_tick` switches the listener
+        // off until a slot is free.
+        let Some(i) = m.scrapers.iter().position(Option::is_none) else {
             return;
         };
         let fd = match rustix::net::accept_with(
@@ -116,13 +161,14 @@ pub(super) fn accept(server: &mut Server) {
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
-            // AGAIN, or the table is full (the connection waits in the backlog; the spare of
-            // the client listener is not spent on a scraper).
-            Err(_) => return,
-        };
-        let Some(i) = m.scrapers.iter().position(Option::is_none) else {
-            debug!("too many scrape connections; closing a new one");
-            continue;
+            Err(rustix::io::Errno::AGAIN) => return,
+            // The table is full, say: the connection waits in the backlog (the spare of the
+            // client listener is not spent on a scraper), and the listener is off for a while
+            // rather than wake the loop at once again.
+            Err(_) => {
+                m.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                return;
+            }
         };
         if epoll::add(
             &server.epoll,
@@ -141,6 +187,8 @@ pub(super) fn accept(server: &mut Server) {
             output: Vec::new(),
             sent: 0,
             draining: false,
+            deferred: false,
+            watched: true,
         });
     }
 }

@@ -11,9 +11,10 @@
 //! - **The responder** ([`http`]): a minimal HTTP/1.1 server over that listener. A request
 //!   is read into a buffer of at most [`MAX_REQUEST`] bytes, and every connection is closed
 //!   [`SCRAPE_TIMEOUT`] after it was accepted, whatever it does; at most [`MAX_SCRAPERS`] are
-//!   open at once (more are accepted and closed at once). Reads and writes never block, so a
-//!   slow or hostile scraper costs the loop a bounded amount of work and never delays a
-//!   client's request. One request per connection (`Connection: close`).
+//!   open at once (more wait in the listener's backlog), and the metrics are rendered at most
+//!   once per [`MIN_RENDER_INTERVAL`]. Reads and writes never block, so a slow or hostile
+//!   scraper costs the loop a bounded share of its time and never holds a client's request
+//!   back for long. One request per connection (`Connection: close`).
 //! - **The counters** ([`counters`]): what no other part of luod counts (requests by operation
 //!   and errno, their latency, the blackout of each upgrade, the length of each recovery, the
 //!   copy engine's totals across servers) lives in a memfd of fixed layout, mapped shared.
@@ -58,7 +59,7 @@ use counters::{
     Counters, ERRNO_SLOTS, LATENCY_BUCKETS, OPS, PAUSE_BUCKETS, copy_fields, errno_index,
     errno_label, monotonic_ns, op_index, slot,
 };
-use http::{Scraper, Step, read_request, response, write};
+use http::{Scraper, Step, read_request};
 pub use http::{on_event, owns_key};
 pub use render::render;
 
@@ -66,8 +67,13 @@ pub use render::render;
 pub const MAX_REQUEST: usize = 8192;
 /// How long a scrape connection may stay open, from its accept to its close.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Scrape connections open at once; more are closed as soon as they are accepted.
+/// Scrape connections open at once; more wait in the listener's backlog until one closes.
 pub const MAX_SCRAPERS: usize = 4;
+/// Least time between two renderings of the metrics: a scrape that comes sooner waits (about
+/// 25 ms of the loop per rendering with 5,000 sessions, debug build; see `docs/operations.md`).
+pub const MIN_RENDER_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the listener is off after `accept` failed for want of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// epoll key of the metrics listener.
 pub const KEY_LISTENER: u64 = u64::MAX - 3;
@@ -226,6 +232,14 @@ pub struct Metrics {
     pending: HashMap<u64, (usize, Instant)>,
     /// The copy engine's counters already added to the memfd.
     copy_folded: luo_copy::Stats,
+    /// When the last scrape was rendered: the next one waits until [`MIN_RENDER_INTERVAL`]
+    /// has passed, so that scrapes in a loop cost the server a bounded share of its time.
+    last_render: Option<Instant>,
+    /// The listener is off epoll until then (`accept` failed for want of descriptors).
+    paused_until: Option<Instant>,
+    /// The listener is in the epoll set: not while every scrape slot is taken (new
+    /// connections wait in its backlog) or while it is paused.
+    listening: bool,
 }
 
 impl Metrics {
@@ -242,6 +256,9 @@ impl Metrics {
             scrapers: (0..MAX_SCRAPERS).map(|_| None).collect(),
             pending: HashMap::new(),
             copy_folded: luo_copy::Stats::default(),
+            last_render: None,
+            paused_until: None,
+            listening: false,
         }
     }
 
@@ -257,13 +274,29 @@ impl Metrics {
         self.scrapers.iter().flatten().count() as u64
     }
 
-    /// When the loop must wake to close a scrape connection that ran out of time.
+    /// When the loop must wake: to close a scrape connection that ran out of time, to answer
+    /// one that waits for [`MIN_RENDER_INTERVAL`], or to switch the listener back on.
     pub fn time_left(&self, now: Instant) -> Option<Duration> {
+        let render = self
+            .scrapers
+            .iter()
+            .flatten()
+            .any(|s| s.deferred)
+            .then(|| self.render_at().saturating_duration_since(now));
         self.scrapers
             .iter()
             .flatten()
-            .map(|s| s.deadline.saturating_duration_since(now) + Duration::from_millis(1))
+            .map(|s| s.deadline.saturating_duration_since(now))
+            .chain(render)
+            .chain(self.paused_until.map(|t| t.saturating_duration_since(now)))
             .min()
+            .map(|d| d + Duration::from_millis(1))
+    }
+
+    /// When the next scrape may be rendered.
+    fn render_at(&self) -> Instant {
+        self.last_render
+            .map_or_else(Instant::now, |t| t + MIN_RENDER_INTERVAL)
     }
 }
 
@@ -334,13 +367,14 @@ pub fn image_fds(m: &Metrics) -> [std::os::fd::BorrowedFd<'_>; 2] {
 }
 
 /// Starts serving metrics in `server`: watches the listener.
-pub fn attach(server: &mut Server, metrics: Metrics) -> anyhow::Result<()> {
+pub fn attach(server: &mut Server, mut metrics: Metrics) -> anyhow::Result<()> {
     epoll::add(
         &server.epoll,
         &metrics.listener,
         epoll::EventData::new_u64(KEY_LISTENER),
         epoll::EventFlags::IN,
     )?;
+    metrics.listening = true;
     server.metrics = Some(metrics);
     Ok(())
 }
@@ -410,31 +444,16 @@ impl Server {
         };
         let mut answers = Vec::new();
         for (i, s) in m.scrapers.iter_mut().enumerate() {
-            if let Some(s) = s
-                && s.output.is_empty()
+            let Some(s) = s else { continue };
+            if s.deferred {
+                answers.push((i, 200));
+            } else if s.output.is_empty()
                 && let Step::Answer(status) = read_request(s)
             {
                 answers.push((i, status));
             }
         }
-        if answers.is_empty() {
-            return;
-        }
-        let body = render(self);
-        let Some(m) = self.metrics.as_mut() else {
-            return;
-        };
-        for (i, status) in answers {
-            if let Some(k) = slot::SCRAPE_CODES.iter().position(|&c| c == status) {
-                m.counters.add(slot::SCRAPES + k, 1);
-            }
-            if let Some(s) = m.scrapers[i].as_mut() {
-                let body = if status == 200 { body.as_str() } else { "" };
-                s.output = response(status, body, s.head_only());
-                // Non-blocking: an answer of a few KiB fits in an empty socket buffer.
-                write(s);
-            }
-        }
+        http::answer_all(self, answers);
     }
 
     /// An upgrade failed; this server keeps serving.
@@ -489,8 +508,9 @@ impl Server {
             .observe(slot::RECOVERY, PAUSE_BUCKETS, waited + t0.elapsed());
     }
 
-    /// Closes scrape connections whose time is up. Called on every turn of the loop.
-    pub(crate) fn metrics_expire(&mut self) {
+    /// Closes scrape connections whose time is up, answers those that waited for their
+    /// rendering, and switches a paused listener back on. Called on every turn of the loop.
+    pub(crate) fn metrics_tick(&mut self) {
         let Some(m) = self.metrics.as_mut() else {
             return;
         };
@@ -500,6 +520,35 @@ impl Server {
                 debug!("scrape connection timed out");
                 *s = None;
             }
+        }
+        if m.paused_until.is_some_and(|t| t <= now) {
+            m.paused_until = None;
+        }
+        let listen = m.paused_until.is_none() && m.scrapers.iter().any(Option::is_none);
+        if listen != m.listening {
+            let done = if listen {
+                epoll::add(
+                    &self.epoll,
+                    &m.listener,
+                    epoll::EventData::new_u64(KEY_LISTENER),
+                    epoll::EventFlags::IN,
+                )
+            } else {
+                epoll::delete(&self.epoll, &m.listener)
+            };
+            if done.is_ok() {
+                m.listening = listen;
+            }
+        }
+        if m.render_at() <= now {
+            let waiting: Vec<(usize, u16)> = m
+                .scrapers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.as_ref().is_some_and(|s| s.deferred))
+                .map(|(i, _)| (i, 200))
+                .collect();
+            http::answer_all(self, waiting);
         }
     }
 

@@ -30,7 +30,7 @@ impl Server {
             events.clear();
             self.reap_zombies();
             crate::listener::resume(self);
-            self.metrics_expire();
+            self.metrics_tick();
             let timeout = self.wait_timeout();
             match epoll::wait(
                 &self.epoll,

@@ -10,12 +10,43 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Luod, memfd_with};
+use common::{Luod, Proc, STEP, child_socket, hear, memfd_with, say};
 use luo_client::{Control, Device};
+
+/// Children run through this test; in the parent it does nothing.
+#[test]
+fn child_role() {
+    common::child_entry(|role| match role {
+        "other-uid" => other_uid(),
+        other => panic!("unknown role {other}"),
+    });
+}
+
+/// Another uid: two sessions, one handed off, and its own STATUS.
+fn other_uid() {
+    let dev = luo_client::Device::open_at(&child_socket()).expect("device");
+    let kept = dev.create_session("mine").expect("create");
+    kept.preserve(memfd_with("mine", &[1u8; 4096]), 1)
+        .expect("preserve");
+    let gone = dev.create_session("handed").expect("create");
+    gone.preserve(memfd_with("h", &[2u8; 8192]), 1)
+        .expect("preserve");
+    gone.preserve(memfd_with("h", &[3u8; 4096]), 2)
+        .expect("preserve");
+    gone.handoff().expect("handoff");
+    let ctl = Control::connect_at(&child_socket()).expect("connect");
+    let st = ctl.status().expect("status");
+    say(&format!(
+        "STATUS {} {} {} {}",
+        st.sessions_outgoing, st.sessions_incoming, st.files, st.bytes
+    ));
+    let _ = hear();
+}
 
 /// A port nobody listens on now (bound and let go; the tests' luods bind it at once).
 fn free_port() -> u16 {
@@ -629,4 +660,51 @@ fn scrapes_in_a_loop_are_rendered_at_most_ten_times_a_second_and_clients_are_ser
         slowest < Duration::from_millis(500),
         "a ping took {slowest:?} while scrapers looped"
     );
+}
+
+#[test]
+fn each_uid_has_its_own_series_and_they_match_what_status_shows_that_uid() {
+    let test = "each_uid_has_its_own_series_and_they_match_what_status_shows_that_uid";
+    if !common::require_root(test) {
+        return;
+    }
+    let (luod, addr) = luod_with_metrics("metrics-uids");
+    let dev = luod.device();
+    let root = dev.create_session("root-0").expect("create");
+    root.preserve(memfd_with("r", &[0u8; 65536]), 1)
+        .expect("preserve");
+    let mut cmd = common::role_command("child_role", "other-uid", &luod.socket);
+    cmd.uid(65534).gid(65534);
+    let mut child = Proc::spawn("uid 65534", cmd);
+    let own: Vec<f64> = child
+        .expect("STATUS ")
+        .split(' ')
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    let m = samples(&scrape(&addr));
+    let of =
+        |name: &str, state: &str| sum(&m, name, &["uid=\"65534\"", &format!("state=\"{state}\"")]);
+    assert_eq!(of("luod_sessions", "outgoing"), own[0]);
+    assert_eq!(of("luod_sessions", "incoming"), own[1]);
+    assert_eq!(
+        sum(&m, "luod_files", &["uid=\"65534\""]),
+        own[2],
+        "files of uid 65534"
+    );
+    assert_eq!(sum(&m, "luod_preserved_bytes", &["uid=\"65534\""]), own[3]);
+    assert_eq!(of("luod_files", "incoming"), 2.0);
+    assert_eq!(of("luod_preserved_bytes", "incoming"), 12288.0);
+    assert_eq!(
+        sum(
+            &m,
+            "luod_preserved_bytes",
+            &["uid=\"0\"", "state=\"outgoing\""]
+        ),
+        65536.0
+    );
+    // Its device, its two session descriptors and its control connection.
+    assert_eq!(sum(&m, "luod_connections", &["uid=\"65534\""]), 4.0);
+    child.close_stdin();
+    child.wait_ok(STEP);
+    drop(root);
 }

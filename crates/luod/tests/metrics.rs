@@ -1,9 +1,9 @@
 //! The metrics endpoint (`luod --metrics ADDR`), with real components: a real luod, real
 //! client connections preserving real memfds, a real upgrade and a real `kill -9` of the
 //! server, scraped over plain HTTP with a `TcpStream` (or a `UnixStream`), the text checked
-//! by Prometheus's own `promtool check metrics` (Debian package `prometheus`; without it the
-//! tests that need it skip, and fail under `LUO_REQUIRE_ALL=1`) and its values against the
-//! STATUS the client reads.
+//! by Prometheus's own `promtool check metrics` (Debian package `prometheus`; without it that
+//! check is skipped with a message, and fails under `LUO_REQUIRE_ALL=1`) and its values
+//! against the STATUS the client reads.
 
 mod common;
 

@@ -13,6 +13,7 @@ mod handover;
 mod journal;
 mod keeper;
 mod listener;
+mod metrics;
 mod migrate;
 mod recover;
 mod server;
@@ -43,8 +44,8 @@ struct Args {
     #[arg(long, env = "LUOD_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// TOML config file (keys: socket, socket_mode, [limits] sessions/files/bytes/fds/
-    /// fd_reserve).
+    /// TOML config file (keys: socket, socket_mode, metrics, [limits] sessions/files/bytes/
+    /// fds/fd_reserve).
     #[arg(long, env = "LUOD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
@@ -74,6 +75,13 @@ struct Args {
     /// luod's descriptor limit less 64).
     #[arg(long, value_name = "N")]
     fd_reserve: Option<u64>,
+
+    /// Serve Prometheus metrics on GET /metrics at ADDR: a loopback TCP address
+    /// (127.0.0.1:9464, [::1]:9464, localhost:9464) or a Unix socket (unix:/PATH, with the
+    /// socket's mode). Off by default; any other address is refused. The endpoint survives
+    /// upgrades and server restarts; see docs/operations.md, "Metrics".
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 
     /// Log filter, as RUST_LOG (e.g. "info", "luod=debug").
     #[arg(long, env = "LUOD_LOG", default_value = "info", value_name = "FILTER")]
@@ -162,6 +170,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             clients = server.conns.len(),
             "took over"
         );
+        server.metrics_took_over();
         return serve(server);
     }
     if let Some(numbers) = &args.recover {
@@ -188,13 +197,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             clients = server.conns.len(),
             "recovered the state of the server that died"
         );
+        server.metrics_recovered(t0);
         return serve(server);
     }
     if let Some(spec) = &args.keeper_resume {
         return keeper::resume(spec, signal_pipe()?);
     }
     if args.serve.is_none() {
-        // The process started by hand or by a service manager: the keeper.
+        // The process started by hand or by a service manager: the keeper. A metrics address
+        // that would be refused is refused here, before any server starts.
+        if let Some(addr) = &args.metrics {
+            metrics::Addr::parse(addr)?;
+        }
         let server_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return keeper::keep(server_args, signal_pipe()?);
     }
@@ -215,6 +229,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         files: args.max_files.or(file.limits.files),
         bytes: args.max_bytes.or(file.limits.bytes),
     };
+    let metrics = args
+        .metrics
+        .as_deref()
+        .or(file.metrics.as_deref())
+        .map(metrics::Addr::parse)
+        .transpose()?;
     let signals = signal_pipe()?;
     let binary = std::env::current_exe().context("Cannot find luod's own binary")?;
     let (listener, lock) = socket::bind(&place, mode)?;
@@ -234,6 +254,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
     if let Some(fd) = args.serve {
         server.keeper_channel = Some(handover::adopt_inherited(fd)?);
+    }
+    if let Some(addr) = metrics {
+        let listener = metrics::bind(&addr, mode)?;
+        metrics::attach(
+            &mut server,
+            metrics::Metrics::new(addr.to_string(), listener)?,
+        )?;
+        info!(metrics = %addr, "serving metrics on GET /metrics");
     }
     become_durable(&mut server, 1, &args.log)?;
     info!(socket = %socket.display(), fd_limit, "luod serving");

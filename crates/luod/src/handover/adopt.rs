@@ -217,6 +217,10 @@ pub(crate) fn build_successor(
     let listener = take(state.listener)?;
     let lock = take(state.lock)?;
     let keeper = state.keeper.map(&mut take).transpose()?;
+    let metrics = match &state.metrics {
+        Some(r) => Some((take(r.listener)?, take(r.counters)?, r.addr.clone())),
+        None => None,
+    };
     let mut conns = Vec::with_capacity(state.conns.len());
     for c in &state.conns {
         conns.push((take(c.index)?, c));
@@ -233,6 +237,9 @@ pub(crate) fn build_successor(
     server.upgrades = state.upgrades;
     server.last_upgrade = state.last_upgrade;
     server.keeper_channel = keeper;
+    if let Some((listener, counters, addr)) = metrics {
+        crate::metrics::adopt(&mut server, listener, counters, addr)?;
+    }
     for (fd, c) in conns {
         let kind = match c.kind {
             0 => Kind::Control,

@@ -348,18 +348,22 @@ fn readme_walkthrough_runs_verbatim_from_a_fresh_clone() {
             STEP
         };
         let (mut out, status) = shell.step(line, deadline);
-        let context = |out: &str| {
+        let context = |out: &str, shell: &Shell| {
             format!(
                 "README.md's walkthrough, at `{line}`:\n{out}\nthe shell:\n{}\nluod's log:\n{}",
                 shell.transcript,
                 std::fs::read_to_string(&log).unwrap_or_default()
             )
         };
-        assert_eq!(status, 0, "{}", context(&out));
+        assert_eq!(status, 0, "{}", context(&out, &shell));
         match check {
             Check::Done(texts) => {
                 for text in *texts {
-                    assert!(out.contains(text), "expected {text:?}; {}", context(&out));
+                    assert!(
+                        out.contains(text),
+                        "expected {text:?}; {}",
+                        context(&out, &shell)
+                    );
                 }
             }
             Check::Session(state, name) => {
@@ -368,13 +372,17 @@ fn readme_walkthrough_runs_verbatim_from_a_fresh_clone() {
                         .any(|l| l.split_whitespace().nth(1) == Some(state)
                             && l.ends_with(&format!("  {name}"))),
                     "expected session {name:?} {state}; {}",
-                    context(&out)
+                    context(&out, &shell)
                 );
             }
             Check::Background(until, texts) => {
                 out.push_str(&shell.until_text(until, STEP));
                 for text in *texts {
-                    assert!(out.contains(text), "expected {text:?}; {}", context(&out));
+                    assert!(
+                        out.contains(text),
+                        "expected {text:?}; {}",
+                        context(&out, &shell)
+                    );
                 }
             }
         }

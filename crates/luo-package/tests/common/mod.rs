@@ -24,10 +24,9 @@ pub fn skip(test: &str, why: &str) {
     eprintln!("SKIP {test}: {why}");
 }
 
-/// True if `tool --version` (or `tool ARG`) runs; otherwise reports the skip, naming the
-/// Debian package that has it.
-pub fn have(test: &str, tool: &[&str], package: &str) -> bool {
-    let ok = Command::new(tool[0])
+/// True if `tool --version` (or `tool ARGS...`) runs and succeeds.
+pub fn runs(tool: &[&str]) -> bool {
+    Command::new(tool[0])
         .args(if tool.len() > 1 {
             &tool[1..]
         } else {
@@ -37,7 +36,12 @@ pub fn have(test: &str, tool: &[&str], package: &str) -> bool {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        .is_ok_and(|s| s.success())
+}
+
+/// True if `tool` [`runs`]; otherwise reports the skip, naming the Debian package that has it.
+pub fn have(test: &str, tool: &[&str], package: &str) -> bool {
+    let ok = runs(tool);
     if !ok {
         skip(
             test,

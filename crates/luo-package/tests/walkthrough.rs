@@ -13,8 +13,13 @@
 //! `$XDG_RUNTIME_DIR/luod.sock`, in a private directory.
 //!
 //! The clone has its own `target/` (the README's aliases name `target/debug/...`), but shares
-//! the compiled dependencies of this workspace through cargo's build directory
-//! (`CARGO_BUILD_BUILD_DIR`), so only the workspace's own crates are compiled again.
+//! the compiled dependencies of this workspace through cargo's build directory, so only the
+//! workspace's own crates are compiled again. Cargo names a workspace crate's artifacts by a
+//! hash of the crate that does not depend on where the workspace is, so the clone's crates
+//! would take the place of this tree's own (and a later build of this tree could take them,
+//! built from HEAD, for its own uncommitted work); a profile setting for each of them, one
+//! that changes nothing but that hash, keeps them apart. Both settings are in a cargo config
+//! file beside the clone, not in it: the clone stays as `git clone` made it.
 
 mod common;
 
@@ -191,6 +196,36 @@ impl Shell {
     }
 }
 
+/// Writes `dir/.cargo/config.toml` (cargo reads it for the clone in `dir`): the build
+/// directory of this workspace for the clone's intermediate artifacts, and for each crate of
+/// the clone a number of codegen units one less than the default, which gives the crate's
+/// artifacts names of their own (see the module's doc).
+fn share_dependencies(clone: &Path, dir: &Path) {
+    let mut config = format!(
+        "[build]\nbuild-dir = \"{}\"\n",
+        common::target_dir().display()
+    );
+    let members = std::fs::read_dir(clone.join("crates")).expect("crates/");
+    for member in members {
+        let manifest = member.expect("entry").path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = \""))
+            .and_then(|n| n.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{}: no name", manifest.display()));
+        // The defaults are 256 (dev) and 16 (release).
+        config.push_str(&format!(
+            "[profile.dev.package.{name}]\ncodegen-units = 255\n\
+             [profile.release.package.{name}]\ncodegen-units = 15\n"
+        ));
+    }
+    std::fs::create_dir_all(dir.join(".cargo")).expect(".cargo");
+    std::fs::write(dir.join(".cargo/config.toml"), config).expect("config.toml");
+}
+
 #[test]
 fn readme_walkthrough_runs_verbatim_from_a_fresh_clone() {
     if !have(TEST, &["git"], "git") {
@@ -245,6 +280,7 @@ fn readme_walkthrough_runs_verbatim_from_a_fresh_clone() {
          new commands must show."
     );
     let luod_command = start_luod(&readme);
+    share_dependencies(&clone, scratch.path());
 
     // The shell, in a mount namespace with an empty /run as root; with a private runtime
     // directory otherwise.
@@ -267,7 +303,6 @@ fn readme_walkthrough_runs_verbatim_from_a_fresh_clone() {
     cmd.args(["--norc", "--noprofile", "-s"])
         .current_dir(&clone)
         .env("XDG_RUNTIME_DIR", &runtime)
-        .env("CARGO_BUILD_BUILD_DIR", common::target_dir())
         .env("CARGO_TERM_COLOR", "never")
         .env("CARGO_TERM_PROGRESS_WHEN", "never");
     for var in [

@@ -131,6 +131,15 @@ fn package_has_every_file_where_its_units_and_docs_say() {
         "{postinst}"
     );
 
+    // libluo.so.0 is in the dynamic linker's cache once the package is installed.
+    let triggers = p.control_file("triggers");
+    assert!(
+        triggers
+            .lines()
+            .any(|l| l.trim() == "activate-noawait ldconfig"),
+        "triggers:\n{triggers}"
+    );
+
     // Programs, libraries, header, pkg-config, config, completions.
     for bin in ["/usr/bin/luod", "/usr/bin/luoctl"] {
         assert!(is_executable(&p.path(bin)), "{bin} is not an executable");

@@ -210,6 +210,12 @@ fn package_has_every_file_where_its_units_and_docs_say() {
         assert!(p.path(&installed).is_file(), "{installed} is missing");
     }
 
+    // luod's own, made from its --help: every flag it takes is in it.
+    assert!(
+        p.path("/usr/share/man/man8/luod.8.gz").is_file(),
+        "no luod.8"
+    );
+
     // The units: where they are, and every file they name is in the package.
     let service = p.read("/usr/lib/systemd/system/luod.service");
     let socket = p.read("/usr/lib/systemd/system/luod.socket");
@@ -472,11 +478,14 @@ fn installed_man_pages_render_and_completions_load() {
     }
     // man(1) is not on every machine (man-db); groff, which it runs, is.
     let man = common::runs(&["man", "--version"]);
-    let dir = p.path("/usr/share/man/man1");
-    let mut pages = 0;
-    for page in std::fs::read_dir(&dir).expect("man1") {
-        let page = page.expect("entry").path();
-        pages += 1;
+    let mut pages = Vec::new();
+    for section in ["man1", "man8"] {
+        let dir = p.path(&format!("/usr/share/man/{section}"));
+        for page in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{section}: {e}")) {
+            pages.push(page.expect("entry").path());
+        }
+    }
+    for page in &pages {
         let out = run(
             Command::new("sh").arg("-c").arg(format!(
                 "zcat '{}' | groff -man -Tutf8 -ww -z",
@@ -502,14 +511,35 @@ fn installed_man_pages_render_and_completions_load() {
             );
             out.assert_success("man -l");
             assert!(
-                out.stdout.contains("NAME") && out.stdout.contains("luoctl"),
+                out.stdout.contains("NAME") && out.stdout.contains("luo"),
                 "man -l {}:\n{}",
                 page.display(),
                 out.stdout
             );
         }
     }
-    assert!(pages >= 2, "{pages} pages in {}", dir.display());
+    assert!(pages.len() >= 3, "{pages:?}");
+    // luod's page has every flag `luod --help` lists.
+    let help = run(Command::new(p.path("/usr/bin/luod")).arg("--help"), STEP);
+    let page = run(
+        Command::new("sh").arg("-c").arg(format!(
+            "zcat '{}' | groff -man -Tutf8 -P-cbou",
+            p.path("/usr/share/man/man8/luod.8.gz").display()
+        )),
+        STEP,
+    );
+    let page_text = page.stdout.replace('\u{2010}', "-");
+    for flag in help
+        .stdout
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+    {
+        let flag = flag.trim_end_matches([',', '.']);
+        assert!(
+            page_text.contains(flag),
+            "luod.8 does not document {flag}:\n{page_text}"
+        );
+    }
 
     let bash = p.path("/usr/share/bash-completion/completions/luoctl");
     let out = run(

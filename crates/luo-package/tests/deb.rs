@@ -504,7 +504,7 @@ fn installed_man_pages_render_and_completions_load() {
             let out = run(
                 Command::new("man")
                     .arg("-l")
-                    .arg(&page)
+                    .arg(page)
                     .env("MANPAGER", "cat")
                     .env("MANWIDTH", "80"),
                 STEP,

@@ -222,6 +222,11 @@ fn crash(args: &[String]) -> Result<()> {
         opts.load_files
     );
     let result = crash::run(&opts);
+    // luod's whole log outlives the run's directory, for a look at what went wrong.
+    let kept = std::env::temp_dir().join("luo-bench-crash-last.log");
+    if std::fs::copy(dir.join("luod.log"), &kept).is_ok() {
+        eprintln!("crash: luod's log is kept in {}", kept.display());
+    }
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
     for (key, value) in report.keys() {

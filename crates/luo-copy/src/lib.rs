@@ -17,7 +17,9 @@
 //!   completed).
 //! - [`Channels`]: the driver of the product, `n` persistent worker threads
 //!   ([`ChannelConfig`]: count, CPU pinning, policy threshold, stall timeout). Each batch is cut
-//!   into `n` contiguous runs of about equal size, so each channel streams through memory.
+//!   into `n` contiguous shares of about equal size, so each channel streams through memory,
+//!   and each share into slices of about [`SLICE_BYTES`]: a channel that runs out takes the
+//!   last slice another has not started, so the faster channel does not idle.
 //! - [`Mapping`]: a shared mapping of a memfd, for [`Engine::copy_mapped`], memory another
 //!   process may write while it is copied (a running guest's RAM).
 //! - [`Batch`], [`Run`], [`Unit`], [`Pos`]: what a driver works on. The `unsafe` code of the
@@ -65,7 +67,7 @@ mod stats;
 mod unit;
 
 pub use batch::{Batch, Mapping, Piece, Pos, Run};
-pub use channel::{ChannelConfig, Channels, MAX_CHANNELS};
+pub use channel::{ChannelConfig, Channels, MAX_CHANNELS, SLICE_BYTES};
 pub use driver::{BatchInfo, Driver, Reason};
 pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use luo_copy::{
     ChannelConfig, Channels, Engine, EngineConfig, Error, FaultDriver, FaultPlan, Mapping, Reason,
-    Unit, UnitSize,
+    SLICE_BYTES, Stall, Unit, UnitSize,
 };
 
 fn data(len: usize) -> Vec<u8> {
@@ -239,6 +239,43 @@ fn a_channel_that_panics_falls_back_and_keeps_serving() {
         assert_eq!(s.channels[1].units, 512);
         assert_eq!(s.last_error.as_deref(), Some("Copy channel 0 panicked"));
     }
+}
+
+#[test]
+fn an_idle_channel_takes_slices_from_a_slow_one() {
+    // Channel 1 sleeps 300 ms before it starts on its share of the one 64 MiB batch: channel
+    // 0 copies its own share, then every slice of channel 1's that channel 1 has not started.
+    let engine = Engine::new(EngineConfig::default().max_batch_bytes(64 << 20));
+    let plan = FaultPlan {
+        stall: Some(Stall {
+            channel: 1,
+            duration: std::time::Duration::from_millis(300),
+            batches: 1,
+        }),
+        ..FaultPlan::default()
+    };
+    let config = ChannelConfig::new(2)
+        .min_offload_bytes(0)
+        .stall_timeout(std::time::Duration::from_secs(10));
+    engine
+        .register(Arc::new(FaultDriver::new(config, plan).unwrap()))
+        .unwrap();
+    let src = data(64 << 20);
+    let mut dst = vec![0u8; 64 << 20];
+    let s = engine
+        .copy(&src, &mut dst, UnitSize::Base4K, Reason::Other)
+        .unwrap();
+    assert_eq!(dst, src);
+    assert_eq!((s.units_fallback, s.batches_failed), (0, 0), "{s:?}");
+    let (c0, c1) = (s.channels[0].bytes, s.channels[1].bytes);
+    assert_eq!(c0 + c1, 64 << 20);
+    // Channel 1 keeps the slice it was handed with the job; channel 0 takes the rest (unless
+    // it was itself held off the CPU for most of the 300 ms).
+    assert!(c1 >= SLICE_BYTES, "{s:?}");
+    assert!(
+        c0 >= 48 << 20,
+        "channel 0 copied {c0} bytes, channel 1 {c1}: {s:?}"
+    );
 }
 
 /// A memfd of `len` bytes holding `data` (or zeros).

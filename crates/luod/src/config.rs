@@ -14,6 +14,8 @@ pub struct FileConfig {
     pub socket: Option<PathBuf>,
     /// Socket permissions, as an octal string ("0600").
     pub socket_mode: Option<String>,
+    /// Where to serve metrics (`--metrics`): `127.0.0.1:PORT`, `[::1]:PORT` or `unix:/PATH`.
+    pub metrics: Option<String>,
     /// Per-uid quotas.
     #[serde(default)]
     pub limits: FileLimits,

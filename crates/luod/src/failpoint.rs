@@ -31,6 +31,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "upgrade, old server: the successor is READY, before GO",
     ),
     (
+        "upgrade-go",
+        "upgrade, old server: GO sent, before it exits",
+    ),
+    (
         "reboot-frozen",
         "reboot: the sessions frozen, before the successor is started",
     ),
@@ -97,6 +101,27 @@ impl Failpoints {
 /// failpoints are allowed (`LUOD_FAILPOINTS=1`). This is how the tests make a server that
 /// crashes at start-up.
 pub fn recovery_start() {
+    recovery_crash();
+}
+
+/// A successor that got GO waits as long as `LUOD_FAILPOINT_GO_DELAY_MS` says before it says
+/// SERVING, when failpoints are allowed: so that a test can have the keeper see its
+/// predecessor's death first, and start a server from the dead one's holder meanwhile.
+pub fn after_go() {
+    if !Failpoints::from_env().enabled() {
+        return;
+    }
+    let ms = std::env::var("LUOD_FAILPOINT_GO_DELAY_MS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    if ms > 0 {
+        tracing::warn!(ms, "failpoint: the successor waits before it says SERVING");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+fn recovery_crash() {
     if !Failpoints::from_env().enabled() {
         return;
     }

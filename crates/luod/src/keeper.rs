@@ -8,9 +8,11 @@
 //!  ------                          ------                         server's descriptor table)
 //!  start `luod --serve`   ----->   bind, serve; make the state
 //!                         <-----   HELLO <pid>
-//!  a control pair; HOLDER <pid> <restarts> <recovery µs> <keeper pid> + the holder's end --->
+//!  a control pair and a reply pair; HOLDER <pid> <restarts> <recovery µs> <keeper pid>
+//!  + the server's reply end + the holder's end --->
 //!                                  spawn the holder  ------------> waits for commands
 //!                         <-----   SERVING <pid> <holder pid>
+//!  GRANTED (on its reply pair) --> only now does it answer clients
 //!  the previous holder, if any: exit
 //!  ...
 //!  the server dies (any signal, any exit but 0 and 3):
@@ -25,6 +27,16 @@
 //! status 0 shut down (SIGTERM): the keeper tells the holder to exit and exits. Status
 //! [`EXIT_HANDED_OVER`] means a successor (an upgrade or a reboot) serves now: it is this
 //! process's descendant, so the keeper, a child subreaper, adopts it, and it says HELLO.
+//!
+//! **One server at a time.** Two servers can be ready to serve at once: a server that dies
+//! just after it told its upgrade successor GO leaves that successor, which holds the whole
+//! state, and the server the keeper starts from the dead one's holder, which rebuilds the
+//! same state. Both must not answer clients (each would apply requests to a state the other
+//! does not see). So a server answers no client before the keeper grants it: the keeper
+//! numbers the grants, and grants SERVING only to a server that said HELLO since the last
+//! grant. The first of the two to say SERVING is granted; the keeper kills the server it
+//! started from the holder if the successor won, and refuses the successor if the other won
+//! (it exits with [`EXIT_REFUSED`], having answered nobody).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -38,6 +50,33 @@ use tracing::{info, warn};
 
 /// Exit status of a server whose successor serves now.
 pub const EXIT_HANDED_OVER: i32 = 3;
+
+/// Exit status of a server the keeper refused: another server was granted first.
+pub const EXIT_REFUSED: i32 = 4;
+
+/// The keeper refused to let this server serve (see the module doc); it must exit having
+/// answered nobody.
+#[derive(Debug)]
+pub struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("The keeper granted another server first; this one exits without serving")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// What [`prepare`] leaves for [`serving`]: the holder spawned, and the channel the keeper
+/// grants on (`None` from a keeper that does not grant).
+#[derive(Debug)]
+pub struct Joined {
+    holder: u32,
+    reply: Option<OwnedFd>,
+}
+
+/// How long a server waits for the keeper's grant after SERVING.
+const GRANT_WAIT: Duration = Duration::from_secs(10);
 
 /// A server that dies before it serves, or sooner than this after it said SERVING (a crash on
 /// the first request it reads again, say), counts toward the back-off of a crash loop; one
@@ -85,6 +124,8 @@ pub fn keep(
         serving_since: None,
         holder: None,
         offered: Vec::new(),
+        grants: 0,
+        recovering: None,
         restarts: 0,
         died: None,
         last_recovery_us: 0,
@@ -125,6 +166,8 @@ pub fn resume(spec: &str, signals: OwnedFd) -> anyhow::Result<()> {
         serving_since: None,
         holder,
         offered: Vec::new(),
+        grants: 0,
+        recovering: None,
         restarts: n(3)? as u32,
         died: None,
         last_recovery_us: n(4)? as u64,
@@ -163,8 +206,12 @@ struct Keeper {
     serving_since: Option<Instant>,
     /// The holder of the current server's table.
     holder: Option<HolderControl>,
-    /// Holder channels offered to servers that have not said SERVING yet.
-    offered: Vec<(i32, HolderControl)>,
+    /// Servers that said HELLO and not yet SERVING.
+    offered: Vec<Offer>,
+    /// Grants made so far; a server is granted only if it said HELLO since the last one.
+    grants: u64,
+    /// The server the keeper started from a holder, until it is granted.
+    recovering: Option<Pid>,
     restarts: u32,
     /// When the last server died, until its successor serves.
     died: Option<Instant>,
@@ -173,6 +220,16 @@ struct Keeper {
     /// When to try again to start a server, after a start that failed.
     retry_at: Option<Instant>,
     stopping: bool,
+}
+
+/// A server that said HELLO: its holder's channel, the grant count when it said it, and the
+/// keeper's end of its reply pair.
+#[derive(Debug)]
+struct Offer {
+    pid: i32,
+    holder: HolderControl,
+    grants: u64,
+    reply: OwnedFd,
 }
 
 impl Keeper {
@@ -240,8 +297,8 @@ impl Keeper {
             }
             // A successor its predecessor discarded is not the keeper's child: its holder's
             // channel goes (ending that holder) once the process is gone.
-            self.offered.retain(|(p, _)| {
-                Pid::from_raw(*p).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+            self.offered.retain(|o| {
+                Pid::from_raw(o.pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
             });
         }
     }
@@ -266,30 +323,73 @@ impl Keeper {
                         return true;
                     }
                 };
+                let (reply, their_reply) = match rustix::net::socketpair(
+                    rustix::net::AddressFamily::UNIX,
+                    rustix::net::SocketType::SEQPACKET,
+                    rustix::net::SocketFlags::CLOEXEC,
+                    None,
+                ) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        warn!(error = %e, "cannot make a reply channel");
+                        return true;
+                    }
+                };
                 let hello = format!(
                     "HOLDER {pid} {} {} {}",
                     self.restarts,
                     self.last_recovery_us,
                     std::process::id()
                 );
-                if let Err(e) =
-                    transport::send(self.channel.as_fd(), hello.as_bytes(), &[end.as_fd()])
-                {
+                // The holder's end last: a server that knows no grants takes the last one.
+                if let Err(e) = transport::send(
+                    self.channel.as_fd(),
+                    hello.as_bytes(),
+                    &[their_reply.as_fd(), end.as_fd()],
+                ) {
                     warn!(error = %e, "cannot answer the server");
                     return true;
                 }
-                self.offered.push((pid, ctl));
+                self.offered.push(Offer {
+                    pid,
+                    holder: ctl,
+                    grants: self.grants,
+                    reply,
+                });
                 if self.server.is_none() {
                     self.server = Pid::from_raw(pid);
                     self.started = Instant::now();
                 }
             }
             (Some("SERVING"), Some(pid)) => {
-                let Some(i) = self.offered.iter().position(|(p, _)| *p == pid) else {
+                let Some(i) = self.offered.iter().position(|o| o.pid == pid) else {
                     return true;
                 };
-                let (_, ctl) = self.offered.swap_remove(i);
-                if let Some(mut old) = self.holder.replace(ctl) {
+                let offer = self.offered.swap_remove(i);
+                if offer.grants != self.grants {
+                    // Another server was granted since this one said HELLO.
+                    warn!(pid, "refusing a server: another one serves already");
+                    let _ = transport::send(offer.reply.as_fd(), b"REFUSED", &[]);
+                    return true;
+                }
+                self.grants += 1;
+                // With the counts as they are now: a restart may have come since HELLO.
+                let granted = format!("GRANTED {} {}", self.restarts, self.last_recovery_us);
+                if let Err(e) = transport::send(offer.reply.as_fd(), granted.as_bytes(), &[]) {
+                    warn!(pid, error = %e, "cannot grant a server");
+                }
+                if let Some(other) = self.recovering.take()
+                    && other.as_raw_nonzero().get() != pid
+                {
+                    // The successor of a server that died after GO won: the server started
+                    // from that one's holder must not serve too.
+                    warn!(
+                        pid = other.as_raw_nonzero().get(),
+                        "stopping the server started from the holder: the successor serves"
+                    );
+                    let _ = rustix::process::kill_process(other, rustix::process::Signal::KILL);
+                }
+                if let Some(mut old) = self.holder.replace(offer.holder) {
                     let _ = old.exit();
                 }
                 self.server = Pid::from_raw(pid);
@@ -320,8 +420,11 @@ impl Keeper {
             // A holder channel offered to a server that died unused: dropping it ends the
             // holder that server may have spawned (it exits when its keeper's end closes).
             let raw = pid.as_raw_nonzero().get();
-            let was_offered = self.offered.iter().any(|(p, _)| *p == raw);
-            self.offered.retain(|(p, _)| *p != raw);
+            let was_offered = self.offered.iter().any(|o| o.pid == raw);
+            self.offered.retain(|o| o.pid != raw);
+            if self.recovering == Some(pid) {
+                self.recovering = None;
+            }
             // Between an old server's exit after a handover and its successor's SERVING, no
             // server is current: a successor that dies then is the one that would have served.
             let successor = self.server.is_none() && was_offered;
@@ -435,6 +538,7 @@ impl Keeper {
         self.restarts += 1;
         self.last_recovery_us = died.elapsed().as_micros() as u64;
         self.server = Some(pid);
+        self.recovering = Some(pid);
         self.started = Instant::now();
         info!(pid = pid.as_raw_nonzero().get(), "a new server is starting");
         Ok(())
@@ -444,8 +548,8 @@ impl Keeper {
 /// The server's side: says HELLO, gets its holder's channel, spawns the holder (set up to
 /// start `luod --recover` from this server's checkpoint and journal), and says SERVING.
 pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()> {
-    if let Some(holder) = prepare(server, log)? {
-        serving(server, holder)?;
+    if let Some(joined) = prepare(server, log)? {
+        serving(server, joined)?;
     }
     Ok(())
 }
@@ -453,14 +557,14 @@ pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()>
 /// The first half of [`join`]: HELLO, the holder's channel, the holder spawned. A successor
 /// does this while its predecessor still serves; the keeper changes nothing until
 /// [`serving`]. `None` without a keeper.
-pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<Option<u32>> {
+pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<Option<Joined>> {
     let Some(channel) = server.keeper_channel.as_ref() else {
         return Ok(None);
     };
     let me = std::process::id();
     transport::send(channel.as_fd(), format!("HELLO {me}").as_bytes(), &[])?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (end, restarts, recovery_us, keeper_pid) = loop {
+    let (end, reply, restarts, recovery_us, keeper_pid) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("The keeper did not answer");
@@ -488,8 +592,9 @@ pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<
         if w.len() == 5 && w[0] == "HOLDER" && w[1] == me.to_string() {
             let mut fds = m.fds;
             let end = fds.pop().context("HOLDER without its channel")?;
+            let reply = fds.pop();
             let num = |s: &str| s.parse::<u64>().unwrap_or(0);
-            break (end, num(w[2]) as u32, num(w[3]), num(w[4]) as u32);
+            break (end, reply, num(w[2]) as u32, num(w[3]), num(w[4]) as u32);
         }
     };
     let Some(d) = server.durable.as_ref() else {
@@ -515,17 +620,70 @@ pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<
         restarts,
         last_recovery_us: recovery_us,
     };
-    Ok(Some(holder.pid().as_raw_nonzero().get() as u32))
+    Ok(Some(Joined {
+        holder: holder.pid().as_raw_nonzero().get() as u32,
+        reply,
+    }))
 }
 
 /// The second half of [`join`]: SERVING, after which the keeper lets the predecessor's holder
 /// go and starts servers from this one's.
-pub fn serving(server: &mut crate::server::Server, holder: u32) -> anyhow::Result<()> {
+pub fn serving(server: &mut crate::server::Server, joined: Joined) -> anyhow::Result<()> {
     let Some(channel) = server.keeper_channel.as_ref() else {
         return Ok(());
     };
-    let serving = format!("SERVING {} {holder}", std::process::id());
+    let serving = format!("SERVING {} {}", std::process::id(), joined.holder);
     transport::send(channel.as_fd(), serving.as_bytes(), &[])?;
+    if let Some(reply) = &joined.reply {
+        let (restarts, recovery_us) = await_grant(reply)?;
+        server.keeper.restarts = restarts;
+        server.keeper.last_recovery_us = recovery_us;
+    }
     server.watch_keeper();
     Ok(())
+}
+
+/// Waits for the keeper's answer to SERVING: the keeper's restart count and last recovery
+/// time if granted, [`Refused`] if refused.
+fn await_grant(reply: &OwnedFd) -> anyhow::Result<(u32, u64)> {
+    let deadline = Instant::now() + GRANT_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("The keeper did not answer SERVING");
+        }
+        let mut pfd = [rustix::event::PollFd::new(
+            reply,
+            rustix::event::PollFlags::IN,
+        )];
+        let t = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut pfd, Some(&t)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if pfd[0].revents().is_empty() {
+            continue;
+        }
+        match transport::recv(reply.as_fd(), false)? {
+            Recv::Message(m) => {
+                let text = String::from_utf8_lossy(&m.bytes).into_owned();
+                let w: Vec<&str> = text.split(' ').collect();
+                match w.as_slice() {
+                    ["GRANTED", restarts, recovery_us] => {
+                        if let (Ok(r), Ok(us)) = (restarts.parse(), recovery_us.parse()) {
+                            return Ok((r, us));
+                        }
+                    }
+                    ["REFUSED"] => return Err(Refused.into()),
+                    _ => {}
+                }
+                bail!("The keeper answered SERVING with {text:?}");
+            }
+            Recv::WouldBlock => continue,
+            Recv::Closed => bail!("The keeper is gone"),
+        }
+    }
 }

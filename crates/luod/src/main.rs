@@ -13,6 +13,7 @@ mod handover;
 mod journal;
 mod keeper;
 mod listener;
+mod metrics;
 mod migrate;
 mod recover;
 mod server;
@@ -44,8 +45,8 @@ struct Args {
     #[arg(long, env = "LUOD_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// TOML config file (keys: socket, socket_mode, [limits] sessions/files/bytes/fds/
-    /// fd_reserve).
+    /// TOML config file (keys: socket, socket_mode, metrics, [limits] sessions/files/bytes/
+    /// fds/fd_reserve).
     #[arg(long, env = "LUOD_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
 
@@ -75,6 +76,13 @@ struct Args {
     /// luod's descriptor limit less 64).
     #[arg(long, value_name = "N")]
     fd_reserve: Option<u64>,
+
+    /// Serve Prometheus metrics on GET /metrics at ADDR: a loopback TCP address
+    /// (127.0.0.1:9464, [::1]:9464, localhost:9464) or a Unix socket (unix:/PATH, with the
+    /// socket's mode). Off by default; any other address is refused. The endpoint survives
+    /// upgrades and server restarts; see docs/operations.md, "Metrics".
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 
     /// Park every preserved descriptor and luod's state in systemd's file descriptor store, so
     /// that a restart of the whole service (`systemctl restart luod`) loses nothing. On by
@@ -153,6 +161,11 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(args, handed) {
+        if e.downcast_ref::<keeper::Refused>().is_some() {
+            // Another server serves; this one answered nobody and leaves quietly.
+            info!("{e}");
+            std::process::exit(keeper::EXIT_REFUSED);
+        }
         eprintln!("luod: {e:#}");
         std::process::exit(1);
     }
@@ -170,17 +183,19 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
             Ok(())
         })?;
         handover::wait_go(&inherited.channel)?;
+        failpoint::after_go();
+        drop(inherited.channel);
         let mut server = inherited.server;
         if let Some(holder) = holder {
             keeper::serving(&mut server, holder)?;
         }
-        drop(inherited.channel);
         info!(
             generation = server.engine.generation(),
             sessions = server.engine.sessions().len(),
             clients = server.conns.len(),
             "took over"
         );
+        server.metrics_took_over();
         return serve(server);
     }
     if let Some(numbers) = &args.recover {
@@ -189,25 +204,37 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
             .split_once(',')
             .and_then(|(s, j)| Some((s.parse().ok()?, j.parse().ok()?)))
             .context("--recover takes STATE,JOURNAL")?;
-        let (mut server, recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
+        let (mut server, mut recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
         server.systemd.assume_stored();
         failpoint::recovery_start();
-        become_durable(&mut server, recovery.next_seq, &args.log)?;
+        let rebuilt = t0.elapsed();
+        make_durable(&mut server, recovery.next_seq)?;
+        let durable = t0.elapsed();
+        keeper::join(&mut server, &args.log)?;
+        handover::send_again(&mut server, std::mem::take(&mut recovery.replies));
         info!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
+            rebuild_ms = rebuilt.as_secs_f64() * 1e3,
+            checkpoint_ms = (durable - rebuilt).as_secs_f64() * 1e3,
+            grant_ms = (t0.elapsed() - durable).as_secs_f64() * 1e3,
             records = recovery.records,
             replies_sent_again = recovery.resent,
             sessions = server.engine.sessions().len(),
             clients = server.conns.len(),
             "recovered the state of the server that died"
         );
+        server.metrics_recovered(t0);
         return serve(server);
     }
     if let Some(spec) = &args.keeper_resume {
         return keeper::resume(spec, signal_pipe()?);
     }
     let Some(serve_fd) = args.serve else {
-        // The process started by hand or by a service manager: the keeper.
+        // The process started by hand or by a service manager: the keeper. A metrics address
+        // that would be refused is refused here, before any server starts.
+        if let Some(addr) = &args.metrics {
+            metrics::Addr::parse(addr)?;
+        }
         let server_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         return keeper::keep(server_args, signal_pipe()?, handed);
     };
@@ -216,8 +243,9 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
         // before this process opens anything, as a recovery.
         let t0 = std::time::Instant::now();
         let channel = handover::adopt_inherited(serve_fd)?;
-        let (mut server, recovery) = systemd::restore(handed, channel, fd_limit, signal_pipe)?;
+        let (mut server, mut recovery) = systemd::restore(handed, channel, fd_limit, signal_pipe)?;
         become_durable(&mut server, recovery.next_seq, &args.log)?;
+        handover::send_again(&mut server, std::mem::take(&mut recovery.replies));
         info!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
             records = recovery.records,
@@ -246,6 +274,12 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
         files: args.max_files.or(file.limits.files),
         bytes: args.max_bytes.or(file.limits.bytes),
     };
+    let metrics = args
+        .metrics
+        .as_deref()
+        .or(file.metrics.as_deref())
+        .map(metrics::Addr::parse)
+        .transpose()?;
     let signals = signal_pipe()?;
     let binary = std::env::current_exe().context("Cannot find luod's own binary")?;
     let (listener, lock) = match activated {
@@ -268,6 +302,14 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
     };
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
     server.keeper_channel = Some(handover::adopt_inherited(serve_fd)?);
+    if let Some(addr) = metrics {
+        let listener = metrics::bind(&addr, mode)?;
+        metrics::attach(
+            &mut server,
+            metrics::Metrics::new(addr.to_string(), listener)?,
+        )?;
+        info!(metrics = %addr, "serving metrics on GET /metrics");
+    }
     become_durable(&mut server, 1, &args.log)?;
     info!(socket = %socket.display(), fd_limit, "luod serving");
     serve(server)

@@ -63,6 +63,8 @@ struct Model {
     listener: Option<Fd>,
     lock: Option<Fd>,
     keeper: Option<Fd>,
+    /// The metrics listener and counters, and the address (see [`crate::metrics::Record`]).
+    metrics: Option<(Fd, Fd, String)>,
     conns: BTreeMap<i32, ConnRec>,
     journal_from: u64,
     pending: BTreeMap<i32, Pending>,
@@ -149,6 +151,14 @@ fn model_of(image: &Image<'_>) -> anyhow::Result<Model> {
     m.listener = Some(fd_at(Some(d.listener))?);
     m.lock = Some(fd_at(Some(d.lock))?);
     m.keeper = d.keeper.map(|k| fd_at(Some(k))).transpose()?;
+    m.metrics = match &d.metrics {
+        Some(r) => Some((
+            fd_at(Some(r.listener))?,
+            fd_at(Some(r.counters))?,
+            r.addr.clone(),
+        )),
+        None => None,
+    };
     m.journal_from = d.journal_from;
     for c in &d.conns {
         let (fd, _) = fd_at(Some(c.index))?;
@@ -276,6 +286,14 @@ fn write(m: &Model) -> anyhow::Result<Vec<u8>> {
     let listener = add(&mut w, listener.0, listener.1);
     let lock = add(&mut w, lock.0, lock.1);
     let keeper = m.keeper.map(|(fd, mode)| add(&mut w, fd, mode));
+    let metrics = m
+        .metrics
+        .as_ref()
+        .map(|(l, c, addr)| crate::metrics::Record {
+            listener: add(&mut w, l.0, l.1),
+            counters: add(&mut w, c.0, c.1),
+            addr: addr.clone(),
+        });
     let mut conns = Vec::with_capacity(m.conns.len());
     for c in m.conns.values() {
         let index = add(&mut w, c.fd, luo_abi::image::S_IFSOCK);
@@ -306,6 +324,7 @@ fn write(m: &Model) -> anyhow::Result<Vec<u8>> {
         keeper,
         journal_from: m.journal_from,
         conns,
+        metrics,
         ..daemon.clone()
     }
     .write(&mut w)?;
@@ -356,6 +375,7 @@ mod tests {
             keeper: None,
             journal_from,
             conns: Vec::new(),
+            metrics: None,
         }
         .write(&mut w)
         .unwrap();

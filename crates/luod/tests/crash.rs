@@ -79,8 +79,6 @@ fn assert_clean(test: &str, r: &Report) {
 }
 
 #[test]
-#[ignore = "timing-sensitive on a loaded machine (fewer than 12 kills in its time budget, and a \
-            no-kill run after it once lost records): run with --include-ignored; issue 10"]
 fn crash_kills_lose_nothing_and_answer_every_request_once() {
     let test = "crash_kills_lose_nothing_and_answer_every_request_once";
     let Some(r) = harness(test, |_| {}) else {

@@ -214,6 +214,113 @@ fn the_old_server_killed_right_after_ready_leaves_luod_serving_and_the_upgrade_d
     assert_eq!(read_all(&s.retrieve(9).unwrap()), pattern(9, 8192));
 }
 
+/// The live children of `parent` (the keeper's: servers and holders).
+fn live_children(parent: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 1 && f[1] == parent.to_string() && f[0] != "Z" && f[0] != "X" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_old_server_killed_right_after_go_leaves_exactly_one_server() {
+    // The old server dies just after GO: its successor holds the state, and the keeper may
+    // start a server from the dead one's holder too. The keeper grants one of them; the other
+    // answers nobody and goes. Without a delay the successor usually says SERVING before the
+    // keeper sees the death; with one, the keeper starts a server from the holder first.
+    one_server_after_go(&luod_with_failpoints("keeper-go"));
+    let late = Luod::start_under(
+        "keeper-go-late",
+        &["env", "LUOD_FAILPOINTS=1", "LUOD_FAILPOINT_GO_DELAY_MS=400"],
+        &[],
+    );
+    one_server_after_go(&late);
+    // The successor came second every time: the keeper refused it.
+    let log = late.log_text();
+    assert_eq!(
+        log.matches("refusing a server").count(),
+        4,
+        "the late successors were not refused:\n{log}"
+    );
+}
+
+fn one_server_after_go(luod: &Luod) {
+    let dev = luod.device();
+    let s = dev.create_session("go").unwrap();
+    s.preserve(memfd_with("g", &pattern(4, 20_000)).as_fd(), 4)
+        .unwrap();
+    let ctl = luod.control();
+    let keeper = luod.status().keeper_pid;
+    for round in 1..=4u64 {
+        ctl.failpoint("upgrade-go", 1).expect("arm");
+        ctl.upgrade(None).expect("the upgrade is answered");
+        // Let the loser go: a refused successor exits at once, a killed recovery likewise.
+        // Settled: the keeper's live children are the server STATUS names and one holder,
+        // twice in a row 300 ms apart.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let settled = || {
+            let pid = luod.status().pid as i32;
+            let kids = live_children(keeper);
+            (kids.len() == 2 && kids.contains(&pid), kids)
+        };
+        let mut kids;
+        loop {
+            let (first, _) = settled();
+            std::thread::sleep(Duration::from_millis(300));
+            let (second, now) = settled();
+            kids = now;
+            if (first && second) || Instant::now() > deadline {
+                break;
+            }
+        }
+        assert_eq!(
+            kids.len(),
+            2,
+            "round {round}: the keeper's live children should be one server and its holder: \
+             {kids:?}\n{}",
+            luod.log_text()
+        );
+        // Every new connection reaches the one server, which holds the session and serves
+        // the session's own connection too.
+        let pid = luod.status().pid;
+        for _ in 0..20 {
+            let st = luod.status();
+            assert_eq!((st.pid, st.files), (pid, 1), "round {round}");
+        }
+        assert!(
+            kids.contains(&(pid as i32)),
+            "round {round}: {pid} {kids:?}"
+        );
+        assert!(luod.status().restarts <= round as u32, "round {round}");
+        ctl.ping().expect("the requester's connection survived");
+    }
+    s.preserve(memfd_with("h", &pattern(6, 7000)).as_fd(), 6)
+        .unwrap();
+    s.handoff().unwrap();
+    drop(s);
+    drop(dev);
+    let r = luod.device().retrieve_session("go").unwrap();
+    assert_eq!(read_all(&r.retrieve(4).unwrap()), pattern(4, 20_000));
+    assert_eq!(read_all(&r.retrieve(6).unwrap()), pattern(6, 7000));
+}
+
 #[test]
 fn a_request_the_server_dies_in_is_applied_once_and_answered_once() {
     let luod = luod_with_failpoints("keeper-once");

@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow, bail, ensure};
 use luo_abi::image::{Image, MAX_IMAGE_LEN, S_IFMT};
 use luo_client::transport::{self, Recv};
 use luo_core::Engine;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::records::DaemonState;
 use crate::conn::Kind;
@@ -217,6 +217,10 @@ pub(crate) fn build_successor(
     let listener = take(state.listener)?;
     let lock = take(state.lock)?;
     let keeper = state.keeper.map(&mut take).transpose()?;
+    let metrics = match &state.metrics {
+        Some(r) => Some((take(r.listener)?, take(r.counters)?, r.addr.clone())),
+        None => None,
+    };
     let mut conns = Vec::with_capacity(state.conns.len());
     for c in &state.conns {
         conns.push((take(c.index)?, c));
@@ -233,6 +237,9 @@ pub(crate) fn build_successor(
     server.upgrades = state.upgrades;
     server.last_upgrade = state.last_upgrade;
     server.keeper_channel = keeper;
+    if let Some((listener, counters, addr)) = metrics {
+        crate::metrics::adopt(&mut server, listener, counters, addr)?;
+    }
     for (fd, c) in conns {
         let kind = match c.kind {
             0 => Kind::Control,
@@ -262,12 +269,15 @@ pub struct Recovery {
     pub resent: usize,
     /// The sequence number the journal continues from.
     pub next_seq: u64,
+    /// The replies to send again, once the keeper grants this server.
+    pub replies: Vec<Resend>,
 }
 
 /// A server started by the holder of one that died: reads the checkpoint and the journal the
 /// dead server left at `state_raw` and `journal_raw` (this process inherited its whole
 /// descriptor table), rebuilds its state, adopts every descriptor that state names and closes
-/// the rest, and sends again every reply the journal holds whose request is still unread.
+/// the rest, and finds every reply the journal holds whose request is still unread, for
+/// [`send_again`].
 /// Runs before this process opens anything; `signals` opens the signal pipe once the table is
 /// clean.
 pub fn recover(
@@ -289,10 +299,13 @@ pub fn recover(
             BorrowedFd::borrow_raw(journal_raw),
         )
     };
+    let t0 = Instant::now();
     let checkpoint = read_memfd(state).context("Reading the checkpoint")?;
     let records = crate::journal::read_all(journal).context("Reading the journal")?;
+    let t_read = t0.elapsed();
     let rebuilt = crate::recover::rebuild(&checkpoint, &records)?;
     let parsed = Image::parse(&rebuilt.image).map_err(|e| anyhow!("Recovered image: {e}"))?;
+    let t_rebuild = t0.elapsed();
     // A reply is sent again only if its request is still the first unread message of its
     // connection; its descriptors are then still open (they are closed only after it left).
     let mut resend = Vec::new();
@@ -306,9 +319,21 @@ pub fn recover(
         }
     }
     let (mut fds, stats) = adopt_fds(&keep, &parsed)?;
+    let t_adopt = t0.elapsed();
     let signals = signals()?;
-    let mut server = build_successor(&parsed, &mut fds, &stats, signals, fd_limit)?;
+    let server = build_successor(&parsed, &mut fds, &stats, signals, fd_limit)?;
+    let t_build = t0.elapsed();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    debug!(
+        read_ms = ms(t_read),
+        rebuild_ms = ms(t_rebuild - t_read),
+        adopt_ms = ms(t_adopt - t_rebuild),
+        build_ms = ms(t_build - t_adopt),
+        checkpoint_bytes = checkpoint.len(),
+        "recovery: state rebuilt"
+    );
     let resent = resend.len();
+    let mut replies = Vec::with_capacity(resent);
     for p in resend {
         let mut reply_fds = Vec::with_capacity(p.fds.len());
         for &raw in &p.fds {
@@ -320,15 +345,15 @@ pub fn recover(
             .find(|(_, c)| c.fd.as_raw_fd() == p.conn)
             .map(|(&k, _)| k);
         if let Some(key) = key {
-            server.send_reply(
+            replies.push(Resend {
                 key,
-                p.id,
-                crate::server::Reply {
+                id: p.id,
+                reply: crate::server::Reply {
                     errno: p.errno,
                     arg: p.arg,
                     fds: reply_fds,
                 },
-            );
+            });
         }
     }
     Ok((
@@ -337,8 +362,25 @@ pub fn recover(
             records: rebuilt.applied,
             resent,
             next_seq: rebuilt.next_seq,
+            replies,
         },
     ))
+}
+
+/// A journaled reply to send again once this server may answer clients.
+#[derive(Debug)]
+pub struct Resend {
+    key: u64,
+    id: u64,
+    reply: crate::server::Reply,
+}
+
+/// Sends the replies a recovery found to send again. Only once the keeper granted this server
+/// (`keeper::serving`): a server the keeper refuses answers nobody.
+pub fn send_again(server: &mut Server, replies: Vec<Resend>) {
+    for r in replies {
+        server.send_reply(r.key, r.id, r.reply);
+    }
 }
 
 /// True if `raw` is an open descriptor of this process.

@@ -84,6 +84,17 @@ pub(crate) fn daemon_state<'a>(
         Some(k) => Some(add(k.as_fd(), Some(S_IFSOCK))?),
         None => None,
     };
+    let metrics = match &server.metrics {
+        Some(m) => {
+            let [listener, counters] = crate::metrics::image_fds(m);
+            Some(crate::metrics::Record {
+                listener: add(listener, Some(S_IFSOCK))?,
+                counters: add(counters, Some(luo_abi::image::S_IFREG))?,
+                addr: m.addr.clone(),
+            })
+        }
+        None => None,
+    };
     let mut conns = Vec::new();
     if with_conns {
         let mut keys: Vec<&u64> = server.conns.keys().collect();
@@ -123,5 +134,6 @@ pub(crate) fn daemon_state<'a>(
         keeper,
         journal_from: 0,
         conns,
+        metrics,
     })
 }

@@ -54,7 +54,7 @@ mod records;
 mod spawn;
 mod upgrade;
 
-pub use adopt::{Recovery, adopt_inherited, recover, take_over, wait_go};
+pub use adopt::{Recovery, adopt_inherited, recover, send_again, take_over, wait_go};
 pub(crate) use image::daemon_image;
 pub use reboot::{reboot, release_successor};
 pub(crate) use records::{ConnState, DaemonState};

@@ -50,6 +50,8 @@ pub struct DaemonState {
     pub keeper: Option<u32>,
     pub journal_from: u64,
     pub conns: Vec<ConnState>,
+    /// The metrics endpoint and counters (the image's `luod-metrics` part), if any.
+    pub metrics: Option<crate::metrics::Record>,
 }
 
 impl DaemonState {
@@ -93,6 +95,7 @@ impl DaemonState {
             }
             state.journal_from = u64::from_le_bytes(d[8..16].try_into().unwrap_or_default());
         }
+        state.metrics = crate::metrics::Record::read(image)?;
         Ok(state)
     }
 
@@ -159,6 +162,9 @@ impl DaemonState {
         keeper[8..].copy_from_slice(&self.journal_from.to_le_bytes());
         w.add_part(KEEPER_PART, KEEPER_PART_COMPATIBLE, &keeper)
             .map_err(|e| anyhow!("{e}"))?;
+        if let Some(m) = &self.metrics {
+            m.write(w)?;
+        }
         Ok(())
     }
 }
@@ -209,6 +215,7 @@ fn from_v2(p: &DaemonPart<'_>) -> DaemonState {
         keeper: None,
         journal_from: 0,
         conns,
+        metrics: None,
     }
 }
 
@@ -230,6 +237,7 @@ fn from_v1(data: &[u8]) -> anyhow::Result<DaemonState> {
         keeper: None,
         journal_from: 0,
         conns: Vec::new(),
+        metrics: None,
     };
     let index = |v: &str| -> anyhow::Result<u32> { v.parse().context("descriptor index") };
     for line in text.lines() {

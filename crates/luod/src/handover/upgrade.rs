@@ -18,6 +18,8 @@ use crate::server::{Ended, Reply, Server};
 /// Orchestrator upgrade, stop and copy: hand everything, connections included, to `binary`
 /// while this server waits. The last resort of [`begin_upgrade`]'s rounds.
 pub fn upgrade(server: &mut Server, binary: &Path, round: u32) -> anyhow::Result<()> {
+    // Stop and copy: this server serves nothing from here until its successor does.
+    server.metrics_pause();
     let t0 = Instant::now();
     let (image, fds) = upgrade_image(server, round, UPGRADE_STOP_AND_COPY)?;
     let written = t0.elapsed().as_secs_f64() * 1e3;
@@ -183,9 +185,11 @@ pub fn on_successor(server: &mut Server) {
         // The answer first, and the request taken off its socket, so that the successor
         // never reads it; then the successor serves, while this process exits at the lowest
         // priority (closing every descriptor takes time), so as not to take a CPU from it.
+        server.metrics_pause();
         server.send_reply(staging.requester, staging.id, Reply::ok(Vec::new()));
         server.deliver_waiting(Some(staging.requester));
         let _ = transport::send(staging.channel.as_fd(), b"GO", &[]);
+        server.failpoints.pass("upgrade-go");
         let _ = rustix::process::setpriority_process(None, 19);
         server.ended = Some(Ended::HandedOver);
         return;
@@ -263,6 +267,7 @@ pub(crate) fn discard(server: &mut Server, child: Successor, channel: OwnedFd) {
 }
 
 pub(crate) fn refuse(server: &mut Server, requester: u64, id: u64, e: &anyhow::Error) {
+    server.metrics_upgrade_failed();
     warn!(error = %format!("{e:#}"), "upgrade refused; this server keeps running");
     server.send_reply(
         requester,

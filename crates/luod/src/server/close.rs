@@ -16,6 +16,7 @@ impl Server {
             return;
         };
         self.epoch += 1;
+        self.metrics_conn_closed(key);
         let _ = epoll::delete(&self.epoll, &conn.fd);
         self.note_conn_closed(std::os::fd::AsRawFd::as_raw_fd(&conn.fd));
         self.tally

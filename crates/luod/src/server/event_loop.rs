@@ -30,6 +30,7 @@ impl Server {
             events.clear();
             self.reap_zombies();
             crate::listener::resume(self);
+            self.metrics_tick();
             let timeout = self.wait_timeout();
             match epoll::wait(
                 &self.epoll,
@@ -48,6 +49,7 @@ impl Server {
                     KEY_SUCCESSOR => crate::handover::on_successor(self),
                     KEY_MIGRATION => self.on_migrated(),
                     KEY_KEEPER => self.on_keeper(),
+                    k if crate::metrics::owns_key(k) => crate::metrics::on_event(self, k, ev.flags),
                     _ => self.on_conn(key, ev.flags),
                 }
                 // What changed outside a request (a connection accepted or closed, a session
@@ -76,6 +78,7 @@ impl Server {
         let _ = epoll::delete(&self.epoll, &m.done);
         let (key, id) = (m.key, m.id);
         let reply = crate::migrate::finish(self, m);
+        self.metrics_fold_copy();
         if reply.errno == 0 {
             info!(key, "migration done");
         } else {
@@ -173,6 +176,7 @@ impl Server {
         if !crate::systemd::socket_activated() {
             let _ = std::fs::remove_file(&self.settings.socket);
         }
+        self.metrics_shutdown();
     }
 
     /// How long the loop may wait: until a staged upgrade's deadline or the end of the
@@ -193,7 +197,15 @@ impl Server {
             tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
             tv_nsec: i64::from(left.subsec_nanos()),
         });
-        [staging, paused, systemd]
+        let scrapes = self
+            .metrics
+            .as_ref()
+            .and_then(|m| m.time_left(Instant::now()))
+            .map(|left| rustix::event::Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            });
+        [staging, paused, scrapes, systemd]
             .into_iter()
             .flatten()
             .min_by_key(|t| (t.tv_sec, t.tv_nsec))

@@ -154,6 +154,8 @@ pub struct Server {
     pub(crate) rx: Vec<u8>,
     /// The buffer replies are framed in, reused unless a reply has to wait in an outbox.
     pub(crate) tx: Vec<u8>,
+    /// The metrics endpoint and counters (`--metrics`), if any (see [`crate::metrics`]).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Server {
@@ -229,6 +231,7 @@ impl Server {
             systemd: crate::systemd::Link::from_env(),
             rx: vec![0; wire::MAX_MESSAGE],
             tx: Vec::with_capacity(wire::MAX_MESSAGE),
+            metrics: None,
         })
     }
 
@@ -271,7 +274,14 @@ impl Server {
     /// lock, signal pipe, the listener's spare), one per connection and per descriptor of a
     /// waiting reply, and the engine's.
     pub fn fds_used(&self) -> u64 {
-        FD_FIXED + self.admission.fds() + self.tally.total() + self.engine.fds_held()
+        FD_FIXED
+            + self.admission.fds()
+            + self.tally.total()
+            + self.engine.fds_held()
+            + self
+                .metrics
+                .as_ref()
+                .map_or(0, crate::metrics::Metrics::fds)
     }
 }
 

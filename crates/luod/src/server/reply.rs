@@ -164,6 +164,7 @@ impl Server {
     }
 
     pub fn send_reply(&mut self, key: u64, id: u64, reply: Reply) {
+        self.metrics_reply(key, reply.errno);
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };

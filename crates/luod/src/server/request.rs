@@ -16,11 +16,13 @@ impl Server {
             Ok(v) => v,
             Err(e) => {
                 let e = if msg.truncated { Errno::EMSGSIZE } else { e };
+                self.metrics_request(key, None);
                 self.send_reply(key, 0, Reply::err(e));
                 return;
             }
         };
         let id = hdr.id.get();
+        self.metrics_request(key, Some(hdr.op.get()));
         if msg.truncated || msg.fds_truncated {
             let reply = if msg.truncated {
                 Reply::err(Errno::EMSGSIZE)
@@ -162,6 +164,7 @@ impl Server {
                 let reply = match crate::handover::reboot(self) {
                     Ok(()) => {
                         info!("reboot handed over; cutting every connection and exiting");
+                        self.metrics_hand_over();
                         self.send_reply(key, id, Reply::ok(Vec::new()));
                         self.deliver_waiting(Some(key));
                         // A reboot cuts every connection. Exiting does not close them: this

@@ -162,6 +162,45 @@ impl Notify {
         }
     }
 
+    /// As [`Notify::wait`], failing at once with the service's log if it exits meanwhile.
+    fn wait_serving(
+        &self,
+        from: usize,
+        what: &str,
+        svc: &mut Service,
+        pred: impl Fn(&Msg) -> bool,
+    ) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(i) = self.msgs().iter().skip(from).position(&pred) {
+                return from + i;
+            }
+            if let Some(st) = svc.child.try_wait().unwrap() {
+                panic!("luod exited ({st}) before {what}: {}", svc.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} from luod: {:#?}\n{}",
+                self.msgs(),
+                svc.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until every datagram sent before this call has been read: a marker sent now
+    /// arrives after all of them (a Unix datagram socket keeps their order), as systemd reads
+    /// a dead service's last messages before it acts on its exit.
+    fn sync(&self) {
+        let marker = format!("X-LUOD-TEST-SYNC={}", self.msgs().len());
+        UnixDatagram::unbound()
+            .unwrap()
+            .send_to(marker.as_bytes(), &self.path)
+            .unwrap();
+        self.wait(0, "the sync marker", |m| m.has(&marker));
+        self.msgs.lock().unwrap().retain(|m| !m.has(&marker));
+    }
+
     /// Waits until the store satisfies `pred`.
     fn wait_store(&self, what: &str, pred: impl Fn(&[String]) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -727,6 +766,7 @@ fn a_restart_of_the_whole_service_gets_every_descriptor_back_from_the_store() {
 
     // The whole service dies at once, as a kill of its cgroup.
     svc.kill_all();
+    notify.sync();
     let stored = notify.store();
     let names: HashSet<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
@@ -794,7 +834,9 @@ fn a_restart_of_the_whole_service_gets_every_descriptor_back_from_the_store() {
     // Now as systemd would: the store as it is.
     let from = notify.msgs().len();
     let mut svc = start_with_fds(&stored, &args, &env, &log);
-    let ready = notify.wait(from, "READY=1 after the restart", |m| m.has("READY=1"));
+    let ready = notify.wait_serving(from, "READY=1 after the restart", &mut svc, |m| {
+        m.has("READY=1")
+    });
     wait_serving(&socket, &mut svc);
     assert!(
         svc.log()
@@ -871,6 +913,7 @@ fn a_stop_with_the_store_keeps_every_session_for_the_next_start() {
     notify.wait_store("the journal", |n| n.contains(&journal));
     rustix::process::kill_process(Pid::from_raw(svc.pid()).unwrap(), Signal::TERM).unwrap();
     assert!(svc.wait_exit().success(), "{}", svc.log());
+    notify.sync();
     let last = notify.msgs().last().cloned().unwrap();
     assert!(last.has("STOPPING=1"), "{last:?}");
     assert!(
@@ -883,6 +926,7 @@ fn a_stop_with_the_store_keeps_every_session_for_the_next_start() {
         svc.log()
     );
     svc.kill_all();
+    notify.sync();
 
     // As with luod.socket: the socket unit's socket comes first, under its own name, and the
     // stored listener (the same socket) after it.

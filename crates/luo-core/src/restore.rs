@@ -79,6 +79,8 @@ struct Plan {
     files: Vec<(usize, Option<Identity>)>,
     /// FLB index and state of every FLB entry.
     flbs: Vec<(usize, FlbState)>,
+    /// Every identity `files` holds, checked unique: the engine's set from the start.
+    identities: HashSet<Identity>,
 }
 
 fn plan(
@@ -222,7 +224,11 @@ fn plan(
             });
         }
     }
-    Ok(Plan { files, flbs })
+    Ok(Plan {
+        files,
+        flbs,
+        identities,
+    })
 }
 
 fn build(
@@ -234,6 +240,7 @@ fn build(
 ) -> Engine {
     let mut engine = Engine::new(registry);
     engine.generation = image.generation();
+    engine.identities = plan.identities;
     let mut planned = plan.files.into_iter();
     let mut max_seq = 0;
     for view in image.sessions() {
@@ -254,7 +261,13 @@ fn build(
             let slot = file.fd_index.map_or(usize::MAX, |i| i as usize);
             let fd = fds.get_mut(slot).and_then(Option::take);
             let st = stats.get(slot).and_then(Option::as_ref);
-            let (Some((h, identity)), Some(fd)) = (p, fd) else {
+            let Some((h, identity)) = p else {
+                continue;
+            };
+            let Some(fd) = fd else {
+                if let Some(id) = identity {
+                    engine.identities.remove(&id);
+                }
                 continue;
             };
             let status = RetrieveStatus::from_raw(file.status);
@@ -267,9 +280,6 @@ fn build(
             let mode = st.map_or(0, |st| st.st_mode & S_IFMT);
             let bytes = engine.registry.handlers[h].record_bytes(file.record);
             held += 1 + u64::from(retrieved.is_some());
-            if let Some(id) = identity {
-                engine.identities.insert(id);
-            }
             session.insert_file(File {
                 handler: h,
                 data: FileData {

@@ -3,6 +3,8 @@
 //! Everything else in the workspace goes through rustix and forbids `unsafe`; this crate is
 //! the exception, and each `unsafe` block in it says why it is sound.
 //!
+//! - [`heap`]: glibc's allocator told to keep freed memory ([`heap::keep_freed_memory`]), so
+//!   that a server starting from an image does not fault in every buffer afresh.
 //! - [`holder`]: [`holder::Holder`], a process that shares the server's descriptor table
 //!   (`clone(CLONE_FILES)` without exec) so that the table survives the server's death, and
 //!   starts a new server from it when the keeper says so ([`holder::HolderControl`]), every
@@ -30,6 +32,7 @@
 // Raw clone, getsockopt, setsockopt: every unsafe block says why it is sound.
 #![allow(unsafe_code)]
 
+pub mod heap;
 pub mod holder;
 pub mod mmap;
 pub mod sockopt;

@@ -138,6 +138,9 @@ fn signal_pipe() -> anyhow::Result<OwnedFd> {
 }
 
 fn main() {
+    // Before any thread: megabyte buffers come from the heap and freed ones stay there (a
+    // recovery or a successor then reuses pages it already touched; `luo_sys::heap`).
+    luo_sys::heap::keep_freed_memory();
     let args = Args::parse();
     // What systemd (or the keeper) put in the environment is read and cleared before any
     // thread exists.

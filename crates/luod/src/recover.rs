@@ -8,7 +8,7 @@
 //! closes anything, so a number the journal shows closed and later reused for another file
 //! names that file in the result, as it does in the table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use luo_abi::image::{Image, ImageWriter, NO_FD, SESSION_INCOMING, SessionSpec};
@@ -72,8 +72,11 @@ struct Model {
 
 /// Applies `journal` (its records from the checkpoint's `journal_from` on) to `checkpoint`.
 pub fn rebuild(checkpoint: &[u8], journal: &[(u64, Delta)]) -> anyhow::Result<Rebuilt> {
+    let t0 = std::time::Instant::now();
     let image = Image::parse(checkpoint).map_err(|e| anyhow!("Invalid checkpoint image: {e}"))?;
+    let t_parse = t0.elapsed();
     let mut m = model_of(&image)?;
+    let t_model = t0.elapsed();
     let mut next_seq = m.journal_from;
     let mut applied = 0;
     for (seq, delta) in journal {
@@ -88,7 +91,16 @@ pub fn rebuild(checkpoint: &[u8], journal: &[(u64, Delta)]) -> anyhow::Result<Re
         next_seq = seq + 1;
         applied += 1;
     }
+    let t_apply = t0.elapsed();
     let image = write(&m)?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    tracing::debug!(
+        parse_ms = ms(t_parse),
+        model_ms = ms(t_model - t_parse),
+        apply_ms = ms(t_apply - t_model),
+        write_ms = ms(t0.elapsed() - t_apply),
+        "recovery: checkpoint and journal merged"
+    );
     Ok(Rebuilt {
         image,
         pending: m.pending.into_values().collect(),
@@ -160,18 +172,19 @@ fn model_of(image: &Image<'_>) -> anyhow::Result<Model> {
         None => None,
     };
     m.journal_from = d.journal_from;
+    // A session connection names its session by owner, direction and name: looked up through
+    // an index, as thousands of connections may each hold one of thousands of sessions.
+    let by_name: HashMap<(u32, bool, &[u8]), u64> = m
+        .sessions
+        .iter()
+        .map(|(&seq, s)| ((s.owner, s.flags & SESSION_INCOMING != 0, &s.name[..]), seq))
+        .collect();
     for c in &d.conns {
         let (fd, _) = fd_at(Some(c.index))?;
         let session = if c.kind == 2 {
-            *m.sessions
-                .iter()
-                .find(|(_, s)| {
-                    s.owner == c.cred.uid
-                        && s.name == c.name
-                        && (s.flags & SESSION_INCOMING != 0) == c.incoming
-                })
+            *by_name
+                .get(&(c.cred.uid, c.incoming, &c.name[..]))
                 .context("A connection's session is not in the checkpoint")?
-                .0
         } else {
             u64::MAX
         };

@@ -119,42 +119,77 @@ type AdoptedFds = (Vec<Option<OwnedFd>>, Vec<Option<rustix::fs::Stat>>);
 fn adopt_fds(keep: &[i32], parsed: &Image<'_>) -> anyhow::Result<AdoptedFds> {
     // Everything this process inherited becomes close-on-exec at once.
     close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)?;
-    let mut keep = keep.to_vec();
-    let mut fds = Vec::with_capacity(parsed.fds().len());
-    let mut stats = Vec::with_capacity(parsed.fds().len());
-    for (i, entry) in parsed.fds().iter().enumerate() {
+    let table = parsed.fds();
+    let mut numbers = Vec::with_capacity(table.len());
+    for (i, entry) in table.iter().enumerate() {
         let raw = entry.fd.get();
         ensure!(raw > 2, "Descriptor {raw} (slot {i}) cannot be inherited");
-        let fd = {
-            // SAFETY: fstat only reads the descriptor table entry; a closed number gives EBADF.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
-            let st = rustix::fs::fstat(borrowed)
-                .with_context(|| format!("Descriptor {raw} (slot {i}) is not open"))?;
-            let mode = st.st_mode & S_IFMT;
-            ensure!(
-                mode == entry.mode_type.get(),
-                "Descriptor {raw} (slot {i}) has file type {mode:o}, the image says {:o}",
-                entry.mode_type.get()
-            );
-            keep.push(raw);
-            stats.push(Some(st));
-            raw
-        };
-        fds.push(fd);
+        numbers.push(raw);
     }
+    let mut keep: Vec<i32> = keep
+        .iter()
+        .copied()
+        .chain(numbers.iter().copied())
+        .collect();
     keep.sort_unstable();
     if let Some(w) = keep.windows(2).find(|w| w[0] == w[1]) {
         bail!("Descriptor {} is listed twice", w[0]);
+    }
+    let stats = stat_all(&numbers)?;
+    for (i, (entry, st)) in table.iter().zip(&stats).enumerate() {
+        let mode = st.st_mode & S_IFMT;
+        ensure!(
+            mode == entry.mode_type.get(),
+            "Descriptor {} (slot {i}) has file type {mode:o}, the image says {:o}",
+            entry.fd.get(),
+            entry.mode_type.get()
+        );
     }
     close_strays(&keep)?;
     // SAFETY: every number was checked open above, is listed once (no duplicates, and neither
     // the channel nor the image), and this process has opened nothing since it started, so no
     // other owner exists; from here each is owned by exactly one OwnedFd.
-    let fds = fds
+    let fds = numbers
         .into_iter()
         .map(|raw| Some(unsafe { OwnedFd::from_raw_fd(raw) }))
         .collect();
-    Ok((fds, stats))
+    Ok((fds, stats.into_iter().map(Some).collect()))
+}
+
+/// Tables this long are checked by two threads: one `fstat` per descriptor is most of an
+/// adoption's time when thousands are inherited.
+const PARALLEL_STAT: usize = 4096;
+
+/// `fstat` of every number, in order; an error names the first that is not open.
+fn stat_all(numbers: &[i32]) -> anyhow::Result<Vec<rustix::fs::Stat>> {
+    fn stat_run(run: &[i32]) -> Result<Vec<rustix::fs::Stat>, i32> {
+        run.iter()
+            .map(|&raw| {
+                // SAFETY: fstat only reads the descriptor table entry; a number that is not
+                // open gives EBADF. The borrow ends with the call, and nothing in this process
+                // closes or reuses numbers while it adopts.
+                let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+                rustix::fs::fstat(fd).map_err(|_| raw)
+            })
+            .collect()
+    }
+    let not_open = |raw: i32| {
+        let slot = numbers.iter().position(|&n| n == raw).unwrap_or(0);
+        anyhow!("Descriptor {raw} (slot {slot}) is not open")
+    };
+    if numbers.len() < PARALLEL_STAT {
+        return stat_run(numbers).map_err(not_open);
+    }
+    let (first, second) = numbers.split_at(numbers.len() / 2);
+    let (a, b) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| stat_run(second));
+        let a = stat_run(first);
+        (a, other.join())
+    });
+    let b = b.map_err(|_| anyhow!("The thread checking descriptors panicked"))?;
+    let mut all = a.map_err(not_open)?;
+    all.extend(b.map_err(not_open)?);
+    Ok(all)
 }
 
 pub(crate) const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
@@ -254,7 +289,8 @@ pub(crate) fn build_successor(
             3 => Kind::Detached,
             other => bail!("Unknown connection kind {other}"),
         };
-        rustix::io::ioctl_fionbio(&fd, true)?;
+        // Already non-blocking: luod makes every connection so when it accepts or creates it,
+        // and the flag belongs to the open file description, which crossed the exec.
         server.add_conn(fd, kind, c.cred)?;
     }
     Ok(server)
@@ -300,10 +336,11 @@ pub fn recover(
         )
     };
     let t0 = Instant::now();
-    let checkpoint = read_memfd(state).context("Reading the checkpoint")?;
+    let mapped = map_memfd(state).context("Reading the checkpoint")?;
+    let checkpoint = mapped.as_slice();
     let records = crate::journal::read_all(journal).context("Reading the journal")?;
     let t_read = t0.elapsed();
-    let rebuilt = crate::recover::rebuild(&checkpoint, &records)?;
+    let rebuilt = crate::recover::rebuild(checkpoint, &records)?;
     let parsed = Image::parse(&rebuilt.image).map_err(|e| anyhow!("Recovered image: {e}"))?;
     let t_rebuild = t0.elapsed();
     // A reply is sent again only if its request is still the first unread message of its
@@ -394,21 +431,23 @@ fn is_open(raw: i32) -> bool {
     rustix::io::fcntl_getfd(fd).is_ok()
 }
 
-/// The whole content of a memfd.
-fn read_memfd(fd: BorrowedFd<'_>) -> anyhow::Result<Vec<u8>> {
+/// The whole content of the dead server's checkpoint, mapped: its pages are already in memory,
+/// and a copy would fault in as many fresh ones. Nothing writes the file any more (its server
+/// is dead, the holder only holds it, this server writes a checkpoint of its own), so the
+/// mapping's contents do not change while it is read.
+fn map_memfd(fd: BorrowedFd<'_>) -> anyhow::Result<luo_sys::mmap::SharedMap> {
     let size = rustix::fs::fstat(fd)?.st_size as u64;
     ensure!(
         size <= MAX_IMAGE_LEN,
         "{size} bytes is over the image limit"
     );
-    let mut bytes = vec![0u8; size as usize];
-    let mut done = 0;
-    while done < bytes.len() {
-        let n = rustix::io::pread(fd, &mut bytes[done..], done as u64)?;
-        ensure!(n > 0, "shorter than its size");
-        done += n;
-    }
-    Ok(bytes)
+    ensure!(size > 0, "it is empty");
+    Ok(luo_sys::mmap::SharedMap::new(
+        fd,
+        size as usize,
+        false,
+        true,
+    )?)
 }
 
 /// The request id of the first unread message on the connection at `raw`, if any. Peeks

@@ -5,6 +5,8 @@
 //!
 //! - [`heap`]: glibc's allocator told to keep freed memory ([`heap::keep_freed_memory`]), so
 //!   that a server starting from an image does not fault in every buffer afresh.
+//! - [`liveupdate`]: the kernel's `/dev/liveupdate` ([`liveupdate::Device`]) and its session
+//!   descriptors ([`liveupdate::Session`]), through the real ioctls.
 //! - [`holder`]: [`holder::Holder`], a process that shares the server's descriptor table
 //!   (`clone(CLONE_FILES)` without exec) so that the table survives the server's death, and
 //!   starts a new server from it when the keeper says so ([`holder::HolderControl`]), every
@@ -34,5 +36,6 @@
 
 pub mod heap;
 pub mod holder;
+pub mod liveupdate;
 pub mod mmap;
 pub mod sockopt;

@@ -2,8 +2,8 @@
 //! `docs/vm.md`). They run inside the guest, against the kernel's real `/dev/liveupdate`, one
 //! stage per boot; the harness's init script picks the stage from the kernel command line.
 //!
-//! - [`dev`]: [`dev::Device`] and [`dev::Session`], the kernel's ioctls through luo-abi's
-//!   structs.
+//! The kernel's ioctls go through `luo_sys::liveupdate` (luo-abi's structs), the module luod's
+//! own kernel backend uses.
 //! - [`memfd_kexec`]: the `memfd-kexec` scenario.
 //!
 //! Every check prints one `luo-vmtest: ok ...` line; the last line is `luo-vmtest: PASS` or
@@ -16,7 +16,6 @@
 //! ```
 #![deny(unsafe_code)]
 
-mod dev;
 mod memfd_kexec;
 
 use std::io::Write;

@@ -19,7 +19,7 @@ use luo_sys::mmap::SharedMap;
 use rustix::fs::{MemfdFlags, SealFlags, SeekFrom};
 use rustix::io::Errno;
 
-use crate::dev::{Device, Session};
+use luo_sys::liveupdate::{Device, Session};
 use crate::{Error, Report};
 
 /// The session both stages name.

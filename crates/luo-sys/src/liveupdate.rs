@@ -57,7 +57,13 @@ pub struct Device {
 impl Device {
     /// Opens the device, read-write and close-on-exec.
     pub fn open() -> Result<Device> {
-        let fd = rustix::fs::open(DEVICE, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+        Device::open_at(DEVICE)
+    }
+
+    /// Opens the device at `path` (a kernel's `/dev/liveupdate`, or a node made for it).
+    /// `EBUSY`: another open description of it exists (the kernel allows one).
+    pub fn open_at(path: impl AsRef<std::path::Path>) -> Result<Device> {
+        let fd = rustix::fs::open(path.as_ref(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
         Ok(Device { fd })
     }
 
@@ -82,6 +88,12 @@ impl Device {
 #[derive(Debug)]
 pub struct Session {
     fd: OwnedFd,
+}
+
+impl AsFd for Session {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl Session {

@@ -30,6 +30,7 @@ errnos! {
     ENOENT = 2, "No such session, token, handler or file.";
     EIO = 5, "Input/output error (the kernel's answer when incoming state could not be read).";
     E2BIG = 7, "A request struct larger than known with a non-zero tail.";
+    ENOEXEC = 8, "No kernel is loaded for kexec (luod's kernel backend).";
     EBADF = 9, "Not an open file descriptor.";
     EAGAIN = 11, "Try again.";
     ENOMEM = 12, "Out of memory.";

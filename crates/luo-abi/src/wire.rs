@@ -48,7 +48,7 @@ use crate::Errno;
 /// descriptor budget; 5 added the keeper's fields of [`StatusReply`] and FAILPOINT, and
 /// requires a request's id to differ from the previous request's on the same connection
 /// (exactly-once delivery, `docs/protocol.md`).
-pub const WIRE_VERSION: u32 = 5;
+pub const WIRE_VERSION: u32 = 6;
 /// Largest message, header included.
 pub const MAX_MESSAGE: usize = 4096;
 /// Most descriptors attached to one message (the kernel's `SCM_MAX_FD`).
@@ -120,6 +120,11 @@ pub enum Op {
     /// Refused with `EPERM` unless luod was started with `LUOD_FAILPOINTS=1`, and for every
     /// uid but root and luod's own. Wire version 5.
     Failpoint = NATIVE_BASE + 10,
+    /// Host kernel live update through the kernel's `/dev/liveupdate`: check which preserved
+    /// files can cross a kexec, or forward every session into kernel sessions (and kexec), or
+    /// cancel a forward. Argument [`KexecRequest`], reply [`KexecReply`] then one
+    /// [`KexecEntry`] per file that cannot cross. Root and luod's own uid only. Wire version 6.
+    Kexec = NATIVE_BASE + 11,
 }
 
 impl Op {
@@ -136,6 +141,7 @@ impl Op {
             8 => Op::ReplaceFd,
             9 => Op::Migrate,
             10 => Op::Failpoint,
+            11 => Op::Kexec,
             _ => return None,
         })
     }
@@ -330,6 +336,95 @@ pub struct FailpointRequest {
     /// Which pass kills the server (1: the next one); 0 disarms.
     pub hit: U32,
 }
+
+/// [`KexecRequest::flags`]: only report which files can cross; change nothing.
+pub const KEXEC_CHECK: u32 = 1 << 0;
+/// [`KexecRequest::flags`]: forward even if some files cannot cross; they are lost.
+pub const KEXEC_DROP_UNPRESERVABLE: u32 = 1 << 1;
+/// [`KexecRequest::flags`]: forward, but leave the kexec to the caller (`kexec -e`,
+/// `systemctl kexec`); luod stays frozen until then or until a cancel.
+pub const KEXEC_NO_EXEC: u32 = 1 << 2;
+/// [`KexecRequest::flags`]: undo a forward made with [`KEXEC_NO_EXEC`]: the kernel sessions are
+/// closed (unpreserved) and the sessions thawed.
+pub const KEXEC_CANCEL: u32 = 1 << 3;
+/// Every [`KexecRequest::flags`] bit; any other is `EINVAL`.
+pub const KEXEC_FLAGS: u32 = KEXEC_CHECK | KEXEC_DROP_UNPRESERVABLE | KEXEC_NO_EXEC | KEXEC_CANCEL;
+
+/// Argument of [`Op::Kexec`].
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct KexecRequest {
+    /// `KEXEC_*` bits.
+    pub flags: U32,
+    /// Zero.
+    pub reserved: U32,
+}
+const _: () = assert!(core::mem::size_of::<KexecRequest>() == 8);
+
+/// [`KexecReply::state`]: nothing is forwarded.
+pub const KEXEC_STATE_IDLE: u32 = 0;
+/// [`KexecReply::state`]: every session is in kernel sessions; luod waits for the kexec.
+pub const KEXEC_STATE_FORWARDED: u32 = 1;
+
+/// Reply to [`Op::Kexec`], followed by [`KexecReply::listed`] entries.
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct KexecReply {
+    /// Sessions that would cross (outgoing, and incoming not yet retrieved).
+    pub sessions: U64,
+    /// Their files that can cross.
+    pub preservable: U64,
+    /// Bytes of memory those files hold.
+    pub preservable_bytes: U64,
+    /// Their files that cannot cross this kernel's LUO.
+    pub unpreservable: U64,
+    /// `KEXEC_STATE_*` after the request.
+    pub state: U32,
+    /// Entries that follow (at most [`KEXEC_LIST_MAX`]; the rest are only counted).
+    pub listed: U32,
+}
+const _: () = assert!(core::mem::size_of::<KexecReply>() == 40);
+
+/// [`KexecEntry::kind`]: a hugetlb memfd (this kernel's memfd handler takes shmem only).
+pub const KEXEC_KIND_HUGETLB: u32 = 1;
+/// [`KexecEntry::kind`]: a socket.
+pub const KEXEC_KIND_SOCKET: u32 = 2;
+/// [`KexecEntry::kind`]: a pipe or FIFO.
+pub const KEXEC_KIND_PIPE: u32 = 3;
+/// [`KexecEntry::kind`]: an eventfd.
+pub const KEXEC_KIND_EVENTFD: u32 = 4;
+/// [`KexecEntry::kind`]: a PCI device's config file.
+pub const KEXEC_KIND_PCI: u32 = 5;
+/// [`KexecEntry::kind`]: any other file (a regular file, a guest-memory descriptor...).
+pub const KEXEC_KIND_OTHER: u32 = 6;
+
+/// One preserved file that cannot cross a kexec, in a [`KexecReply`].
+///
+/// Changing this struct bumps `WIRE_VERSION`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct KexecEntry {
+    /// The session's namespace (uid).
+    pub owner: U32,
+    /// `KEXEC_KIND_*`.
+    pub kind: U32,
+    /// The file's token.
+    pub token: U64,
+    /// Bytes of memory it holds.
+    pub bytes: U64,
+    /// The session's name, NUL-terminated.
+    pub session: [u8; 64],
+}
+const _: () = assert!(core::mem::size_of::<KexecEntry>() == 88);
+
+/// Most entries in one kexec reply.
+pub const KEXEC_LIST_MAX: usize =
+    (MAX_MESSAGE - core::mem::size_of::<ReplyHeader>() - core::mem::size_of::<KexecReply>())
+        / core::mem::size_of::<KexecEntry>();
 
 /// The length of a [`StatusReply`] of wire version 2 (before the migration and copy fields);
 /// a reader pads a shorter reply with zeros.

@@ -744,6 +744,63 @@ pub struct SessionSummary {
     pub bytes: u64,
 }
 
+/// What to do with the host kernel's live update ([`Control::kexec`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KexecOptions {
+    /// Only report which files can cross; change nothing.
+    pub check: bool,
+    /// Forward even if some files cannot cross (they are lost at the kexec).
+    pub drop_unpreservable: bool,
+    /// Forward, but leave the kexec itself to the caller (`kexec -e`, `systemctl kexec`).
+    pub no_exec: bool,
+    /// Undo a forward made with `no_exec`.
+    pub cancel: bool,
+}
+
+/// A preserved file that cannot cross a kexec of this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unpreservable {
+    /// The session's namespace (uid).
+    pub owner: u32,
+    /// The session's name.
+    pub session: String,
+    /// The file's token.
+    pub token: u64,
+    /// What it is: `hugetlb-memfd`, `socket`, `pipe`, `eventfd`, `pci-config` or `other`.
+    pub kind: &'static str,
+    /// Bytes of memory it holds.
+    pub bytes: u64,
+}
+
+/// luod's answer to [`Control::kexec`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KexecReport {
+    /// Sessions that cross (outgoing, and incoming not yet retrieved).
+    pub sessions: u64,
+    /// Files that can cross.
+    pub preservable: u64,
+    /// Bytes of memory those files hold.
+    pub preservable_bytes: u64,
+    /// Files that cannot cross, in all.
+    pub unpreservable: u64,
+    /// The first of them (a reply lists at most `wire::KEXEC_LIST_MAX`).
+    pub listed: Vec<Unpreservable>,
+    /// luod's sessions are in kernel sessions, waiting for the kexec.
+    pub forwarded: bool,
+}
+
+/// The name a [`wire::KexecEntry::kind`] stands for.
+pub fn kexec_kind_name(kind: u32) -> &'static str {
+    match kind {
+        wire::KEXEC_KIND_HUGETLB => "hugetlb-memfd",
+        wire::KEXEC_KIND_SOCKET => "socket",
+        wire::KEXEC_KIND_PIPE => "pipe",
+        wire::KEXEC_KIND_EVENTFD => "eventfd",
+        wire::KEXEC_KIND_PCI => "pci-config",
+        _ => "other",
+    }
+}
+
 /// A control connection: status, list, upgrade, reboot.
 #[derive(Debug)]
 pub struct Control {
@@ -920,5 +977,55 @@ impl Control {
     /// Emulates a reboot: open outgoing sessions become incoming, every connection is cut.
     pub fn reboot(&self) -> Result<(), Error> {
         call(self.fd.as_fd(), "reboot", Op::Reboot as u32, &[], &[]).map(|_| ())
+    }
+
+    /// Host kernel live update through the kernel's `/dev/liveupdate`
+    /// (`docs/operations.md`, "Kernel live update"): a check, a forward of every session into
+    /// kernel sessions followed by the kexec (unless `no_exec`), or a cancel. A forward that
+    /// goes on to the kexec may not get its reply: the machine is gone by then.
+    pub fn kexec(&self, options: KexecOptions) -> Result<KexecReport, Error> {
+        let flags = [
+            (options.check, wire::KEXEC_CHECK),
+            (options.drop_unpreservable, wire::KEXEC_DROP_UNPRESERVABLE),
+            (options.no_exec, wire::KEXEC_NO_EXEC),
+            (options.cancel, wire::KEXEC_CANCEL),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |acc, (_, bit)| acc | bit);
+        let req = wire::KexecRequest {
+            flags: U32::new(flags),
+            reserved: U32::new(0),
+        };
+        let (reply, _) = call(
+            self.fd.as_fd(),
+            "kexec",
+            Op::Kexec as u32,
+            req.as_bytes(),
+            &[],
+        )?;
+        let bad = || Error::new("kexec", Errno::EPROTO);
+        let (head, mut rest) = wire::KexecReply::read_from_prefix(&reply).map_err(|_| bad())?;
+        let mut listed = Vec::new();
+        for _ in 0..head.listed.get() {
+            let (e, tail) = wire::KexecEntry::read_from_prefix(rest).map_err(|_| bad())?;
+            rest = tail;
+            let len = e.session.iter().position(|&b| b == 0).unwrap_or(64);
+            listed.push(Unpreservable {
+                owner: e.owner.get(),
+                session: String::from_utf8_lossy(&e.session[..len]).into_owned(),
+                token: e.token.get(),
+                kind: kexec_kind_name(e.kind.get()),
+                bytes: e.bytes.get(),
+            });
+        }
+        Ok(KexecReport {
+            sessions: head.sessions.get(),
+            preservable: head.preservable.get(),
+            preservable_bytes: head.preservable_bytes.get(),
+            unpreservable: head.unpreservable.get(),
+            listed,
+            forwarded: head.state.get() == wire::KEXEC_STATE_FORWARDED,
+        })
     }
 }

@@ -19,8 +19,8 @@ use luo_sys::mmap::SharedMap;
 use rustix::fs::{MemfdFlags, SealFlags, SeekFrom};
 use rustix::io::Errno;
 
-use luo_sys::liveupdate::{Device, Session};
 use crate::{Error, Report};
+use luo_sys::liveupdate::{Device, Session};
 
 /// The session both stages name.
 pub const SESSION: &str = "luod-vmtest-memfd-kexec";

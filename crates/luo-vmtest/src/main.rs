@@ -5,6 +5,10 @@
 //! The kernel's ioctls go through `luo_sys::liveupdate` (luo-abi's structs), the module luod's
 //! own kernel backend uses.
 //! - [`memfd_kexec`]: the `memfd-kexec` scenario.
+//! - [`luod_kexec`]: the `luod-kexec` scenario, luod itself across a real kexec (through
+//!   luo-client, as a workload would).
+//! - [`luod_kexec_corrupt`]: the `luod-kexec-corrupt` scenario, luod refusing a corrupt state
+//!   session.
 //!
 //! Every check prints one `luo-vmtest: ok ...` line; the last line is `luo-vmtest: PASS` or
 //! `luo-vmtest: FAIL <what>`, and the exit status says the same (0 or 1).
@@ -13,10 +17,18 @@
 //! luo-vmtest memfd-kexec --stage 1 [--kexec PATH]   # preserve, then kexec -e
 //! luo-vmtest memfd-kexec --stage 2                  # retrieve, verify, finish
 //! luo-vmtest memfd-kexec --stage 3                  # the finished session is gone
+//! luo-vmtest luod-kexec --stage 1 [--socket PATH] [--size N[K|M|G]] [--luoctl PATH] [--kexec PATH]
+//! luo-vmtest luod-kexec --stage 2 [--socket PATH] [--size N] [--luoctl PATH]  # through luod
+//! luo-vmtest luod-kexec --stage 2-kernel            # luod stopped: the kernel has nothing left
+//! luo-vmtest luod-kexec-corrupt --stage 1 [--kexec PATH]
+//! luo-vmtest luod-kexec-corrupt --stage 2 [--luod PATH] [--socket PATH]
 //! ```
 #![deny(unsafe_code)]
 
+mod luod_kexec;
+mod luod_kexec_corrupt;
 mod memfd_kexec;
+mod pattern;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,11 +39,17 @@ pub enum Error {
     /// A system call or ioctl that should have worked did not.
     #[error("{0}")]
     Call(&'static str, #[source] std::io::Error),
-    /// The kernel answered, but not what the uAPI promises.
+    /// A luod call that should have worked did not.
+    #[error("{0}")]
+    Client(&'static str, #[source] Box<luo_client::Error>),
+    /// The kernel (or luod) answered, but not what it promises.
     #[error("{0}")]
     Unexpected(String),
     /// The command line is wrong.
-    #[error("usage: luo-vmtest memfd-kexec --stage 1|2|3 [--kexec PATH] ({0})")]
+    #[error(
+        "usage: luo-vmtest memfd-kexec|luod-kexec|luod-kexec-corrupt --stage N [--kexec PATH] \
+         [--socket PATH] [--size BYTES] [--luoctl PATH] [--luod PATH] ({0})"
+    )]
     Usage(String),
 }
 
@@ -54,27 +72,54 @@ impl Report {
 
 fn run(args: &[String], report: &mut Report) -> Result<(), Error> {
     let mut stage = None;
-    let mut kexec = String::from("kexec");
+    let mut kexec = None;
+    let mut opts = luod_kexec::Options {
+        socket: luod_kexec::DEFAULT_SOCKET.into(),
+        size: 1 << 30,
+        luoctl: "luoctl".into(),
+        kexec: "luo-kexec".into(),
+        luod: "luod".into(),
+    };
     let mut it = args.iter();
     let scenario = it
         .next()
         .ok_or_else(|| Error::Usage("no scenario".into()))?;
     while let Some(arg) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| Error::Usage(format!("{arg} needs a value")))
+        };
         match arg.as_str() {
-            "--stage" => stage = it.next().cloned(),
-            "--kexec" => {
-                kexec = it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| Error::Usage("--kexec PATH".into()))?
+            "--stage" => stage = Some(value()?),
+            "--kexec" => kexec = Some(value()?),
+            "--socket" => opts.socket = value()?.into(),
+            "--luoctl" => opts.luoctl = value()?,
+            "--luod" => opts.luod = value()?,
+            "--size" => {
+                let v = value()?;
+                opts.size = luod_kexec::parse_size(&v)
+                    .ok_or_else(|| Error::Usage(format!("--size {v}")))?;
             }
             other => return Err(Error::Usage(format!("unknown argument {other}"))),
         }
     }
+    if let Some(k) = &kexec {
+        opts.kexec.clone_from(k);
+    }
+    let kexec = kexec.unwrap_or_else(|| "kexec".into());
+    let socket = opts.socket.to_string_lossy().into_owned();
     match (scenario.as_str(), stage.as_deref()) {
         ("memfd-kexec", Some("1")) => memfd_kexec::stage1(report, &kexec),
         ("memfd-kexec", Some("2")) => memfd_kexec::stage2(report),
         ("memfd-kexec", Some("3")) => memfd_kexec::stage3(report),
+        ("luod-kexec", Some("1")) => luod_kexec::stage1(report, &opts),
+        ("luod-kexec", Some("2")) => luod_kexec::stage2(report, &opts),
+        ("luod-kexec", Some("2-kernel")) => luod_kexec::stage2_kernel(report),
+        ("luod-kexec-corrupt", Some("1")) => luod_kexec_corrupt::stage1(report, &kexec),
+        ("luod-kexec-corrupt", Some("2")) => {
+            luod_kexec_corrupt::stage2(report, &opts.luod, &socket)
+        }
         (s, st) => Err(Error::Usage(format!("no stage {st:?} of scenario {s}"))),
     }
 }

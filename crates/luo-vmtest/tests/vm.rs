@@ -39,3 +39,13 @@ fn vm_memfd_kexec() {
 fn vm_selftests() {
     run("selftests");
 }
+
+#[test]
+fn vm_luod_kexec() {
+    run("luod-kexec");
+}
+
+#[test]
+fn vm_luod_kexec_corrupt() {
+    run("luod-kexec-corrupt");
+}

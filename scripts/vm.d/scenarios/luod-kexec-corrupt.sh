@@ -1,0 +1,15 @@
+# luod refuses a corrupt state session (crates/luo-vmtest, luod_kexec_corrupt.rs): stage 1,
+# without luod, makes kernel session `luod` with garbage at token 0 and the kernel session
+# luod would forward uid 0's session "w" into, with a patterned memfd; after the kexec luod must
+# exit non-zero naming the state session, and the workload's kernel session is intact.
+description="luod refuses a corrupt state session after a kexec and leaves the workload's kernel session intact"
+
+stage_1() {
+    # Returns only on failure: it runs luo-kexec itself while it holds the sessions.
+    luo-vmtest luod-kexec-corrupt --stage 1 --kexec luo-kexec
+    return 1
+}
+
+stage_2() {
+    check luod-refuses-corrupt-state luo-vmtest luod-kexec-corrupt --stage 2 --socket /run/luod.sock
+}

@@ -13,6 +13,7 @@
 
 mod exit;
 mod json;
+mod kexec;
 mod man;
 mod migrate;
 mod sessions;
@@ -86,6 +87,30 @@ enum Command {
         #[command(flatten)]
         format: Format,
     },
+    /// Carry every session across a kexec of the host kernel, through the kernel's
+    /// /dev/liveupdate (root).
+    ///
+    /// luod freezes its sessions, puts each into a kernel session (its shmem memfds under the
+    /// same tokens) and its own state into one more, then kexecs into the kernel already loaded
+    /// (kexec -s -l). After the boot luod restores every session as incoming. Hugetlb memfds,
+    /// sockets, pipes, eventfds and PCI config files cannot cross: --check lists them (status 1
+    /// if there are any), and a kexec with them is refused unless --drop-unpreservable.
+    Kexec {
+        /// Only list what would cross and what would be lost; change nothing.
+        #[arg(long, conflicts_with_all = ["drop_unpreservable", "no_exec", "cancel"])]
+        check: bool,
+        /// Go ahead even if some files cannot cross: they are lost.
+        #[arg(long)]
+        drop_unpreservable: bool,
+        /// Forward the sessions but do not kexec: the caller does (kexec -e, systemctl kexec).
+        #[arg(long, conflicts_with = "cancel")]
+        no_exec: bool,
+        /// Undo a forward made with --no-exec.
+        #[arg(long, conflicts_with = "drop_unpreservable")]
+        cancel: bool,
+        #[command(flatten)]
+        format: Format,
+    },
     /// Move a preserved memory file onto new backing (4 KiB, 2 MiB or 1 GiB pages).
     ///
     /// luod copies the file with its copy engine and puts the copy in its place in the
@@ -134,6 +159,7 @@ impl Command {
             | Command::Sessions { format }
             | Command::Upgrade { format, .. }
             | Command::Reboot { format }
+            | Command::Kexec { format, .. }
             | Command::Migrate { format, .. }
             | Command::Version { format } => format.json,
             Command::Completions { .. } | Command::Man { .. } => false,
@@ -264,6 +290,22 @@ fn run(command: Command, socket: &Path) -> Done {
         }),
         Command::Upgrade { binary, .. } => upgrade(socket, binary.as_deref(), json),
         Command::Reboot { .. } => reboot(socket, json),
+        Command::Kexec {
+            check,
+            drop_unpreservable,
+            no_exec,
+            cancel,
+            ..
+        } => {
+            let options = luo_client::KexecOptions {
+                check,
+                drop_unpreservable,
+                no_exec,
+                cancel,
+            };
+            let (stdout, failure) = kexec::run(socket, options, json);
+            return Done { stdout, failure };
+        }
         Command::Migrate {
             session,
             token,

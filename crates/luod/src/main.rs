@@ -13,6 +13,7 @@ mod handover;
 mod journal;
 mod keeper;
 mod listener;
+mod liveupdate;
 mod metrics;
 mod migrate;
 mod recover;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use luo_core::{Engine, Limits, Registry};
+use luo_core::{Limits, Registry};
 use tracing::info;
 
 use crate::config::{FileConfig, parse_mode};
@@ -89,6 +90,13 @@ struct Args {
     /// itself when systemd says the store is there (`FDSTORE=`, systemd 254 and later).
     #[arg(long)]
     fdstore: bool,
+
+    /// The kernel's live update device: its path, or "none" for no kernel backend. Default:
+    /// /dev/liveupdate when this kernel has it. luod opens it at start and keeps it (the kernel
+    /// allows one process), restores the sessions a previous kernel's luod forwarded, and
+    /// forwards every session at `luoctl kexec`; see docs/operations.md, "Kernel live update".
+    #[arg(long, env = "LUOD_LIVEUPDATE", value_name = "PATH|none")]
+    liveupdate: Option<String>,
 
     /// Log filter, as RUST_LOG (e.g. "info", "luod=debug").
     #[arg(long, env = "LUOD_LOG", default_value = "info", value_name = "FILTER")]
@@ -189,6 +197,8 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
         failpoint::after_go();
         drop(inherited.channel);
         let mut server = inherited.server;
+        server.liveupdate =
+            liveupdate::Backend::lazy(&liveupdate::Setting::parse(args.liveupdate.as_deref()));
         if let Some(holder) = holder {
             keeper::serving(&mut server, holder)?;
         }
@@ -209,6 +219,8 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
             .context("--recover takes STATE,JOURNAL")?;
         let (mut server, mut recovery) = handover::recover(state, journal, fd_limit, signal_pipe)?;
         server.systemd.assume_stored();
+        server.liveupdate =
+            liveupdate::Backend::lazy(&liveupdate::Setting::parse(args.liveupdate.as_deref()));
         failpoint::recovery_start();
         let rebuilt = t0.elapsed();
         make_durable(&mut server, recovery.next_seq)?;
@@ -247,6 +259,8 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
         let t0 = std::time::Instant::now();
         let channel = handover::adopt_inherited(serve_fd)?;
         let (mut server, mut recovery) = systemd::restore(handed, channel, fd_limit, signal_pipe)?;
+        server.liveupdate =
+            liveupdate::Backend::lazy(&liveupdate::Setting::parse(args.liveupdate.as_deref()));
         become_durable(&mut server, recovery.next_seq, &args.log)?;
         handover::send_again(&mut server, std::mem::take(&mut recovery.replies));
         info!(
@@ -291,7 +305,13 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
         None => socket::bind(&place, mode)?,
     };
     let socket = place.socket;
-    let mut engine = Engine::new(registry()?);
+    // On a kernel with /dev/liveupdate: the sessions a previous kernel's luod forwarded come
+    // back here, before anything is served.
+    let boot = liveupdate::boot(
+        &liveupdate::Setting::parse(args.liveupdate.as_deref()),
+        registry()?,
+    )?;
+    let mut engine = boot.engine;
     engine.set_limits(limits);
     let settings = Settings {
         socket: socket.clone(),
@@ -304,6 +324,13 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
         pids: Vec::new(),
     };
     let mut server = Server::new(engine, settings, listener, lock, signals, fd_limit)?;
+    server.liveupdate = boot.backend;
+    if boot.restored > 0 {
+        info!(
+            sessions = boot.restored,
+            "sessions from before the kexec are incoming"
+        );
+    }
     server.keeper_channel = Some(handover::adopt_inherited(serve_fd)?);
     if let Some(addr) = metrics {
         let listener = metrics::bind(&addr, mode)?;

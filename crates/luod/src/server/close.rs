@@ -30,8 +30,10 @@ impl Server {
             }
             Kind::Session(id) => {
                 self.sessions.remove(&id);
-                if let Err(e) = self.engine.close_session(id) {
-                    warn!(error = %e, "closing a session left it behind");
+                let incoming = self.incoming_name(id);
+                match self.engine.close_session(id) {
+                    Ok(()) => self.incoming_finished(incoming),
+                    Err(e) => warn!(error = %e, "closing a session left it behind"),
                 }
             }
             Kind::Control | Kind::Detached => {}

@@ -202,8 +202,12 @@ impl Server {
         if buf[4..8] != [0; 4] {
             return Reply::err(Errno::EINVAL);
         }
+        let incoming = self.incoming_name(id);
         match self.engine.finish(id) {
-            Ok(()) => Reply::ok(buf[..8].to_vec()),
+            Ok(()) => {
+                self.incoming_finished(incoming);
+                Reply::ok(buf[..8].to_vec())
+            }
             Err(e) => Reply::err_msg(e.errno(), &e.to_string()),
         }
     }

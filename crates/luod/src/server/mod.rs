@@ -4,6 +4,7 @@
 //! - [`request`]: one request, from its framing to what the loop does after it.
 //! - [`kernel`]: the kernel's uAPI on a device or session connection.
 //! - [`native`]: luod's own operations.
+//! - [`kexec`]: the host kernel's live update (KEXEC), through [`crate::liveupdate`].
 //! - [`close`]: the kernel's synchronous close, emulated.
 //! - [`reply`]: replies, outboxes and back-pressure.
 //!
@@ -13,6 +14,7 @@ mod close;
 mod durable;
 mod event_loop;
 mod kernel;
+mod kexec;
 mod native;
 mod reply;
 mod request;
@@ -78,6 +80,8 @@ pub enum After {
     Nothing,
     Upgrade(PathBuf),
     Reboot,
+    /// KEXEC with these flags (answered once it ran).
+    Kexec(u32),
     /// A migration started; its reply goes out when its copy is done.
     Migrate(Box<crate::migrate::Migration>),
 }
@@ -156,6 +160,9 @@ pub struct Server {
     pub(crate) tx: Vec<u8>,
     /// The metrics endpoint and counters (`--metrics`), if any (see [`crate::metrics`]).
     pub metrics: Option<crate::metrics::Metrics>,
+    /// The kernel backend (`/dev/liveupdate`), if this kernel has one (see
+    /// [`crate::liveupdate`]).
+    pub liveupdate: Option<crate::liveupdate::Backend>,
 }
 
 impl Server {
@@ -232,6 +239,7 @@ impl Server {
             rx: vec![0; wire::MAX_MESSAGE],
             tx: Vec::with_capacity(wire::MAX_MESSAGE),
             metrics: None,
+            liveupdate: None,
         })
     }
 

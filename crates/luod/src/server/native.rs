@@ -84,6 +84,18 @@ impl Server {
                 };
                 return (Reply::default(), After::Upgrade(path));
             }
+            Op::Kexec => {
+                if !admin {
+                    return (
+                        Reply::err_msg(Errno::EPERM, "Only root may kexec through luod"),
+                        After::Nothing,
+                    );
+                }
+                return match super::kexec::parse(arg) {
+                    Ok(flags) => (Reply::default(), After::Kexec(flags)),
+                    Err(reply) => (reply, After::Nothing),
+                };
+            }
             Op::Reboot => {
                 if !admin {
                     return (

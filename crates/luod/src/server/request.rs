@@ -40,7 +40,7 @@ impl Server {
         if self.reaping
             && matches!(
                 Op::from_raw(op),
-                Some(Op::Upgrade | Op::Reboot | Op::Migrate)
+                Some(Op::Upgrade | Op::Reboot | Op::Migrate | Op::Kexec)
             )
         {
             // Read while a hung-up connection is reaped inside another request: its requester
@@ -155,6 +155,7 @@ impl Server {
                 }
             }
             After::Upgrade(path) => crate::handover::begin_upgrade(self, key, id, path),
+            After::Kexec(flags) => self.kexec(key, id, flags),
             After::Reboot if self.staging.is_some() => self.send_reply(
                 key,
                 id,

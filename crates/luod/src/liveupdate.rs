@@ -43,7 +43,7 @@ use luo_abi::wire::{
     KEXEC_KIND_SOCKET,
 };
 use luo_core::{Direction, Engine, Registry, WRITER_VERSION};
-use luo_handlers::{MEMFD_COMPATIBLE, MemfdRecord};
+use luo_handlers::{HUGETLB_COMPATIBLE, MEMFD_COMPATIBLE, MemfdRecord, PCI_DEVICE_COMPATIBLE};
 use luo_sys::liveupdate::{Device, Session};
 use rustix::fs::SealFlags;
 use tracing::{info, warn};
@@ -221,10 +221,10 @@ fn lost_kind(compatible: &str, held: BorrowedFd<'_>) -> Option<u32> {
     if compatible == MEMFD_COMPATIBLE {
         return None;
     }
-    if compatible.starts_with("hugetlb") {
+    if compatible == HUGETLB_COMPATIBLE {
         return Some(KEXEC_KIND_HUGETLB);
     }
-    if compatible.starts_with("pci") {
+    if compatible == PCI_DEVICE_COMPATIBLE {
         return Some(KEXEC_KIND_PCI);
     }
     let mode = rustix::fs::fstat(held).map_or(0, |st| st.st_mode & S_IFMT);
@@ -750,15 +750,38 @@ mod tests {
             None,
         )
         .unwrap();
-        let e = engine_with(&[("m", 1, memfd(&[7; 5000])), ("m", 2, a)]);
+        // A hugetlb memfd needs no huge page until it is mapped.
+        let huge = rustix::fs::memfd_create(
+            "huge",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::HUGETLB,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&huge, 2 << 20).unwrap();
+        let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+        let e = engine_with(&[
+            ("m", 1, memfd(&[7; 5000])),
+            ("m", 2, a),
+            ("h", 3, huge),
+            ("h", 4, pipe_r),
+        ]);
         let r = check(&e);
         assert_eq!(
             (r.sessions, r.preservable, r.preservable_bytes),
-            (1, 1, 5000)
+            (2, 1, 5000)
         );
-        assert_eq!(r.lost.len(), 1);
-        assert_eq!((r.lost[0].token, r.lost[0].kind), (2, KEXEC_KIND_SOCKET));
-        assert_eq!(r.lost[0].session, b"m");
+        let lost: Vec<(&[u8], u64, u32)> = r
+            .lost
+            .iter()
+            .map(|l| (&l.session[..], l.token, l.kind))
+            .collect();
+        assert_eq!(
+            lost,
+            vec![
+                (&b"m"[..], 2, KEXEC_KIND_SOCKET),
+                (&b"h"[..], 3, KEXEC_KIND_HUGETLB),
+                (&b"h"[..], 4, KEXEC_KIND_PIPE),
+            ]
+        );
     }
 
     #[test]
@@ -843,7 +866,7 @@ mod tests {
         let mut w = ImageWriter::new(1, WRITER_VERSION);
         let i = w.add_fd(3, luo_abi::image::S_IFREG);
         let spec = FileSpec {
-            compatible: "hugetlb-v1",
+            compatible: HUGETLB_COMPATIBLE,
             record: &[0; 8],
             fd_index: i,
             ..spec

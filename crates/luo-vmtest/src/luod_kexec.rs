@@ -205,7 +205,7 @@ fn run(program: &str, args: &[&str]) -> Result<Output, Error> {
             println!("luo-vmtest: [{cmd}: {stream}] {line}");
         }
     }
-    println!("luo-vmtest: [{cmd}] exit {}", out.status);
+    println!("luo-vmtest: [{cmd}] {}", out.status);
     Ok(out)
 }
 
@@ -396,7 +396,7 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
     let out = luoctl(opts, &["kexec", "--check", "--json"])?;
     if exit_code(&out) != Some(1) {
         return unexpected(format!(
-            "luoctl kexec --check exited {}, expected 1 (unpreservable files)",
+            "luoctl kexec --check: {}, expected exit status 1 (unpreservable files)",
             out.status
         ));
     }
@@ -416,7 +416,7 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
     let out = luoctl(opts, &["kexec"])?;
     if exit_code(&out) != Some(1) {
         return unexpected(format!(
-            "luoctl kexec with unpreservable files exited {}, expected 1",
+            "luoctl kexec with unpreservable files: {}, expected exit status 1",
             out.status
         ));
     }
@@ -482,7 +482,7 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
     let out = luoctl(opts, &["kexec", "--check", "--json"])?;
     if !out.status.success() {
         return unexpected(format!(
-            "luoctl kexec --check exited {} with only shmem memfds held",
+            "luoctl kexec --check: {} with only shmem memfds held, expected exit status 0",
             out.status
         ));
     }

@@ -19,7 +19,7 @@ size() {
 
 # luod in the background, its log on the console; waits for its socket.
 start_luod() {
-    luod --socket "$socket" &
+    NO_COLOR=1 luod --socket "$socket" &
     luod_pid=$!
     i=0
     while [ ! -S "$socket" ]; do

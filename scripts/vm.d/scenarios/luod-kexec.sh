@@ -17,9 +17,13 @@ size() {
     echo "${s:-1G}"
 }
 
-# luod in the background, its log on the console; waits for its socket.
+# luod in the background, its log on the console (through a pipe: no colours, each line
+# marked "luod: "); waits for its socket.
 start_luod() {
-    NO_COLOR=1 luod --socket "$socket" &
+    rm -f /run/luod.log.fifo
+    mkfifo /run/luod.log.fifo
+    sed 's/^/luod: /' </run/luod.log.fifo &
+    luod --socket "$socket" >/run/luod.log.fifo 2>&1 &
     luod_pid=$!
     i=0
     while [ ! -S "$socket" ]; do

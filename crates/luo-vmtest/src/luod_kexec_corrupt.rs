@@ -1,23 +1,25 @@
 //! The `luod-kexec-corrupt` scenario: luod finds a state session it cannot trust and refuses to
 //! start, leaving the workload's kernel sessions untouched.
 //!
-//! Stage 1, without luod: kernel session [`STATE_SESSION`] holds a shmem memfd of garbage
-//! ([`GARBAGE`] bytes of [`GARBAGE_BYTE`]) at token 0, where luod keeps its state, and kernel
-//! session [`workload_kernel_name`] (luod's name for uid 0's session [`WORKLOAD`]) holds a
-//! patterned memfd at [`TOKEN`]; the program runs the kexec while it holds both. Stage 2 runs
-//! luod: it must exit non-zero within [`LUOD_LIMIT`], its stderr naming the `state session`;
-//! then the workload's kernel session is retrieved straight from `/dev/liveupdate` and its
-//! memfd checked byte for byte.
+//! Stage 1, without luod, plants two kernel sessions: [`STATE_SESSION`], where luod keeps its
+//! state, with a memfd of garbage ([`GARBAGE`] bytes of [`GARBAGE_BYTE`]) at token 0, sealed as
+//! luod seals its own state (so that what luod refuses is the content), and
+//! [`workload_kernel_name`] (luod's name for uid 0's session [`WORKLOAD`]) with a patterned
+//! memfd at [`TOKEN`]; it runs the kexec while it holds both. Stage 2 runs luod: it must exit
+//! non-zero within [`LUOD_LIMIT`], its stderr naming the `state session`; then the workload's
+//! kernel session is retrieved straight from `/dev/liveupdate` and its memfd checked byte for
+//! byte. Stage 2 then plants the same garbage again, unsealed this time, and kexecs; stage 3
+//! checks that luod refuses that too, with the workload's session again intact.
 
 use std::fs::File;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
 use crate::luod_kexec::{
-    STATE_SESSION, check_pattern, kernel_session_name, memfd_with, open_device, patterned_memfd,
-    sys,
+    STATE_SESSION, check_pattern, kernel_session_name, open_device, patterned_memfd, sys,
 };
 use crate::{Error, Report};
 
@@ -41,28 +43,57 @@ pub fn workload_kernel_name() -> String {
     kernel_session_name(0, WORKLOAD)
 }
 
-/// Stage 1: the two kernel sessions, then the kexec while holding them. Returns only on
-/// failure.
-pub fn stage1(report: &mut Report, kexec: &str) -> Result<(), Error> {
+/// Makes the two kernel sessions of a round (1: the garbage sealed, 2: unsealed) and runs the
+/// kexec while holding them. Returns only on failure.
+fn plant_and_kexec(report: &mut Report, round: u64, kexec: &str) -> Result<(), Error> {
+    let sealed = round == 1;
     let dev = open_device(report)?;
     let state = sys(
         "create the state session",
         dev.create_session(STATE_SESSION),
     )?;
-    let garbage = memfd_with("luod-state-garbage", &[GARBAGE_BYTE; GARBAGE])?;
+    let garbage = sys(
+        "memfd_create",
+        rustix::fs::memfd_create(
+            "luod-state-garbage",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        ),
+    )?;
+    let bytes = [GARBAGE_BYTE; GARBAGE];
+    let mut done = 0;
+    while done < bytes.len() {
+        done += sys(
+            "pwrite",
+            rustix::io::pwrite(&garbage, &bytes[done..], done as u64),
+        )?;
+    }
+    if sealed {
+        sys(
+            "seal the garbage",
+            rustix::fs::fcntl_add_seals(
+                &garbage,
+                SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+            ),
+        )?;
+    }
     sys("preserve the garbage", state.preserve_fd(&garbage, 0))?;
     report.ok(&format!(
-        "kernel session {STATE_SESSION}: {GARBAGE} bytes of {GARBAGE_BYTE:#04x} at token 0"
+        "kernel session {STATE_SESSION}: {GARBAGE} bytes of {GARBAGE_BYTE:#04x} at token 0, {}",
+        if sealed {
+            "sealed as luod seals its state (write, grow, shrink, seal)"
+        } else {
+            "not sealed"
+        }
     ));
     let name = workload_kernel_name();
     let work = sys("create the workload's session", dev.create_session(&name))?;
-    let memfd = patterned_memfd("luod-corrupt-w", SIZE, SEED)?;
+    let memfd = patterned_memfd("luod-corrupt-w", SIZE, SEED + round)?;
     sys("preserve the workload's memfd", work.preserve_fd(&memfd, TOKEN))?;
     report.ok(&format!(
         "kernel session {name}: a patterned memfd of {SIZE} bytes at token {TOKEN}"
     ));
     drop((garbage, memfd, dev));
-    report.ok("stage 1 done; kexec -e while holding both sessions");
+    report.ok("kexec -e while holding both sessions");
     report.flush();
     let status = Command::new(kexec)
         .arg("-e")
@@ -72,8 +103,26 @@ pub fn stage1(report: &mut Report, kexec: &str) -> Result<(), Error> {
     Err(Error::Unexpected(format!("kexec -e returned ({status})")))
 }
 
-/// Stage 2: luod refuses the state; the workload's kernel session is as it was.
-pub fn stage2(report: &mut Report, luod: &str, socket: &str) -> Result<(), Error> {
+/// Stage 1: the first round's sessions (the garbage sealed), then the kexec. Returns only on
+/// failure.
+pub fn stage1(report: &mut Report, kexec: &str) -> Result<(), Error> {
+    plant_and_kexec(report, 1, kexec)
+}
+
+/// Stage 2: luod refuses the sealed garbage, the workload's session is intact; then the second
+/// round's sessions (the garbage unsealed) and the kexec. Returns only on failure.
+pub fn stage2(report: &mut Report, luod: &str, socket: &str, kexec: &str) -> Result<(), Error> {
+    refused(report, luod, socket, 1)?;
+    plant_and_kexec(report, 2, kexec)
+}
+
+/// Stage 3: luod refuses the unsealed garbage, the workload's session is intact.
+pub fn stage3(report: &mut Report, luod: &str, socket: &str) -> Result<(), Error> {
+    refused(report, luod, socket, 2)
+}
+
+/// luod refuses the state; the workload's kernel session of `round` is as it was.
+fn refused(report: &mut Report, luod: &str, socket: &str, round: u64) -> Result<(), Error> {
     let log_path = "/run/luod-corrupt.log";
     let log = File::create(log_path).map_err(|e| Error::Call("create luod's log", e))?;
     let err = log
@@ -115,7 +164,8 @@ pub fn stage2(report: &mut Report, luod: &str, socket: &str) -> Result<(), Error
         ));
     }
     report.ok(&format!(
-        "luod refused the corrupt state: {status} after {} ms, its stderr names the state session",
+        "luod refused the corrupt state: {status} after {} ms, its stderr names the state \
+         session",
         took.as_millis()
     ));
 
@@ -123,7 +173,7 @@ pub fn stage2(report: &mut Report, luod: &str, socket: &str) -> Result<(), Error
     let name = workload_kernel_name();
     let work = sys("retrieve the workload's kernel session", dev.retrieve_session(&name))?;
     let memfd = sys("retrieve its memfd", work.retrieve_fd(TOKEN))?;
-    check_pattern(&memfd, "the workload's memfd", SIZE, SEED)?;
+    check_pattern(&memfd, "the workload's memfd", SIZE, SEED + round)?;
     report.ok(&format!(
         "kernel session {name} is intact: retrieved, {SIZE} bytes, every byte as written"
     ));

@@ -21,7 +21,8 @@
 //! luo-vmtest luod-kexec --stage 2 [--socket PATH] [--size N] [--luoctl PATH]  # through luod
 //! luo-vmtest luod-kexec --stage 2-kernel            # luod stopped: the kernel has nothing left
 //! luo-vmtest luod-kexec-corrupt --stage 1 [--kexec PATH]
-//! luo-vmtest luod-kexec-corrupt --stage 2 [--luod PATH] [--socket PATH]
+//! luo-vmtest luod-kexec-corrupt --stage 2 [--luod PATH] [--socket PATH] [--kexec PATH]
+//! luo-vmtest luod-kexec-corrupt --stage 3 [--luod PATH] [--socket PATH]
 //! ```
 #![deny(unsafe_code)]
 
@@ -118,7 +119,10 @@ fn run(args: &[String], report: &mut Report) -> Result<(), Error> {
         ("luod-kexec", Some("2-kernel")) => luod_kexec::stage2_kernel(report),
         ("luod-kexec-corrupt", Some("1")) => luod_kexec_corrupt::stage1(report, &kexec),
         ("luod-kexec-corrupt", Some("2")) => {
-            luod_kexec_corrupt::stage2(report, &opts.luod, &socket)
+            luod_kexec_corrupt::stage2(report, &opts.luod, &socket, &kexec)
+        }
+        ("luod-kexec-corrupt", Some("3")) => {
+            luod_kexec_corrupt::stage3(report, &opts.luod, &socket)
         }
         (s, st) => Err(Error::Usage(format!("no stage {st:?} of scenario {s}"))),
     }

@@ -22,7 +22,7 @@ size() {
 start_luod() {
     rm -f /run/luod.log.fifo
     mkfifo /run/luod.log.fifo
-    sed 's/^/luod: /' </run/luod.log.fifo &
+    while IFS= read -r line; do echo "luod: $line"; done </run/luod.log.fifo &
     luod --socket "$socket" >/run/luod.log.fifo 2>&1 &
     luod_pid=$!
     i=0

@@ -8,7 +8,7 @@
 description="luod forwards a 1 GiB memfd session into the kernel's and kexecs itself; unpreservable files refuse the kexec"
 # The guest's memory (the 1 GiB memfd, twice during the kexec) and the whole run's limit.
 memory=3G
-timeout=900
+timeout=600
 
 socket=/run/luod.sock
 

@@ -9,6 +9,8 @@
 //!   luo-client, as a workload would).
 //! - [`luod_kexec_corrupt`]: the `luod-kexec-corrupt` scenario, luod refusing a corrupt state
 //!   session.
+//! - [`kexec_bench`]: the `luod-kexec-stress` and `kexec-bench` scenarios, 2,000 sessions (or
+//!   one large memfd) through luod and straight through `/dev/liveupdate`, timed.
 //!
 //! Every check prints one `luo-vmtest: ok ...` line; the last line is `luo-vmtest: PASS` or
 //! `luo-vmtest: FAIL <what>`, and the exit status says the same (0 or 1).
@@ -23,9 +25,12 @@
 //! luo-vmtest luod-kexec-corrupt --stage 1 [--kexec PATH]
 //! luo-vmtest luod-kexec-corrupt --stage 2 [--luod PATH] [--socket PATH] [--kexec PATH]
 //! luo-vmtest luod-kexec-corrupt --stage 3 [--luod PATH] [--socket PATH]
+//! luo-vmtest kexec-bench --stage luod-before|luod-after|direct-before|direct-after
+//!            --shape many|large [--size N] [--luod PATH] [--socket PATH] [--kexec PATH]
 //! ```
 #![deny(unsafe_code)]
 
+mod kexec_bench;
 mod luod_kexec;
 mod luod_kexec_corrupt;
 mod memfd_kexec;
@@ -48,7 +53,8 @@ pub enum Error {
     Unexpected(String),
     /// The command line is wrong.
     #[error(
-        "usage: luo-vmtest memfd-kexec|luod-kexec|luod-kexec-corrupt --stage N [--kexec PATH] \
+        "usage: luo-vmtest memfd-kexec|luod-kexec|luod-kexec-corrupt|kexec-bench --stage N \
+         [--shape many|large] [--kexec PATH] \
          [--socket PATH] [--size BYTES] [--luoctl PATH] [--luod PATH] ({0})"
     )]
     Usage(String),
@@ -73,6 +79,7 @@ impl Report {
 
 fn run(args: &[String], report: &mut Report) -> Result<(), Error> {
     let mut stage = None;
+    let mut shape = None;
     let mut kexec = None;
     let mut opts = luod_kexec::Options {
         socket: luod_kexec::DEFAULT_SOCKET.into(),
@@ -97,6 +104,7 @@ fn run(args: &[String], report: &mut Report) -> Result<(), Error> {
             "--socket" => opts.socket = value()?.into(),
             "--luoctl" => opts.luoctl = value()?,
             "--luod" => opts.luod = value()?,
+            "--shape" => shape = Some(value()?),
             "--size" => {
                 let v = value()?;
                 opts.size = luod_kexec::parse_size(&v)
@@ -123,6 +131,18 @@ fn run(args: &[String], report: &mut Report) -> Result<(), Error> {
         }
         ("luod-kexec-corrupt", Some("3")) => {
             luod_kexec_corrupt::stage3(report, &opts.luod, &socket)
+        }
+        ("kexec-bench", Some(st)) => {
+            let shape = shape.as_deref().unwrap_or("many");
+            let shape = kexec_bench::Shape::parse(shape, opts.size)
+                .ok_or_else(|| Error::Usage(format!("--shape {shape}")))?;
+            match st {
+                "luod-before" => kexec_bench::luod_before(report, &opts, shape),
+                "luod-after" => kexec_bench::luod_after(report, &opts, shape),
+                "direct-before" => kexec_bench::direct_before(report, &kexec, shape),
+                "direct-after" => kexec_bench::direct_after(report, shape),
+                _ => Err(Error::Usage(format!("no stage {st} of scenario kexec-bench"))),
+            }
         }
         (s, st) => Err(Error::Usage(format!("no stage {st:?} of scenario {s}"))),
     }

@@ -49,3 +49,8 @@ fn vm_luod_kexec() {
 fn vm_luod_kexec_corrupt() {
     run("luod-kexec-corrupt");
 }
+
+#[test]
+fn vm_luod_kexec_stress() {
+    run("luod-kexec-stress");
+}

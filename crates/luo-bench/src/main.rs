@@ -7,7 +7,7 @@
 //! what they printed and on what machine.
 //!
 //! ```text
-//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|crash|copy|copy-engine|migrate|preload|vmm|all>
+//! cargo run --release -p luo-bench -- <image|engine|upgrade|rpc|crash|copy|copy-engine|migrate|kexec|preload|vmm|all>
 //! ```
 //!
 //! - **`image`** — the handover image format alone. Writes ([`ImageWriter`]) and reads back
@@ -98,6 +98,14 @@
 //!   (page size, one word per MiB). Prints `migrate_1g_ms` (median, from the client's call to
 //!   its reply, 4 KiB → 1 GiB), `migrate_1g_copy_ms` (the copy alone, as luod reports it),
 //!   `migrate_1g_gb_per_s`, `migrate_1g_to_4k_ms` and `migrate_channels`.
+//! - **`kexec`** — luod's share of a real kernel live update: runs the VM harness's
+//!   `kexec-bench` scenario (`scripts/vm run kexec-bench`: the test kernel must be built, see
+//!   `docs/vm.md`) and reads its console. One session of a 1 GiB memfd, then 2,000 sessions
+//!   plus one of 500 files, each across a kexec through luod and through a program using
+//!   `/dev/liveupdate` itself. Prints `kexec_luod_overhead_ms_1s_1g` and
+//!   `kexec_luod_overhead_ms_2000s` (luod's forward less the direct program's preserves, plus
+//!   luod's start-to-first-retrieve less the direct program's open-to-first-retrieve) and
+//!   every part (`kexec_<shape>_<part>_ms`). Module `kexec`.
 //! - **`preload`** — builds and runs luo-preload's `bench_preload`: PRESERVE_FD + RETRIEVE_FD
 //!   pairs per second through the `LD_PRELOAD` library and through luo-client, printing
 //!   `preload_ioctl_per_s`, `native_ioctl_per_s` and their ratio.
@@ -118,6 +126,7 @@ mod crash;
 mod engine;
 mod external;
 mod image;
+mod kexec;
 mod migrate;
 mod rpc;
 mod upgrade;
@@ -182,7 +191,7 @@ pub(crate) fn raise_nofile() -> Result<u64> {
     Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }
 
-const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|crash [short]|copy|copy-engine|migrate|preload|vmm|all>";
+const USAGE: &str = "usage: luo-bench <image|engine|upgrade|rpc|crash [short]|copy|copy-engine|migrate|kexec|preload|vmm|all>";
 
 /// The `crash` benchmark: the long form of the crash-injection harness (`short`: the test's).
 fn crash(args: &[String]) -> Result<()> {
@@ -268,6 +277,7 @@ fn main() {
         "copy-engine" => copy::run(),
         "rpc" => rpc::run(),
         "migrate" => migrate::run(),
+        "kexec" => kexec::run(),
         "preload" => external::preload(),
         "vmm" => external::vmm(args.get(1..).unwrap_or_default()),
         "all" => image::run().and_then(|()| engine::run()),

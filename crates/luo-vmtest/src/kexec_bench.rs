@@ -9,13 +9,14 @@
 //!
 //! Four stages, each run in its own boot by the scenario scripts:
 //! - `luod-before`: starts luod (its log in [`LUOD_LOG`]), preserves the shape through
-//!   luo-client, times `Control::kexec` with `no_exec` (luod forwards every session into the
+//!   luo-client (timed: `luod_preserve`), times `Control::kexec` with `no_exec` (luod forwards every session into the
 //!   kernel's), then runs `luo-kexec -e` while it holds everything.
 //! - `luod-after`: starts luod, which restores before it serves, and times from the moment
 //!   before luod is started to the first file retrieved through it, then to every file
 //!   retrieved; checks every byte, finishes every session, stops luod, and checks that the
 //!   kernel holds neither the workload's kernel sessions nor luod's state session.
-//! - `direct-before`: the same shape preserved straight into kernel sessions, then `kexec -e`.
+//! - `direct-before`: the same shape preserved straight into kernel sessions (timed:
+//!   `direct_preserve`, the kernel's own work that luod does when it forwards), then `kexec -e`.
 //! - `direct-after`: from the moment before `/dev/liveupdate` is opened to the first file
 //!   retrieved, then to every file; every byte checked, every session finished.
 //!
@@ -32,8 +33,8 @@ use luo_client::{Control, KexecOptions};
 use rustix::io::Errno;
 
 use crate::luod_kexec::{
-    Options, check_contents, check_pattern, client, kernel_session_name, memfd_with,
-    open_device, patterned_memfd, sys,
+    Options, check_contents, check_pattern, client, kernel_session_name, memfd_with, open_device,
+    patterned_memfd, sys,
 };
 use crate::{Error, Report};
 
@@ -111,6 +112,9 @@ pub fn small_contents(session: &str, token: u64) -> Vec<u8> {
     line.bytes().cycle().take(SMALL_SIZE).collect()
 }
 
+/// One session's files before the kexec: (name, [(token, file)]).
+type Made = (String, Vec<(u64, OwnedFd)>);
+
 /// One retrieved session with its files: (name, session, [(token, file)]).
 type Retrieved<S> = (String, S, Vec<(u64, OwnedFd)>);
 
@@ -155,6 +159,25 @@ fn check_file(shape: Shape, fd: impl AsFd, session: &str, token: u64) -> Result<
         Shape::Many => check_contents(fd, &what, &small_contents(session, token)),
         Shape::Large(size) => check_pattern(fd, &what, size, LARGE_SEED),
     }
+}
+
+/// Every file of `shape`, made and filled (not timed).
+fn make_files(report: &mut Report, shape: Shape) -> Result<Vec<Made>, Error> {
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    for (name, tokens) in shape.plan() {
+        let files = tokens
+            .iter()
+            .map(|&t| make_file(shape, &name, t).map(|fd| (t, fd)))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((name, files));
+    }
+    report.ok(&format!(
+        "{} files made and written ({:.2} s)",
+        shape.files(),
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(out)
 }
 
 /// luod, started with its log in [`LUOD_LOG`]; waits until a device can be opened through it.
@@ -239,25 +262,25 @@ pub fn luod_before(report: &mut Report, opts: &Options, shape: Shape) -> Result<
     raise_nofile(report)?;
     let (luod, dev) = start_luod(opts)?;
     report.ok("luod serves");
+    let files = make_files(report, shape)?;
     let t0 = Instant::now();
     let mut sessions = Vec::new();
-    for (name, tokens) in shape.plan() {
-        let s = client("create session", dev.create_session(&name))?;
-        let files = tokens
-            .iter()
-            .map(|&t| make_file(shape, &name, t).map(|fd| (fd, t)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let borrowed: Vec<_> = files.iter().map(|(fd, t)| (fd.as_fd(), *t)).collect();
+    for (name, files) in &files {
+        let s = client("create session", dev.create_session(name))?;
+        let borrowed: Vec<_> = files.iter().map(|(t, fd)| (fd.as_fd(), *t)).collect();
         s.preserve_many(&borrowed)
             .map_err(|e| Error::Unexpected(format!("preserve in {name}: {e:?}")))?;
         sessions.push(s);
     }
+    let took = t0.elapsed();
+    figure(shape, "luod_preserve", took);
     report.ok(&format!(
-        "{} sessions, {} files preserved through luod ({:.2} s)",
+        "{} sessions, {} files preserved through luod ({:.2} ms)",
         sessions.len(),
         shape.files(),
-        t0.elapsed().as_secs_f64()
+        ms(took)
     ));
+    drop(files);
     let control = client("connect", Control::connect_at(&opts.socket))?;
     let t0 = Instant::now();
     let rep = client(
@@ -317,11 +340,7 @@ fn retrieve_all<S>(
     Ok(out)
 }
 
-fn check_all<S>(
-    report: &mut Report,
-    shape: Shape,
-    got: &[Retrieved<S>],
-) -> Result<(), Error> {
+fn check_all<S>(report: &mut Report, shape: Shape, got: &[Retrieved<S>]) -> Result<(), Error> {
     let t0 = Instant::now();
     let mut n = 0;
     for (name, _, files) in got {
@@ -422,22 +441,25 @@ fn kernel_clean(report: &mut Report, shape: Shape) -> Result<(), Error> {
 pub fn direct_before(report: &mut Report, kexec: &str, shape: Shape) -> Result<(), Error> {
     raise_nofile(report)?;
     let dev = open_device(report)?;
+    let files = make_files(report, shape)?;
     let t0 = Instant::now();
     let mut sessions = Vec::new();
-    for (name, tokens) in shape.plan() {
-        let s = sys("CREATE_SESSION", dev.create_session(&name))?;
-        for t in tokens {
-            let fd = make_file(shape, &name, t)?;
-            sys("PRESERVE_FD", s.preserve_fd(&fd, t))?;
+    for (name, files) in &files {
+        let s = sys("CREATE_SESSION", dev.create_session(name))?;
+        for (t, fd) in files {
+            sys("PRESERVE_FD", s.preserve_fd(fd, *t))?;
         }
         sessions.push(s);
     }
+    let took = t0.elapsed();
+    figure(shape, "direct_preserve", took);
     report.ok(&format!(
-        "{} sessions, {} files preserved into the kernel directly ({:.2} s)",
+        "{} sessions, {} files preserved into the kernel directly ({:.2} ms)",
         sessions.len(),
         shape.files(),
-        t0.elapsed().as_secs_f64()
+        ms(took)
     ));
+    drop(files);
     report.flush();
     let r = kexec_holding(kexec);
     drop((sessions, dev));
@@ -462,8 +484,7 @@ pub fn direct_after(report: &mut Report, shape: Shape) -> Result<(), Error> {
     ));
     check_all(report, shape, &got)?;
     for (name, s, _) in &got {
-        sys("FINISH", s.finish())
-            .map_err(|e| Error::Unexpected(format!("finish {name}: {e}")))?;
+        sys("FINISH", s.finish()).map_err(|e| Error::Unexpected(format!("finish {name}: {e}")))?;
     }
     report.ok("every session finished");
     Ok(())

@@ -83,7 +83,12 @@ pub fn kernel_session_name(uid: u32, name: &str) -> String {
 
 /// The state memfd's contents.
 pub fn state_contents() -> Vec<u8> {
-    STATE_TEXT.iter().copied().cycle().take(len(STATE_SIZE)).collect()
+    STATE_TEXT
+        .iter()
+        .copied()
+        .cycle()
+        .take(len(STATE_SIZE))
+        .collect()
 }
 
 pub(crate) fn len(size: u64) -> usize {
@@ -121,7 +126,8 @@ pub(crate) fn patterned_memfd(name: &str, size: u64, seed: u64) -> Result<OwnedF
         rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC),
     )?;
     sys("ftruncate", rustix::fs::ftruncate(&fd, size))?;
-    let mut map = SharedMap::new(&fd, len(size), true, false).map_err(|e| Error::Call("mmap", e))?;
+    let mut map =
+        SharedMap::new(&fd, len(size), true, false).map_err(|e| Error::Call("mmap", e))?;
     let buf = map
         .as_mut_slice()
         .ok_or(Error::Unexpected("read-only mapping".into()))?;
@@ -274,7 +280,9 @@ fn check_json(
         ));
     }
     if doc.get("forwarded") != Some(&serde_json::Value::Bool(false)) {
-        return unexpected(format!("luoctl kexec --check: forwarded is not false: {doc}"));
+        return unexpected(format!(
+            "luoctl kexec --check: forwarded is not false: {doc}"
+        ));
     }
     let files = doc
         .get("files")
@@ -366,7 +374,10 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
     if s.incoming || s.files != 2 || s.bytes < size + STATE_SIZE {
         return unexpected(format!("luod lists {s:?}"));
     }
-    report.ok(&format!("luod lists {SESSION}: outgoing, 2 files, {} bytes", s.bytes));
+    report.ok(&format!(
+        "luod lists {SESSION}: outgoing, 2 files, {} bytes",
+        s.bytes
+    ));
 
     // (d) Files that cannot cross the kexec.
     let odd = client("create session", dev.create_session(UNPRESERVABLE))?;
@@ -374,7 +385,10 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
         "memfd_create(MFD_HUGETLB)",
         rustix::fs::memfd_create("vm-guest-huge", MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB),
     )?;
-    sys("ftruncate hugetlb", rustix::fs::ftruncate(&huge, HUGETLB_SIZE))?;
+    sys(
+        "ftruncate hugetlb",
+        rustix::fs::ftruncate(&huge, HUGETLB_SIZE),
+    )?;
     {
         // Touch every huge page, so the memfd really holds them.
         let mut map = SharedMap::new(&huge, len(HUGETLB_SIZE), true, false)
@@ -547,7 +561,9 @@ pub fn stage2(report: &mut Report, opts: &Options) -> Result<(), Error> {
     ));
     let state = client("retrieve state", session.retrieve(TOKEN_STATE))?;
     check_contents(&state, "state after the kexec", &state_contents())?;
-    report.ok(&format!("token {TOKEN_STATE}: {STATE_SIZE} bytes, its text"));
+    report.ok(&format!(
+        "token {TOKEN_STATE}: {STATE_SIZE} bytes, its text"
+    ));
     match session.retrieve(TOKEN_STATE + 1) {
         Err(e) if e.errno.0 == Errno::NOENT.raw_os_error() => {
             report.ok("an unknown token: ENOENT");
@@ -569,13 +585,18 @@ pub fn stage2(report: &mut Report, opts: &Options) -> Result<(), Error> {
     report.ok(&format!("luoctl sessions shows no {SESSION}"));
 
     // The files are the workload's now.
-    let map = SharedMap::new(&memory, len(size), false, false).map_err(|e| Error::Call("mmap", e))?;
+    let map =
+        SharedMap::new(&memory, len(size), false, false).map_err(|e| Error::Call("mmap", e))?;
     let step = (1u64 << 20).min(size);
     for offset in (0..size).step_by(len(step)) {
         let end = (offset + 4096).min(size);
-        if let Some(m) = pattern::verify(MEMORY_SEED, offset, &map.as_slice()[len(offset)..len(end)])
+        if let Some(m) =
+            pattern::verify(MEMORY_SEED, offset, &map.as_slice()[len(offset)..len(end)])
         {
-            return unexpected(format!("after finish: the memory differs at {:#x}", m.offset));
+            return unexpected(format!(
+                "after finish: the memory differs at {:#x}",
+                m.offset
+            ));
         }
     }
     report.ok("the memory is still the workload's after the session is gone");

@@ -88,7 +88,10 @@ fn plant_and_kexec(report: &mut Report, round: u64, kexec: &str) -> Result<(), E
     let name = workload_kernel_name();
     let work = sys("create the workload's session", dev.create_session(&name))?;
     let memfd = patterned_memfd("luod-corrupt-w", SIZE, SEED + round)?;
-    sys("preserve the workload's memfd", work.preserve_fd(&memfd, TOKEN))?;
+    sys(
+        "preserve the workload's memfd",
+        work.preserve_fd(&memfd, TOKEN),
+    )?;
     report.ok(&format!(
         "kernel session {name}: a patterned memfd of {SIZE} bytes at token {TOKEN}"
     ));
@@ -137,7 +140,10 @@ fn refused(report: &mut Report, luod: &str, socket: &str, round: u64) -> Result<
         .spawn()
         .map_err(|e| Error::Call("start luod", e))?;
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::Call("wait for luod", e))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| Error::Call("wait for luod", e))?
+        {
             break status;
         }
         if t0.elapsed() > LUOD_LIMIT {
@@ -171,7 +177,10 @@ fn refused(report: &mut Report, luod: &str, socket: &str, round: u64) -> Result<
 
     let dev = open_device(report)?;
     let name = workload_kernel_name();
-    let work = sys("retrieve the workload's kernel session", dev.retrieve_session(&name))?;
+    let work = sys(
+        "retrieve the workload's kernel session",
+        dev.retrieve_session(&name),
+    )?;
     let memfd = sys("retrieve its memfd", work.retrieve_fd(TOKEN))?;
     check_pattern(&memfd, "the workload's memfd", SIZE, SEED + round)?;
     report.ok(&format!(

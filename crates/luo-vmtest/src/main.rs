@@ -141,7 +141,9 @@ fn run(args: &[String], report: &mut Report) -> Result<(), Error> {
                 "luod-after" => kexec_bench::luod_after(report, &opts, shape),
                 "direct-before" => kexec_bench::direct_before(report, &kexec, shape),
                 "direct-after" => kexec_bench::direct_after(report, shape),
-                _ => Err(Error::Usage(format!("no stage {st} of scenario kexec-bench"))),
+                _ => Err(Error::Usage(format!(
+                    "no stage {st} of scenario kexec-bench"
+                ))),
             }
         }
         (s, st) => Err(Error::Usage(format!("no stage {st:?} of scenario {s}"))),

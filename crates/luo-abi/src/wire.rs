@@ -347,8 +347,13 @@ pub const KEXEC_NO_EXEC: u32 = 1 << 2;
 /// [`KexecRequest::flags`]: undo a forward made with [`KEXEC_NO_EXEC`]: the kernel sessions are
 /// closed (unpreserved) and the sessions thawed.
 pub const KEXEC_CANCEL: u32 = 1 << 3;
+/// [`KexecRequest::flags`]: re-back every hugetlb memfd that would cross onto shmem first
+/// (this kernel preserves shmem memfds only), its contents copied by luod's copy engine; with
+/// [`KEXEC_CHECK`], report as if they were.
+pub const KEXEC_CONVERT: u32 = 1 << 4;
 /// Every [`KexecRequest::flags`] bit; any other is `EINVAL`.
-pub const KEXEC_FLAGS: u32 = KEXEC_CHECK | KEXEC_DROP_UNPRESERVABLE | KEXEC_NO_EXEC | KEXEC_CANCEL;
+pub const KEXEC_FLAGS: u32 =
+    KEXEC_CHECK | KEXEC_DROP_UNPRESERVABLE | KEXEC_NO_EXEC | KEXEC_CANCEL | KEXEC_CONVERT;
 
 /// Argument of [`Op::Kexec`].
 ///

@@ -755,6 +755,9 @@ pub struct KexecOptions {
     pub no_exec: bool,
     /// Undo a forward made with `no_exec`.
     pub cancel: bool,
+    /// Re-back every hugetlb memfd onto shmem before the forward, so that it crosses (with
+    /// `check`: report as if they were).
+    pub convert: bool,
 }
 
 /// A preserved file that cannot cross a kexec of this kernel.
@@ -989,6 +992,7 @@ impl Control {
             (options.drop_unpreservable, wire::KEXEC_DROP_UNPRESERVABLE),
             (options.no_exec, wire::KEXEC_NO_EXEC),
             (options.cancel, wire::KEXEC_CANCEL),
+            (options.convert, wire::KEXEC_CONVERT),
         ]
         .iter()
         .filter(|(on, _)| *on)

@@ -7,13 +7,18 @@
 //! memfd at [`TOKEN_STATE`]. A second session, [`UNPRESERVABLE`], holds a hugetlb memfd and a
 //! socket: `luoctl kexec --check --json` must name both, `luoctl kexec` must refuse, and
 //! afterwards every session, the memory and luod's service are as before. That session is
-//! then closed (which discards an outgoing session), the check passes, the stage prints its
-//! PASS line (through `luo-kexec --by`) and `luoctl kexec` has luod forward and kexec, while
-//! the workload still holds its session.
+//! `luoctl kexec --check --convert` counts the hugetlb memfd as crossing and still names the
+//! socket, and `luoctl kexec --convert` is refused with nothing converted. That session is
+//! then closed (which discards an outgoing session), the check passes; session [`CONVERTED`]
+//! gets a patterned hugetlb memfd (the check fails again, `--check --convert` passes), the
+//! stage prints its PASS line (through `luo-kexec --by`) and `luoctl kexec --convert` has luod
+//! re-back the hugetlb memfd onto shmem, forward and kexec, while the workload still holds its
+//! sessions.
 //!
 //! Stage 2 (a new luod, which restored the sessions before serving): the workload retrieves
-//! [`SESSION`] and both files, checks their size and every byte, finishes and closes it; luod
-//! lists it no more. Then, once luod is stopped, the kernel's `/dev/liveupdate` itself has
+//! [`SESSION`] and both files, checks their size and every byte, finishes and closes it; it
+//! retrieves [`CONVERTED`]'s memfd, now on shmem, with every byte as written; luod lists
+//! neither any more. Then, once luod is stopped, the kernel's `/dev/liveupdate` itself has
 //! neither the session's kernel session ([`kernel_session_name`]) nor luod's state session.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -49,6 +54,15 @@ pub const TOKEN_HUGETLB: u64 = 10;
 pub const TOKEN_SOCKET: u64 = 11;
 /// The hugetlb memfd's size: two 2 MiB pages.
 pub const HUGETLB_SIZE: u64 = 4 << 20;
+/// The session whose hugetlb memfd crosses by `luoctl kexec --convert`.
+pub const CONVERTED: &str = "vm-huge";
+/// Its token.
+pub const TOKEN_CONVERTED: u64 = 20;
+/// The seed of its pattern.
+pub const CONVERTED_SEED: u64 = 0x6875_6765_3231;
+/// `statfs`'s `f_type` of hugetlbfs and of tmpfs (shmem).
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+const TMPFS_MAGIC: u64 = 0x0102_1994;
 /// luod's own state session in the kernel.
 pub const STATE_SESSION: &str = "luod";
 
@@ -485,6 +499,41 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
         took.as_millis()
     ));
 
+    // --convert: the hugetlb memfd would cross, the socket still cannot; the kexec is refused
+    // before anything is converted.
+    let out = luoctl(opts, &["kexec", "--check", "--convert", "--json"])?;
+    if exit_code(&out) != Some(1) {
+        return unexpected(format!(
+            "luoctl kexec --check --convert: {}, expected exit status 1 (a socket)",
+            out.status
+        ));
+    }
+    check_json(
+        &out,
+        2,
+        3,
+        size + STATE_SIZE + HUGETLB_SIZE,
+        &[(TOKEN_SOCKET, "socket")],
+    )?;
+    report.ok(
+        "luoctl kexec --check --convert counts the hugetlb memfd as crossing, names the socket",
+    );
+    let out = luoctl(opts, &["kexec", "--convert"])?;
+    if exit_code(&out) != Some(1) {
+        return unexpected(format!(
+            "luoctl kexec --convert with a socket held: {}, expected exit status 1",
+            out.status
+        ));
+    }
+    check_json(
+        &luoctl(opts, &["kexec", "--check", "--json"])?,
+        2,
+        2,
+        size + STATE_SIZE,
+        &[(TOKEN_HUGETLB, "hugetlb-memfd"), (TOKEN_SOCKET, "socket")],
+    )?;
+    report.ok("luoctl kexec --convert refuses while a socket is held, and converted nothing");
+
     // Closing an outgoing session's connection discards it (luo-client's Session, luod's
     // close_conn): the unpreservable files go with it.
     drop((odd, huge, sock, peer));
@@ -503,14 +552,62 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
     check_json(&out, 1, 2, size + STATE_SIZE, &[])?;
     report.ok("luoctl kexec --check exits 0: every file can cross");
 
-    report.ok("stage 1 done; luoctl kexec while the workload holds its session");
+    // A hugetlb memfd that crosses by --convert: re-backed onto shmem by luod.
+    let conv = client("create session", dev.create_session(CONVERTED))?;
+    let huge = sys(
+        "memfd_create(MFD_HUGETLB)",
+        rustix::fs::memfd_create("vm-huge", MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB),
+    )?;
+    sys(
+        "ftruncate hugetlb",
+        rustix::fs::ftruncate(&huge, HUGETLB_SIZE),
+    )?;
+    {
+        let mut map = SharedMap::new(&huge, len(HUGETLB_SIZE), true, false)
+            .map_err(|e| Error::Call("mmap hugetlb", e))?;
+        let buf = map
+            .as_mut_slice()
+            .ok_or(Error::Unexpected("read-only mapping".into()))?;
+        pattern::fill(CONVERTED_SEED, 0, buf);
+    }
+    client(
+        "preserve hugetlb memfd",
+        conv.preserve(&huge, TOKEN_CONVERTED),
+    )?;
+    let out = luoctl(opts, &["kexec", "--check", "--json"])?;
+    if exit_code(&out) != Some(1) {
+        return unexpected(format!(
+            "luoctl kexec --check with a hugetlb memfd: {}, expected exit status 1",
+            out.status
+        ));
+    }
+    let out = luoctl(opts, &["kexec", "--check", "--convert", "--json"])?;
+    if !out.status.success() {
+        return unexpected(format!(
+            "luoctl kexec --check --convert: {} with shmem and hugetlb memfds, expected 0",
+            out.status
+        ));
+    }
+    report.ok(&format!(
+        "session {CONVERTED}: a patterned hugetlb memfd ({HUGETLB_SIZE} bytes) at token \
+         {TOKEN_CONVERTED}; --check exits 1, --check --convert 0"
+    ));
+
+    report.ok("stage 1 done; luoctl kexec --convert while the workload holds its sessions");
     report.flush();
     let socket = opts.socket.to_string_lossy().into_owned();
     let status = Command::new(&opts.kexec)
-        .args(["--by", &opts.luoctl, "--socket", &socket, "kexec"])
+        .args([
+            "--by",
+            &opts.luoctl,
+            "--socket",
+            &socket,
+            "kexec",
+            "--convert",
+        ])
         .status()
-        .map_err(|e| Error::Call("run luo-kexec --by luoctl kexec", e))?;
-    drop((session, dev, memory, state));
+        .map_err(|e| Error::Call("run luo-kexec --by luoctl kexec --convert", e))?;
+    drop((session, dev, memory, state, conv, huge));
     unexpected(format!("luoctl kexec did not kexec ({status})"))
 }
 
@@ -572,7 +669,26 @@ pub fn stage2(report: &mut Report, opts: &Options) -> Result<(), Error> {
     }
     client("finish", session.finish())?;
     drop(session);
+
+    // The hugetlb memfd crossed on shmem (--convert), every byte as written.
+    let conv = client("retrieve session", dev.retrieve_session(CONVERTED))?;
+    let fd = client("retrieve converted", conv.retrieve(TOKEN_CONVERTED))?;
+    let fs = sys("fstatfs", rustix::fs::fstatfs(&fd))?;
+    let magic = fs.f_type as u64;
+    if magic != TMPFS_MAGIC {
+        return unexpected(format!(
+            "{CONVERTED}: the file is on a filesystem of type {magic:#x}, expected shmem \
+             ({TMPFS_MAGIC:#x}; hugetlbfs is {HUGETLBFS_MAGIC:#x})"
+        ));
+    }
+    check_pattern(&fd, "the converted memfd", HUGETLB_SIZE, CONVERTED_SEED)?;
+    client("finish", conv.finish())?;
+    drop(conv);
+    report.ok(&format!(
+        "{CONVERTED}: the hugetlb memfd crossed on shmem, {HUGETLB_SIZE} bytes as written"
+    ));
     drop(dev);
+    wait_gone(opts, CONVERTED)?;
     let took = wait_gone(opts, SESSION)?;
     report.ok(&format!(
         "finished and closed: luod lists {SESSION} no more ({} ms)",
@@ -628,7 +744,8 @@ pub(crate) fn open_device(report: &mut Report) -> Result<luo_sys::liveupdate::De
 pub fn stage2_kernel(report: &mut Report) -> Result<(), Error> {
     let dev = open_device(report)?;
     let kname = kernel_session_name(0, SESSION);
-    for name in [kname.as_str(), STATE_SESSION] {
+    let kconv = kernel_session_name(0, CONVERTED);
+    for name in [kname.as_str(), kconv.as_str(), STATE_SESSION] {
         match dev.retrieve_session(name) {
             Err(Errno::NOENT) => report.ok(&format!("kernel session {name}: ENOENT")),
             Err(e) => return unexpected(format!("kernel session {name}: {e}, expected ENOENT")),

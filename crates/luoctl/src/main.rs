@@ -95,6 +95,8 @@ enum Command {
     /// (kexec -s -l). After the boot luod restores every session as incoming. Hugetlb memfds,
     /// sockets, pipes, eventfds and PCI config files cannot cross: --check lists them (status 1
     /// if there are any), and a kexec with them is refused unless --drop-unpreservable.
+    /// --convert re-backs every hugetlb memfd onto shmem first (its contents copied), so that
+    /// it crosses; the workload must not write it after that.
     Kexec {
         /// Only list what would cross and what would be lost; change nothing.
         #[arg(long, conflicts_with_all = ["drop_unpreservable", "no_exec", "cancel"])]
@@ -108,6 +110,10 @@ enum Command {
         /// Undo a forward made with --no-exec.
         #[arg(long, conflicts_with = "drop_unpreservable")]
         cancel: bool,
+        /// Re-back every hugetlb memfd onto shmem (4 KiB pages) before the forward, so that it
+        /// crosses; with --check, report as if they were.
+        #[arg(long, conflicts_with = "cancel")]
+        convert: bool,
         #[command(flatten)]
         format: Format,
     },
@@ -295,6 +301,7 @@ fn run(command: Command, socket: &Path) -> Done {
             drop_unpreservable,
             no_exec,
             cancel,
+            convert,
             ..
         } => {
             let options = luo_client::KexecOptions {
@@ -302,6 +309,7 @@ fn run(command: Command, socket: &Path) -> Done {
                 drop_unpreservable,
                 no_exec,
                 cancel,
+                convert,
             };
             let (stdout, failure) = kexec::run(socket, options, json);
             return Done { stdout, failure };

@@ -188,6 +188,7 @@ impl Backend {
 /// One preserved file that cannot cross.
 #[derive(Clone, Debug)]
 pub struct Lost {
+    pub id: luo_core::SessionId,
     pub owner: u32,
     pub session: Vec<u8>,
     pub token: u64,
@@ -244,7 +245,7 @@ fn fd_link(fd: BorrowedFd<'_>) -> String {
 }
 
 /// What a kexec now would carry and lose.
-pub fn check(engine: &Engine) -> Report {
+pub fn check(engine: &Engine, convert: bool) -> Report {
     let mut r = Report::default();
     for s in crossing(engine) {
         r.sessions += 1;
@@ -257,7 +258,13 @@ pub fn check(engine: &Engine) -> Report {
                     r.preservable += 1;
                     r.preservable_bytes += f.bytes;
                 }
+                // Re-backed onto shmem before the forward (`--convert`).
+                Some(KEXEC_KIND_HUGETLB) if convert => {
+                    r.preservable += 1;
+                    r.preservable_bytes += f.bytes;
+                }
                 Some(kind) => r.lost.push(Lost {
+                    id: s.id,
                     owner: s.owner,
                     session: s.name.clone(),
                     token,
@@ -367,7 +374,7 @@ fn sealed_memfd(bytes: &[u8]) -> anyhow::Result<OwnedFd> {
 /// last. On failure every kernel session made so far is closed again (the kernel unpreserves
 /// their files) and nothing is left forwarded.
 pub fn forward(backend: &mut Backend, engine: &Engine) -> Result<Report, Refusal> {
-    let report = check(engine);
+    let report = check(engine, false);
     let (image, files) =
         state_image(engine).map_err(|e| refuse(Errno::EINVAL, format!("{e:#}")))?;
     let state = sealed_memfd(&image).map_err(|e| {
@@ -764,7 +771,13 @@ mod tests {
             ("h", 3, huge),
             ("h", 4, pipe_r),
         ]);
-        let r = check(&e);
+        // With --convert the hugetlb memfd counts as crossing (it is re-backed first).
+        let c = check(&e, true);
+        assert_eq!(
+            (c.sessions, c.preservable, c.preservable_bytes, c.lost.len()),
+            (2, 2, 5000 + (2 << 20), 2)
+        );
+        let r = check(&e, false);
         assert_eq!(
             (r.sessions, r.preservable, r.preservable_bytes),
             (2, 1, 5000)

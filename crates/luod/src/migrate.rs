@@ -195,6 +195,42 @@ pub fn finish(server: &mut crate::server::Server, m: Migration) -> Reply {
     }
 }
 
+/// Re-backs file `token` of `session` onto shmem (4 KiB pages) now, on the caller's thread: a
+/// kexec with `--convert`, before the sessions are frozen, since the kernel preserves shmem
+/// memfds only. The same checks, copy and swap as MIGRATE; a failure leaves the old file in
+/// place. Returns the bytes copied and how long the copy took.
+pub fn convert_now(
+    server: &mut crate::server::Server,
+    session: SessionId,
+    token: u64,
+) -> Result<(u64, std::time::Duration), Reply> {
+    let outgoing = matches!(
+        server.engine.session_info(session).map(|s| s.direction),
+        Some(Direction::Outgoing)
+    );
+    let plan = plan_file(&server.engine, session, token, outgoing, PageSize::Base4K)?;
+    let dst = new_backing(plan.size, plan.page)?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let (dst, _) = copy(
+        &server.copier,
+        &plan.src,
+        dst,
+        plan.size,
+        plan.page,
+        &progress,
+    )
+    .map_err(|m| err(Errno::EIO, m))?;
+    let fd = finish_file(dst, plan.pos, plan.seals, plan.access).map_err(|m| err(Errno::EIO, m))?;
+    let took = started.elapsed();
+    let old = server
+        .engine
+        .reback_fd(session, token, fd.as_fd())
+        .map_err(|e| err(e.errno(), e.to_string()))?;
+    server.bury_later(old);
+    Ok((plan.size, took))
+}
+
 /// Closes `old` on a thread of its own: when it is the last reference to the old memory, the
 /// close frees every page of it, which for a gigabyte takes tens of milliseconds the event loop
 /// should not spend.
@@ -260,7 +296,17 @@ fn plan(
         // A retrieved session's files may be mapped by its new owner at any moment.
         return Err(err(Errno::EBUSY, "The session was retrieved"));
     }
-    let token = req.token.get();
+    plan_file(engine, session, req.token.get(), outgoing, page)
+}
+
+/// Checks file `token` of `session` (outgoing or not) for a move onto pages of `page`.
+fn plan_file(
+    engine: &luo_core::Engine,
+    session: SessionId,
+    token: u64,
+    outgoing: bool,
+    page: PageSize,
+) -> Result<Plan, Reply> {
     let file = engine
         .file_view(session, token)
         .ok_or_else(|| err(Errno::ENOENT, "No file with that token"))?;

@@ -64,6 +64,7 @@ fn bad_kexec_flags_are_einval() {
         (1u32 << 7, 0u32),
         (0, 1),
         (wire::KEXEC_CANCEL | wire::KEXEC_NO_EXEC, 0),
+        (wire::KEXEC_CANCEL | wire::KEXEC_CONVERT, 0),
     ] {
         let mut arg = flags.to_le_bytes().to_vec();
         arg.extend_from_slice(&reserved.to_le_bytes());

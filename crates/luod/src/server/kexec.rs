@@ -2,8 +2,9 @@
 
 use luo_abi::Errno;
 use luo_abi::wire::{
-    KEXEC_CANCEL, KEXEC_CHECK, KEXEC_DROP_UNPRESERVABLE, KEXEC_FLAGS, KEXEC_LIST_MAX,
-    KEXEC_NO_EXEC, KEXEC_STATE_FORWARDED, KEXEC_STATE_IDLE, KexecEntry, KexecReply, KexecRequest,
+    KEXEC_CANCEL, KEXEC_CHECK, KEXEC_CONVERT, KEXEC_DROP_UNPRESERVABLE, KEXEC_FLAGS,
+    KEXEC_KIND_HUGETLB, KEXEC_LIST_MAX, KEXEC_NO_EXEC, KEXEC_STATE_FORWARDED, KEXEC_STATE_IDLE,
+    KexecEntry, KexecReply, KexecRequest,
 };
 use tracing::{info, warn};
 use zerocopy::byteorder::little_endian::{U32, U64};
@@ -99,10 +100,14 @@ impl Server {
             backend.cancel();
             self.engine.thaw();
             info!("kexec cancelled: the kernel sessions are closed, every session thawed");
-            return (report_reply(&liveupdate::check(&self.engine), false), false);
+            return (
+                report_reply(&liveupdate::check(&self.engine, false), false),
+                false,
+            );
         }
         let forwarded = backend.is_forwarded();
-        let report = liveupdate::check(&self.engine);
+        let convert = flags & KEXEC_CONVERT != 0;
+        let report = liveupdate::check(&self.engine, convert && !forwarded);
         if flags & KEXEC_CHECK != 0 {
             return (report_reply(&report, forwarded), false);
         }
@@ -152,6 +157,9 @@ impl Server {
                 false,
             );
         }
+        if convert && let Err(reply) = self.convert_hugetlb() {
+            return (reply, false);
+        }
         if let Err(e) = self.engine.freeze() {
             return (
                 Reply::err_msg(
@@ -175,6 +183,64 @@ impl Server {
                 )
             }
         }
+    }
+
+    /// `--convert`: every crossing hugetlb memfd re-backed onto shmem, one by one. A failure
+    /// stops there: the files converted so far stay converted (their contents are the same,
+    /// on shmem), the rest untouched, and nothing is forwarded.
+    fn convert_hugetlb(&mut self) -> Result<(), Reply> {
+        let todo: Vec<_> = liveupdate::check(&self.engine, false)
+            .lost
+            .into_iter()
+            .filter(|l| l.kind == KEXEC_KIND_HUGETLB)
+            .collect();
+        let (mut files, mut bytes, mut took) = (0u64, 0u64, std::time::Duration::ZERO);
+        for l in &todo {
+            match crate::migrate::convert_now(self, l.id, l.token) {
+                Ok((b, t)) => {
+                    files += 1;
+                    bytes += b;
+                    took += t;
+                }
+                Err(reply) => {
+                    if files > 0 {
+                        self.commit_changes(None);
+                    }
+                    let why = String::from_utf8_lossy(&reply.arg).into_owned();
+                    warn!(
+                        token = l.token,
+                        owner = l.owner,
+                        session = %String::from_utf8_lossy(&l.session),
+                        converted = files,
+                        "kexec --convert failed: {why}"
+                    );
+                    return Err(Reply::err_msg(
+                        Errno(reply.errno),
+                        &format!(
+                            "Cannot re-back token {} of uid {}'s session {:?} onto shmem ({why}); \
+                             {files} hugetlb memfds were re-backed before it, nothing was \
+                             forwarded",
+                            l.token,
+                            l.owner,
+                            String::from_utf8_lossy(&l.session)
+                        ),
+                    ));
+                }
+            }
+        }
+        if files > 0 {
+            // The swaps are durable before anything else happens: a server that dies from
+            // here on comes back with the shmem files (and the old ones closed).
+            self.commit_changes(None);
+            self.metrics_fold_copy();
+            info!(
+                files,
+                bytes,
+                copy_ms = took.as_secs_f64() * 1e3,
+                "kexec --convert: hugetlb memfds re-backed onto shmem"
+            );
+        }
+        Ok(())
     }
 
     /// The luod session `id` is about to be finished or closed: what the kernel backend needs

@@ -149,6 +149,26 @@ pub(crate) fn patterned_memfd(name: &str, size: u64, seed: u64) -> Result<OwnedF
     Ok(fd)
 }
 
+/// A hugetlb memfd of [`HUGETLB_SIZE`] bytes (2 MiB pages), written by `write`.
+fn hugetlb_memfd(name: &str, write: impl FnOnce(&mut [u8])) -> Result<OwnedFd, Error> {
+    let huge = sys(
+        "memfd_create(MFD_HUGETLB)",
+        rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB),
+    )?;
+    sys(
+        "ftruncate hugetlb",
+        rustix::fs::ftruncate(&huge, HUGETLB_SIZE),
+    )?;
+    let mut map = SharedMap::new(&huge, len(HUGETLB_SIZE), true, false)
+        .map_err(|e| Error::Call("mmap hugetlb (nr_hugepages reserved?)", e))?;
+    let buf = map
+        .as_mut_slice()
+        .ok_or(Error::Unexpected("read-only mapping".into()))?;
+    write(buf);
+    drop(map);
+    Ok(huge)
+}
+
 /// A memfd of `size` bytes holding `contents`.
 pub(crate) fn memfd_with(name: &str, contents: &[u8]) -> Result<OwnedFd, Error> {
     let fd = sys(
@@ -395,24 +415,12 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
 
     // (d) Files that cannot cross the kexec.
     let odd = client("create session", dev.create_session(UNPRESERVABLE))?;
-    let huge = sys(
-        "memfd_create(MFD_HUGETLB)",
-        rustix::fs::memfd_create("vm-guest-huge", MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB),
-    )?;
-    sys(
-        "ftruncate hugetlb",
-        rustix::fs::ftruncate(&huge, HUGETLB_SIZE),
-    )?;
-    {
-        // Touch every huge page, so the memfd really holds them.
-        let mut map = SharedMap::new(&huge, len(HUGETLB_SIZE), true, false)
-            .map_err(|e| Error::Call("mmap hugetlb (nr_hugepages reserved?)", e))?;
-        if let Some(buf) = map.as_mut_slice() {
-            for page in buf.chunks_mut(2 << 20) {
-                page[0] = 0x48;
-            }
+    // Every huge page touched, so the memfd really holds them.
+    let huge = hugetlb_memfd("vm-guest-huge", |buf| {
+        for page in buf.chunks_mut(2 << 20) {
+            page[0] = 0x48;
         }
-    }
+    })?;
     let (sock, peer) = UnixStream::pair().map_err(|e| Error::Call("socketpair", e))?;
     client("preserve hugetlb memfd", odd.preserve(&huge, TOKEN_HUGETLB))?;
     client("preserve socket", odd.preserve(&sock, TOKEN_SOCKET))?;
@@ -554,22 +562,7 @@ pub fn stage1(report: &mut Report, opts: &Options) -> Result<(), Error> {
 
     // A hugetlb memfd that crosses by --convert: re-backed onto shmem by luod.
     let conv = client("create session", dev.create_session(CONVERTED))?;
-    let huge = sys(
-        "memfd_create(MFD_HUGETLB)",
-        rustix::fs::memfd_create("vm-huge", MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB),
-    )?;
-    sys(
-        "ftruncate hugetlb",
-        rustix::fs::ftruncate(&huge, HUGETLB_SIZE),
-    )?;
-    {
-        let mut map = SharedMap::new(&huge, len(HUGETLB_SIZE), true, false)
-            .map_err(|e| Error::Call("mmap hugetlb", e))?;
-        let buf = map
-            .as_mut_slice()
-            .ok_or(Error::Unexpected("read-only mapping".into()))?;
-        pattern::fill(CONVERTED_SEED, 0, buf);
-    }
+    let huge = hugetlb_memfd("vm-huge", |buf| pattern::fill(CONVERTED_SEED, 0, buf))?;
     client(
         "preserve hugetlb memfd",
         conv.preserve(&huge, TOKEN_CONVERTED),

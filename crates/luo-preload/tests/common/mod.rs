@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions};
 
+pub mod selftests;
+
 /// How long one luod may live before its watchdog kills it.
 pub const WATCHDOG: Duration = Duration::from_secs(80);
 /// Deadline of one program run.

@@ -2,8 +2,8 @@
 /*
  * The library touches nothing but its own descriptors: LIVEUPDATE_* ioctls on a pipe, a
  * memfd, /dev/null or the program's own SOCK_SEQPACKET socket pair get the real kernel's
- * answer (ENOTTY) and nothing is sent anywhere; ordinary ioctls on luod descriptors reach the
- * socket as usual. And what makes a luod descriptor lives on the socket, not in the process:
+ * answer (ENOTTY) and nothing is sent anywhere; other requests on luod descriptors get the
+ * answers of the kernel's device and session, not a socket's. And what makes a luod descriptor lives on the socket, not in the process:
  * a session passed to another process over SCM_RIGHTS works there.
  */
 #define _GNU_SOURCE
@@ -60,7 +60,7 @@ static int recv_fd(int sock)
 int main(void)
 {
 	struct liveupdate_session_get_name gn = { .size = sizeof(gn) };
-	int dev, s, p[2], sv[2], st[2], m, null, n, status;
+	int dev, s, p[2], sv[2], st[2], m, null, status;
 	char got[64];
 	pid_t pid;
 
@@ -84,9 +84,23 @@ int main(void)
 	EXPECT_ERR(ioctl(12345, LIVEUPDATE_SESSION_GET_NAME, &gn), EBADF, "a closed number: EBADF");
 
 	s = EXPECT_OK(luo_create_session(dev, "foreign"), "create foreign");
-	n = -1;
-	EXPECT_OK(ioctl(s, FIONREAD, &n), "FIONREAD on a session reaches the socket");
-	CHECK(n == 0, "no bytes pending");
+	/*
+	 * Other requests on the device and on a session get the answers of the kernel's own
+	 * handlers, which decode by command number only: EINVAL outside their tables, ENOTTY for
+	 * a number inside a table with another command word. A socket would answer FIONREAD.
+	 */
+	memset(&gn, 0, sizeof(gn));
+	gn.size = sizeof(gn);
+	EXPECT_ERR(ioctl(s, FIONREAD, &gn), EINVAL, "FIONREAD on a session: EINVAL");
+	EXPECT_ERR(ioctl(dev, FIONREAD, &gn), EINVAL, "FIONREAD on the device: EINVAL");
+	EXPECT_ERR(ioctl(dev, TCGETS, &gn), ENOTTY, "TCGETS on the device: ENOTTY (number 1)");
+	EXPECT_ERR(ioctl(s, TCGETS, &gn), EINVAL, "TCGETS on a session: EINVAL");
+	EXPECT_ERR(ioctl(s, _IOW(0xAE, 0x41, int), &gn), ENOTTY,
+		   "another type's request numbered like RETRIEVE_FD: ENOTTY");
+	EXPECT_ERR(ioctl(s, _IO(0xAE, 0x80), &gn), EINVAL,
+		   "another type's request outside the table: EINVAL");
+	EXPECT_ERR(ioctl(s, _IOW(0xAE, 0x41, int), NULL), EFAULT,
+		   "... which reads size first: EFAULT for NULL");
 	EXPECT_OK(ioctl(s, FIOCLEX), "FIOCLEX on a session");
 	EXPECT_OK(ioctl(s, FIONBIO, &(int){ 1 }), "FIONBIO on a session");
 	EXPECT_OK(luo_get_name(s, got), "a non-blocking session still answers");

@@ -18,8 +18,9 @@
 //!   the device (`path`) and, for it only, connect to luod and turn the connection into the
 //!   caller's device connection (`conn::open_device`). Every other path goes to the real
 //!   libc function, found with `dlsym(RTLD_NEXT)` (`real`).
-//! - `ioctl` looks at requests of type `0xBA` only. If the descriptor is a luod connection
-//!   (a mark on the socket itself says so: `conn::classify`), `decode` applies the kernel's
+//! - `ioctl` answers requests on luod connections (a mark on the socket itself says so:
+//!   `conn::classify`) as the kernel's device and session files do (see [`ioctl`] for which
+//!   requests are looked at, and when). `decode` applies the kernel's
 //!   decoding order — the parts that need no state locally, the session-direction check in
 //!   luod — forwards the struct bytes, and copies the reply back with the received descriptor's
 //!   number in the struct's `fd` field. Anything else goes to the real `ioctl`.
@@ -259,8 +260,19 @@ pub unsafe extern "C" fn __openat64_2(dirfd: c_int, path: *const c_char, flags: 
     }
 }
 
-/// `ioctl(2)`: requests of type `0xBA` on luod connections are answered by luod, everything
-/// else by the real `ioctl`.
+/// `ioctl(2)`: on luod connections, every request the kernel would give to the device's or
+/// the session's own handler is answered as that handler answers it (`decode`): the
+/// `LIVEUPDATE_*` requests by luod, any other by the handler's decoding steps alone, which
+/// refuse it (`EINVAL` for a command number outside the table, `ENOTTY` inside it). The
+/// requests the kernel handles for every file before its handler (`FIOCLEX`, `FIONCLEX`,
+/// `FIONBIO`, `FIOASYNC`, `FIOQSIZE`, the file-system ones) and everything on other
+/// descriptors go to the real `ioctl`.
+///
+/// A luod connection is a socket, and a socket answers terminal (`'T'`, such as `FIONREAD`)
+/// and socket (`0x89`) requests itself, so those types are classified before the real call.
+/// Any other type is only looked at when the real call says `ENOTTY` (a socket's answer to a
+/// request it does not know, with nothing changed): the descriptors of other programs' ioctls
+/// (a VMM's `KVM_RUN`) cost no extra system call.
 ///
 /// # Safety
 ///
@@ -271,14 +283,48 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     // The kernel takes the command as an `unsigned int`: the upper half of `request` is lost
     // on the way in, so it is ignored here too.
     let cmd = request as u32;
-    if (cmd >> 8) & 0xff == LIVEUPDATE_IOCTL_TYPE {
+    let kind = || {
         let saved = user::errno();
         let kind = conn::classify(fd);
         user::set_errno(saved);
-        if let Some(kind) = kind {
+        kind
+    };
+    let ty = (cmd >> 8) & 0xff;
+    if ty == LIVEUPDATE_IOCTL_TYPE || ty == TTY_IOCTL_TYPE || ty == SOCK_IOCTL_TYPE {
+        if !every_file(cmd)
+            && let Some(kind) = kind()
+        {
             return hook(|| decode::ioctl(fd, kind, cmd, arg as usize));
         }
+        // SAFETY: the caller's arguments, forwarded unchanged.
+        return unsafe { real::ioctl(fd, request, arg) };
     }
     // SAFETY: the caller's arguments, forwarded unchanged.
-    unsafe { real::ioctl(fd, request, arg) }
+    let r = unsafe { real::ioctl(fd, request, arg) };
+    if r == -1
+        && user::errno() == libc::ENOTTY
+        && let Some(kind) = kind()
+    {
+        return hook(|| decode::ioctl(fd, kind, cmd, arg as usize));
+    }
+    r
+}
+
+/// The ioctl type of terminal requests (`FIONREAD`, `TCGETS`, `FIOCLEX`, ...).
+const TTY_IOCTL_TYPE: u32 = b'T' as u32;
+/// The ioctl type of socket requests (`SIOC*`).
+const SOCK_IOCTL_TYPE: u32 = 0x89;
+
+/// The `'T'` requests the kernel's `do_vfs_ioctl` answers for every file before its own
+/// handler sees them; on a socket they do what they do on the kernel's device or session.
+fn every_file(cmd: u32) -> bool {
+    [
+        libc::FIOCLEX,
+        libc::FIONCLEX,
+        libc::FIONBIO,
+        libc::FIOASYNC,
+        libc::FIOQSIZE,
+    ]
+    .into_iter()
+    .any(|c| c as u32 == cmd)
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions};
 
+pub mod script;
 pub mod selftests;
 
 /// How long one luod may live before its watchdog kills it.

@@ -5,6 +5,10 @@
 //! The kernel is built once and cached outside the clone; building it takes tens of minutes,
 //! so these tests never build it (`LUO_VM_BUILD=never`): without a cached kernel they say why
 //! they skip, and fail under `LUO_REQUIRE_ALL=1`. `scripts/vm kernel` builds it.
+//!
+//! The kernel's selftests run in scenario `oracle`, whose test is
+//! `crates/luo-preload/tests/oracle.rs` (it compares every result with luod's); the
+//! `selftests` scenario is the same steps alone, for a run by hand.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,11 +37,6 @@ fn run(scenario: &str) {
 #[test]
 fn vm_memfd_kexec() {
     run("memfd-kexec");
-}
-
-#[test]
-fn vm_selftests() {
-    run("selftests");
 }
 
 #[test]

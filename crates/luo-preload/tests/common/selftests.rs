@@ -10,7 +10,7 @@
 //! console log.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
@@ -312,7 +312,7 @@ impl Run {
 /// The holder children stage 1 left behind (each holds its program's sessions, as until a
 /// kexec in the kernel): killed and reaped when this is dropped, on failure paths too.
 #[derive(Debug, Default)]
-struct Holders(Vec<i32>);
+pub struct Holders(pub Vec<i32>);
 
 impl Drop for Holders {
     fn drop(&mut self) {
@@ -322,23 +322,27 @@ impl Drop for Holders {
     }
 }
 
-/// The holder child a stage 1 printed (`# [STAGE 1] Child PID: N. Resources are pinned.`).
-fn holder(output: &Output) -> Option<i32> {
-    output
-        .stdout
-        .lines()
-        .chain(output.stderr.lines())
-        .find_map(|l| {
-            let rest = l.split_once("Child PID:")?.1.trim_start();
-            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-            rest[..digits].parse().ok()
-        })
+/// The holder child a stage 1 printed (`# [STAGE 1] Child PID: N. Resources are pinned.`, or
+/// the C suite's `CHILD N`).
+pub fn holder(output: &Output) -> Option<i32> {
+    output.child().or_else(|| {
+        output
+            .stdout
+            .lines()
+            .chain(output.stderr.lines())
+            .find_map(|l| {
+                let rest = l.split_once("Child PID:")?.1.trim_start();
+                let digits =
+                    rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                rest[..digits].parse().ok()
+            })
+    })
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to [`NOFILE`] (or the hard limit, if lower), so
 /// that luod and the programs, which inherit it, can hold thousands of sessions. (A pre_exec
 /// hook would be `unsafe`, which the workspace denies.)
-fn raise_nofile() {
+pub fn raise_nofile() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     let want = limit.maximum.map_or(NOFILE, |max| max.min(NOFILE));
@@ -353,8 +357,17 @@ fn raise_nofile() {
 /// Runs `name` with `args` through the preload library against `luod`, with the deadline of
 /// [`run_command`].
 fn run_program(programs: &Programs, name: &str, args: &[&str], luod: &Luod) -> (Output, String) {
-    let path = programs.program(name);
-    let mut cmd = Command::new(&path);
+    run_path(&programs.program(name), args, luod)
+}
+
+/// Runs program `path` with `args` through the preload library against `luod`, with the
+/// deadline of [`run_command`]: its output, and a text of its command, status and output.
+pub fn run_path(path: &Path, args: &[&str], luod: &Luod) -> (Output, String) {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut cmd = Command::new(path);
     cmd.args(args)
         .env("LD_PRELOAD", &binaries().preload)
         .env("LUOD_SOCKET", &luod.socket)

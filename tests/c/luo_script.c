@@ -21,6 +21,12 @@
  *   raw SLOT CMD SIZE TAIL         ioctl CMD with a zeroed struct of SIZE bytes, `size` = SIZE
  *                                  and the last byte TAIL
  *   close SLOT
+ *   smemfd SLOT SEED SIZE          a memfd like `memfd`, made with MFD_ALLOW_SEALING
+ *   pipe SLOT                      a pipe's read end (its write end stays open, unnamed)
+ *   seek FILE OFFSET               lseek(SEEK_SET)
+ *   addseals FILE BITS             F_ADD_SEALS
+ *   reopen_ro SLOT FILE            FILE opened again read-only through /proc/self/fd
+ *   info FILE                      "0 size=N pos=N seals=0xN access=rw|ro|wo[+append]"
  */
 #define _GNU_SOURCE
 #include "luo_test.h"
@@ -28,6 +34,8 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SLOTS 128
@@ -137,6 +145,47 @@ int main(void)
 			answer(fd ? close(*fd) : -1);
 			if (fd)
 				*fd = -1;
+		} else if (!strcmp(op, "smemfd")) {
+			int fd = memfd_create(a, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+			unsigned long long seed = strtoull(b, NULL, 0), size = strtoull(c, NULL, 0);
+
+			for (unsigned long long i = 0; fd >= 0 && i < size; i++) {
+				unsigned char byte = luo_pattern(seed, i);
+
+				if (write(fd, &byte, 1) != 1) {
+					close(fd);
+					fd = -1;
+				}
+			}
+			store(a, fd);
+		} else if (!strcmp(op, "pipe")) {
+			int p[2];
+
+			store(a, pipe2(p, O_CLOEXEC) < 0 ? -1 : p[0]);
+		} else if (!strcmp(op, "seek")) {
+			answer(lseek(get(a), strtoll(b, NULL, 0), SEEK_SET) < 0 ? -1 : 0);
+		} else if (!strcmp(op, "addseals")) {
+			answer(fcntl(get(a), F_ADD_SEALS, (int)strtol(b, NULL, 0)));
+		} else if (!strcmp(op, "reopen_ro")) {
+			char path[64];
+
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", get(b));
+			store(a, open(path, O_RDONLY | O_CLOEXEC));
+		} else if (!strcmp(op, "info")) {
+			int fd = get(a), seals = fcntl(fd, F_GET_SEALS), fl = fcntl(fd, F_GETFL);
+			off_t pos = lseek(fd, 0, SEEK_CUR);
+			struct stat st;
+
+			if (fstat(fd, &st) < 0 || seals < 0 || fl < 0 || pos < 0) {
+				answer(-1);
+			} else {
+				int acc = fl & O_ACCMODE;
+
+				printf("0 size=%lld pos=%lld seals=%#x access=%s%s\n", (long long)st.st_size,
+				       (long long)pos, (unsigned)seals,
+				       acc == O_RDWR ? "rw" : acc == O_WRONLY ? "wo" : "ro",
+				       fl & O_APPEND ? "+append" : "");
+			}
 		} else {
 			printf("unknown %s\n", op);
 		}

@@ -319,7 +319,7 @@ fn table(kernel: &Kernel, checks: &[Check], rows: &[Row]) -> (String, Vec<String
             n = 0;
         }
         n += 1;
-        let id = format!("agreement/{phase}.{n}");
+        let id = format!("agreement: {}", row.line);
         let k = kernel
             .answers
             .get(&(phase, n))
@@ -399,8 +399,8 @@ LUO-CHECK agreement/phase-1 PASS 0.1s
     assert_eq!(k.answers.get(&(1, 2)).map(String::as_str), Some("0 beta"));
     assert_eq!(k.answers.len(), 2);
 
-    let doc = "x\n### Differences the oracle shows\n\n- `c/a`: why\n- `agreement/1.3`: why\n\n## Next\n- `c/b`: no\n";
-    assert_eq!(accepted(doc), ["c/a", "agreement/1.3"]);
+    let doc = "x\n### Differences the oracle shows\n\n- `c/a`: why\n- `agreement: open d`: why\n\n## Next\n- `c/b`: no\n";
+    assert_eq!(accepted(doc), ["c/a", "agreement: open d"]);
     assert!(accepted("nothing").is_empty());
 }
 

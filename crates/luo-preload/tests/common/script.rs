@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::channel;
@@ -49,6 +49,14 @@ fn answer<T>(r: Result<T, luo_client::Error>) -> (String, Option<T>) {
     match r {
         Ok(v) => ("0".into(), Some(v)),
         Err(e) => (e.errno.raw().to_string(), None),
+    }
+}
+
+/// A system call's answer: "0", or its errno number.
+fn sys<T>(r: rustix::io::Result<T>) -> String {
+    match r {
+        Ok(_) => "0".into(),
+        Err(e) => e.raw_os_error().to_string(),
     }
 }
 
@@ -189,6 +197,73 @@ impl Native {
             "close" => {
                 self.slots.remove(w[1]);
                 "0".into()
+            }
+            "smemfd" => {
+                let fd = rustix::fs::memfd_create(
+                    w[1],
+                    rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+                )
+                .expect("memfd");
+                let (seed, size) = (num(w[2]), num(w[3]));
+                let bytes: Vec<u8> = (0..size).map(|i| pattern(seed, i)).collect();
+                std::fs::File::from(fd.try_clone().expect("dup"))
+                    .write_all(&bytes)
+                    .expect("write");
+                self.slots.insert(w[1].into(), Slot::File(fd));
+                "0".into()
+            }
+            "pipe" => {
+                let (r, w_end) =
+                    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+                self.slots.insert(w[1].into(), Slot::File(r));
+                // The write end stays open, unnamed, as in luo_script.
+                self.slots.insert(format!("{}.w", w[1]), Slot::File(w_end));
+                "0".into()
+            }
+            "seek" => sys(rustix::fs::seek(
+                self.fd(w[1]),
+                rustix::fs::SeekFrom::Start(num(w[2])),
+            )),
+            "addseals" => sys(rustix::fs::fcntl_add_seals(
+                self.fd(w[1]),
+                rustix::fs::SealFlags::from_bits_retain(num(w[2]) as u32),
+            )),
+            "reopen_ro" => {
+                let path = format!("/proc/self/fd/{}", self.fd(w[2]).as_raw_fd());
+                match std::fs::File::open(path) {
+                    Ok(f) => {
+                        self.slots.insert(w[1].into(), Slot::File(f.into()));
+                        "0".into()
+                    }
+                    Err(e) => e.raw_os_error().unwrap_or(-1).to_string(),
+                }
+            }
+            "info" => {
+                let fd = self.fd(w[1]);
+                let st = rustix::fs::fstat(fd).expect("fstat");
+                let pos = rustix::fs::seek(fd, rustix::fs::SeekFrom::Current(0)).expect("lseek");
+                let seals = rustix::fs::fcntl_get_seals(fd).map_or(0, |s| s.bits());
+                let fl = rustix::fs::fcntl_getfl(fd).expect("F_GETFL");
+                let acc = match fl & rustix::fs::OFlags::ACCMODE {
+                    a if a == rustix::fs::OFlags::RDWR => "rw",
+                    a if a == rustix::fs::OFlags::WRONLY => "wo",
+                    _ => "ro",
+                };
+                let append = if fl.contains(rustix::fs::OFlags::APPEND) {
+                    "+append"
+                } else {
+                    ""
+                };
+                // C's "%#x" prints 0 without the prefix.
+                let seals = if seals == 0 {
+                    "0".to_owned()
+                } else {
+                    format!("{seals:#x}")
+                };
+                format!(
+                    "0 size={} pos={pos} seals={seals} access={acc}{append}",
+                    st.st_size
+                )
             }
             other => panic!("unknown operation {other}"),
         }

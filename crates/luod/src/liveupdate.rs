@@ -32,7 +32,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail, ensure};
 use luo_abi::Errno;
 use luo_abi::image::{
-    FILE_FROZEN, FileSpec, Image, ImageWriter, NO_FD, S_IFMT, S_IFSOCK, SESSION_INCOMING,
+    FILE_FROZEN, FileSpec, Image, ImageWriter, NO_FD, S_IFMT, S_IFREG, S_IFSOCK, SESSION_INCOMING,
     SessionSpec,
 };
 
@@ -323,9 +323,10 @@ fn state_image<'e>(engine: &'e Engine) -> anyhow::Result<(Vec<u8>, Vec<Crossing<
             if lost_kind(f.compatible, f.held).is_some() {
                 continue;
             }
-            let mode = rustix::fs::fstat(f.held)?.st_mode & S_IFMT;
+            // Only shmem memfds cross, and the memfd handler holds regular files only: no
+            // fstat for each of thousands of files.
             use std::os::fd::AsRawFd;
-            let fd_index = w.add_fd(f.held.as_raw_fd(), mode);
+            let fd_index = w.add_fd(f.held.as_raw_fd(), S_IFREG);
             files.push((s.owner, s.name.clone(), token, f.held));
             specs.push(FileSpec {
                 compatible: f.compatible,
@@ -511,6 +512,8 @@ pub fn boot(setting: &Setting, registry: Arc<Registry>) -> anyhow::Result<Boot> 
         .context("luod's state session from before the kexec is invalid; nothing was restored")?;
     // Only now is any workload's kernel session touched.
     let mut fds: Vec<Option<OwnedFd>> = (0..image.fds().len()).map(|_| None).collect();
+    // Each retrieved file's stat, for the records and again for the engine's restore.
+    let mut stats: Vec<Option<rustix::fs::Stat>> = vec![None; fds.len()];
     let mut records: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut incoming = HashMap::new();
     for s in image.sessions() {
@@ -540,11 +543,14 @@ pub fn boot(setting: &Setting, registry: Arc<Registry>) -> anyhow::Result<Boot> 
                 .context("a state image's file has no descriptor")?;
             records.insert(i, rec.as_bytes().to_vec());
             fds[i as usize] = Some(fd);
+            stats[i as usize] = Some(st);
         }
         incoming.insert((s.owner(), s.name().to_vec()), ks);
     }
     let image = rewrite(&image, &records, &fds)?;
-    let engine = Engine::restore(registry, &image, &mut fds)
+    let image = Image::parse(&image)
+        .map_err(|e| anyhow!("Cannot restore the sessions from before the kexec: {e}"))?;
+    let engine = Engine::restore_parsed(registry, &image, &mut fds, &stats)
         .map_err(|e| anyhow!("Cannot restore the sessions from before the kexec: {e}"))?;
     // Restored: the state session is done with.
     if let Err(e) = state.finish() {

@@ -103,7 +103,7 @@ fn err(errno: Errno, msg: impl AsRef<str>) -> Reply {
 /// Starts the migration MIGRATE `arg` asks for on behalf of `cred`, to be answered on
 /// connection `key` as request `id`. `Err` is the reply to send at once.
 pub fn start(
-    server: &crate::server::Server,
+    server: &mut crate::server::Server,
     key: u64,
     id: u64,
     cred: Cred,
@@ -126,7 +126,7 @@ pub fn start(
         .map_err(|e| err(Errno(e.raw_os_error()), "Cannot duplicate the eventfd"))?;
     let progress = Arc::new(AtomicU64::new(0));
     let shared = Arc::clone(&progress);
-    let copier = Arc::clone(&server.copier);
+    let copier = server.copier();
     let Plan {
         session,
         token,
@@ -211,16 +211,10 @@ pub fn convert_now(
     let plan = plan_file(&server.engine, session, token, outgoing, PageSize::Base4K)?;
     let dst = new_backing(plan.size, plan.page)?;
     let progress = Arc::new(AtomicU64::new(0));
+    let copier = server.copier();
     let started = Instant::now();
-    let (dst, _) = copy(
-        &server.copier,
-        &plan.src,
-        dst,
-        plan.size,
-        plan.page,
-        &progress,
-    )
-    .map_err(|m| err(Errno::EIO, m))?;
+    let (dst, _) = copy(&copier, &plan.src, dst, plan.size, plan.page, &progress)
+        .map_err(|m| err(Errno::EIO, m))?;
     let fd = finish_file(dst, plan.pos, plan.seals, plan.access).map_err(|m| err(Errno::EIO, m))?;
     let took = started.elapsed();
     let old = server

@@ -51,7 +51,7 @@ pub fn status(server: &Server, cred: Cred, admin: bool) -> Vec<u8> {
                     m.total,
                 )
             }),
-            server.copier.stats(),
+            server.copy_stats(),
         )
     } else {
         ((0, 0), luo_copy::Stats::default())

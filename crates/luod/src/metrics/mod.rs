@@ -467,7 +467,7 @@ impl Server {
     /// A migration ended: what the copy engine did since the last time goes into the memfd,
     /// so that it outlives this server.
     pub(crate) fn metrics_fold_copy(&mut self) {
-        let now = self.copier.stats();
+        let now = self.copy_stats();
         let Some(m) = self.metrics.as_mut() else {
             return;
         };

@@ -310,7 +310,7 @@ pub(super) fn snapshot(server: &Server) -> Snapshot {
         let base: Vec<u64> = (0..slot::COPY_LEN).map(|i| c.get(slot::COPY + i)).collect();
         let (was, is) = (
             copy_fields(&m.copy_folded),
-            copy_fields(&server.copier.stats()),
+            copy_fields(&server.copy_stats()),
         );
         let v = |i: usize| base[i] + is[i].saturating_sub(was[i]);
         s.counter(

@@ -147,8 +147,10 @@ pub struct Server {
     pub failpoints: crate::failpoint::Failpoints,
     /// The keeper this server answers to, as STATUS reports it.
     pub keeper: KeeperInfo,
-    /// The batch copy engine migrations copy with (its driver: copy channels on threads).
-    pub copier: std::sync::Arc<luo_copy::Engine>,
+    /// The batch copy engine migrations copy with (its driver: copy channels on threads),
+    /// started by the first copy ([`Server::copier`]): a server that never copies starts no
+    /// thread, and one that starts serves sooner.
+    copier: Option<std::sync::Arc<luo_copy::Engine>>,
     /// Discarded successors not yet reaped.
     pub(crate) zombies: Vec<crate::handover::Successor>,
     pub(crate) reaping: bool,
@@ -221,7 +223,7 @@ impl Server {
             epoch: 0,
             staging: None,
             migration: None,
-            copier: crate::migrate::copier(),
+            copier: None,
             failpoints: crate::failpoint::Failpoints::from_env(),
             durable: None,
             replying_to_change: false,
@@ -241,6 +243,18 @@ impl Server {
             metrics: None,
             liveupdate: None,
         })
+    }
+
+    /// The copy engine, started now if no copy ran yet.
+    pub(crate) fn copier(&mut self) -> std::sync::Arc<luo_copy::Engine> {
+        std::sync::Arc::clone(self.copier.get_or_insert_with(crate::migrate::copier))
+    }
+
+    /// The copy engine's counters (all zero before its first copy).
+    pub(crate) fn copy_stats(&self) -> luo_copy::Stats {
+        self.copier
+            .as_ref()
+            .map_or_else(luo_copy::Stats::default, |c| c.stats())
     }
 
     /// Adds a connection to the loop and returns its key.

@@ -40,6 +40,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -106,7 +107,8 @@ pub fn keep(
     rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())?;
     let exe = std::env::current_exe().context("Cannot find luod's own binary")?;
     let mut cmd = std::process::Command::new(&exe);
-    cmd.arg("--serve")
+    cmd.arg0(argv0())
+        .arg("--serve")
         .arg(theirs.as_raw_fd().to_string())
         .args(&server_args);
     // What systemd handed over (the socket, the stored descriptors) goes to the first server;
@@ -506,6 +508,7 @@ impl Keeper {
         info!(binary = %exe.display(), "the keeper re-executes itself");
         let err = std::os::unix::process::CommandExt::exec(
             std::process::Command::new(&exe)
+                .arg0(argv0())
                 .args(args.iter().skip(1))
                 .arg("--keeper-resume")
                 .arg(&spec),
@@ -604,7 +607,7 @@ pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<
     let mut config = HolderConfig::new(&exe)?;
     let arg = |s: String| std::ffi::CString::new(s).unwrap_or_default();
     config.argv = vec![
-        arg(exe.display().to_string()),
+        std::ffi::CString::new(argv0().into_encoded_bytes()).unwrap_or_default(),
         arg("--recover".into()),
         arg(format!(
             "{},{}",
@@ -686,4 +689,13 @@ fn await_grant(reply: &OwnedFd) -> anyhow::Result<(u32, u64)> {
             Recv::Closed => bail!("The keeper is gone"),
         }
     }
+}
+
+/// The `argv[0]` every luod process is started with: the keeper's own, as it was started.
+/// A service manager's conventions live in it: systemd's last kill before a reboot or a kexec
+/// spares root's processes whose `argv[0]` starts with `@` (`ExecStart=@/usr/bin/luod @luod`),
+/// so that luod, its servers and its holders hold the kernel's sessions until the kexec
+/// (docs/operations.md, "systemctl kexec").
+pub fn argv0() -> std::ffi::OsString {
+    std::env::args_os().next().unwrap_or_else(|| "luod".into())
 }

@@ -473,3 +473,51 @@ fn a_killed_keeper_leaves_no_server_behind() {
         luod.log_text()
     );
 }
+
+/// `argv[0]` of process `pid`.
+fn argv0_of(pid: i32) -> String {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let first = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(first).into_owned()
+}
+
+#[test]
+fn every_luod_process_is_started_with_the_keepers_argv0() {
+    // As systemd starts it with `ExecStart=@/usr/bin/luod @luod`: the `@` is what spares a
+    // process from systemd's last kill before a kexec, so luod's servers and holders need it
+    // as much as the keeper does.
+    let luod = Luod::start_under(
+        "keeper-argv0",
+        &["bash", "-c", r#"exec -a @luod-argv0 "$0" "$@""#],
+        &[],
+    );
+    // Each live child of the keeper (a server, a holder), once the one that is going has gone
+    // (an exiting process's cmdline reads empty).
+    let check = |when: &str| {
+        let keeper = luod.status().keeper_pid;
+        assert_eq!(argv0_of(keeper as i32), "@luod-argv0", "{when}: the keeper");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let kids: Vec<(i32, String)> = live_children(keeper)
+                .into_iter()
+                .map(|k| (k, argv0_of(k)))
+                .collect();
+            let good = !kids.is_empty() && kids.iter().all(|(_, a)| a == "@luod-argv0");
+            if good {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{when}: the keeper's children and their argv[0]: {kids:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    check("at start");
+    let before = luod.status();
+    let (after, _) = kill_server(&luod);
+    assert_ne!(after.pid, before.pid);
+    check("after a crash of the server");
+    luod.control().upgrade(None).expect("upgrade");
+    check("after an upgrade");
+}

@@ -112,8 +112,11 @@ pub(crate) fn spawn_successor(
     let path = std::ffi::CString::new(binary.as_os_str().as_bytes())
         .with_context(|| format!("Cannot start {}: NUL in the path", binary.display()))?;
     let channel_arg = std::ffi::CString::new(theirs.as_raw_fd().to_string())?;
+    // The successor carries the keeper's argv[0] on, as every luod process does.
+    let argv0 = std::ffi::CString::new(crate::keeper::argv0().into_encoded_bytes())
+        .context("Cannot start the successor: NUL in argv[0]")?;
     let argv = [
-        path.as_ptr(),
+        argv0.as_ptr(),
         c"--takeover".as_ptr(),
         channel_arg.as_ptr(),
         std::ptr::null(),

@@ -33,8 +33,8 @@ use luo_client::{Control, KexecOptions};
 use rustix::io::Errno;
 
 use crate::luod_kexec::{
-    Options, check_contents, check_pattern, client, kernel_session_name, memfd_with, open_device,
-    patterned_memfd, sys,
+    Options, check_contents, check_pattern, client, fnv1a64, kernel_session_name, memfd_with,
+    open_device, patterned_memfd, sys,
 };
 use crate::{Error, Report};
 
@@ -414,14 +414,23 @@ pub fn luod_after(report: &mut Report, opts: &Options, shape: Shape) -> Result<(
     kernel_clean(report, shape)
 }
 
-/// With luod stopped, the kernel holds none of the shape's kernel sessions and no `luod`.
+/// luod's name for uid `uid`'s session `name` in the kernel: the hash first
+/// (`<FNV-1a 64 of the name, 16 hex>-<uid, 8 hex>-luod`; before, the name
+/// [`kernel_session_name`] makes).
+pub fn hash_first_session_name(uid: u32, name: &str) -> String {
+    format!("{:016x}-{uid:08x}-luod", fnv1a64(name.as_bytes()))
+}
+
+/// With luod stopped, the kernel holds none of the shape's kernel sessions (under either of the
+/// names luod has given them) and no `luod`.
 fn kernel_clean(report: &mut Report, shape: Shape) -> Result<(), Error> {
     let dev = open_device(report)?;
     let mut names: Vec<String> = shape
         .plan()
         .iter()
-        .map(|(n, _)| kernel_session_name(0, n))
+        .flat_map(|(n, _)| [hash_first_session_name(0, n), kernel_session_name(0, n)])
         .collect();
+    let sessions = names.len() / 2;
     names.push("luod".into());
     for name in &names {
         match dev.retrieve_session(name) {
@@ -431,8 +440,7 @@ fn kernel_clean(report: &mut Report, shape: Shape) -> Result<(), Error> {
         }
     }
     report.ok(&format!(
-        "the kernel holds none of the {} kernel sessions, nor luod's state session",
-        names.len() - 1
+        "the kernel holds none of the {sessions} kernel sessions, nor luod's state session"
     ));
     Ok(())
 }
@@ -521,6 +529,12 @@ mod tests {
     fn kernel_names_fit() {
         for (name, _) in Shape::Many.plan() {
             assert!(kernel_session_name(0, &name).len() <= 63);
+            assert_eq!(hash_first_session_name(0, &name).len(), 30);
         }
+        // luod's own (crates/luod/src/liveupdate.rs, `kernel_name`).
+        assert_eq!(
+            hash_first_session_name(0, "a"),
+            "af63dc4c8601ec8c-00000000-luod"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! *forwards* them:
 //!
 //! ```text
-//!  luod session (owner uid, name)     ->  kernel session "luod-<uid, 8 hex>-<FNV-1a 64 of name>"
+//!  luod session (owner uid, name)     ->  kernel session "<FNV-1a 64 of name>-<uid, 8 hex>-luod"
 //!    each shmem memfd under token T   ->    PRESERVE_FD under the same token T
 //!  luod's own state (a handover image ->  kernel session "luod", a sealed memfd at token 0
 //!    of the next generation)
@@ -94,8 +94,46 @@ impl Setting {
 
 /// The name of the kernel session that carries `owner`'s luod session `name`: 30 bytes, whatever
 /// the uid and name (the kernel allows 63).
+///
+/// The hash comes first. The kernel finds a session by walking its list of sessions and
+/// comparing names with `strncmp` (at every CREATE_SESSION, for every session it restores at
+/// boot, at every RETRIEVE_SESSION), so thousands of sessions cost it a number of comparisons
+/// that grows with the square of their count, each as long as the prefix the names share. Names
+/// that start with the hash differ at their first byte fifteen times in sixteen; with the
+/// earlier `luod-<uid>-` prefix every comparison read 15 bytes, and forwarding and restoring
+/// 2,000 sessions took the kernel hundreds of milliseconds more (`docs/PERFORMANCE.md`).
 pub fn kernel_name(owner: u32, name: &[u8]) -> String {
+    format!("{:016x}-{owner:08x}-luod", fnv1a64(name))
+}
+
+/// The name luod gave that kernel session before [`kernel_name`] put the hash first:
+/// `luod-<uid, 8 hex>-<FNV-1a 64 of name>`. The next kernel's luod still finds sessions a luod
+/// of that time forwarded.
+pub fn legacy_kernel_name(owner: u32, name: &[u8]) -> String {
     format!("luod-{owner:08x}-{:016x}", fnv1a64(name))
+}
+
+/// Retrieves the kernel session of `owner`'s luod session `name` under [`kernel_name`] or
+/// [`legacy_kernel_name`], the one that last worked first (`legacy` says which, and is updated):
+/// a state image comes from one luod, which named all its sessions the same way, so the other
+/// name is tried at most once in a while. Returns the session and the name it was found under.
+fn retrieve_kernel_session<S>(
+    mut retrieve: impl FnMut(&str) -> rustix::io::Result<S>,
+    owner: u32,
+    name: &[u8],
+    legacy: &mut bool,
+) -> rustix::io::Result<(S, String)> {
+    let [new, old] = [kernel_name(owner, name), legacy_kernel_name(owner, name)];
+    let (first, then) = if *legacy { (old, new) } else { (new, old) };
+    match retrieve(&first) {
+        Ok(s) => Ok((s, first)),
+        Err(rustix::io::Errno::NOENT) => {
+            let s = retrieve(&then)?;
+            *legacy = !*legacy;
+            Ok((s, then))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// FNV-1a, 64 bits.
@@ -516,15 +554,18 @@ pub fn boot(setting: &Setting, registry: Arc<Registry>) -> anyhow::Result<Boot> 
     let mut stats: Vec<Option<rustix::fs::Stat>> = vec![None; fds.len()];
     let mut records: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut incoming = HashMap::new();
+    let mut legacy = false;
     for s in image.sessions() {
-        let kname = kernel_name(s.owner(), s.name());
-        let ks = device.retrieve_session(&kname).with_context(|| {
-            format!(
-                "Cannot retrieve kernel session {kname} (uid {}'s {:?})",
-                s.owner(),
-                String::from_utf8_lossy(s.name())
-            )
-        })?;
+        let retrieve = |n: &str| device.retrieve_session(n);
+        let (ks, kname) = retrieve_kernel_session(retrieve, s.owner(), s.name(), &mut legacy)
+            .with_context(|| {
+                format!(
+                    "Cannot retrieve kernel session {} (uid {}'s {:?})",
+                    kernel_name(s.owner(), s.name()),
+                    s.owner(),
+                    String::from_utf8_lossy(s.name())
+                )
+            })?;
         for f in s.files() {
             let fd = ks.retrieve_fd(f.token).with_context(|| {
                 format!(
@@ -711,11 +752,59 @@ mod tests {
             let n = kernel_name(uid, name);
             assert_eq!(n.len(), 30, "{n}");
             assert!(n.len() < luo_abi::uapi::LIVEUPDATE_SESSION_NAME_LENGTH);
-            assert!(n.starts_with(&format!("luod-{uid:08x}-")));
+            assert!(n.ends_with(&format!("-{uid:08x}-luod")), "{n}");
+            let legacy = legacy_kernel_name(uid, name);
+            assert_eq!(legacy.len(), 30, "{legacy}");
+            assert!(legacy.starts_with(&format!("luod-{uid:08x}-")));
+            assert_ne!(n, legacy);
         }
+        assert_eq!(kernel_name(0, b"a"), "af63dc4c8601ec8c-00000000-luod");
+        assert_eq!(
+            legacy_kernel_name(0x3e8, b"foobar"),
+            "luod-000003e8-85944171f73967e8"
+        );
         assert_ne!(kernel_name(0, b"a"), kernel_name(0, b"b"));
         assert_ne!(kernel_name(0, b"a"), kernel_name(1, b"a"));
         assert_ne!(kernel_name(0, b"a"), STATE_SESSION);
+    }
+
+    #[test]
+    fn kernel_sessions_are_found_under_either_name_the_last_that_worked_first() {
+        use rustix::io::Errno as E;
+        let held: std::collections::HashSet<String> = [
+            kernel_name(0, b"new"),
+            legacy_kernel_name(0, b"old1"),
+            legacy_kernel_name(0, b"old2"),
+        ]
+        .into();
+        let asked = std::cell::Cell::new(0);
+        let mut retrieve = |n: &str| {
+            asked.set(asked.get() + 1);
+            if held.contains(n) {
+                Ok(n.to_owned())
+            } else {
+                Err(E::NOENT)
+            }
+        };
+        let mut legacy = false;
+        let (got, _) = retrieve_kernel_session(&mut retrieve, 0, b"new", &mut legacy).unwrap();
+        assert_eq!((got, legacy), (kernel_name(0, b"new"), false));
+        let (got, _) = retrieve_kernel_session(&mut retrieve, 0, b"old1", &mut legacy).unwrap();
+        assert_eq!((got, legacy), (legacy_kernel_name(0, b"old1"), true));
+        // Now the legacy name first: one question.
+        let before = asked.get();
+        retrieve_kernel_session(&mut retrieve, 0, b"old2", &mut legacy).unwrap();
+        assert_eq!(asked.get(), before + 1);
+        assert_eq!(
+            retrieve_kernel_session(&mut retrieve, 0, b"none", &mut legacy).unwrap_err(),
+            E::NOENT
+        );
+        // Another error is not a reason to try the other name.
+        let mut busy = |_: &str| -> rustix::io::Result<String> { Err(E::BUSY) };
+        assert_eq!(
+            retrieve_kernel_session(&mut busy, 0, b"new", &mut legacy).unwrap_err(),
+            E::BUSY
+        );
     }
 
     #[test]

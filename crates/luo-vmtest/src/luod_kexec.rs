@@ -117,7 +117,7 @@ pub(crate) fn sys<T>(what: &'static str, r: rustix::io::Result<T>) -> Result<T, 
     r.map_err(|e| Error::Call(what, e.into()))
 }
 
-fn unexpected<T>(msg: String) -> Result<T, Error> {
+pub(crate) fn unexpected<T>(msg: String) -> Result<T, Error> {
     Err(Error::Unexpected(msg))
 }
 
@@ -260,12 +260,12 @@ fn connect(opts: &Options) -> Result<Control, Error> {
     client("connect to luod", Control::connect_at(&opts.socket))
 }
 
-fn sessions(opts: &Options) -> Result<Vec<SessionSummary>, Error> {
+pub(crate) fn sessions(opts: &Options) -> Result<Vec<SessionSummary>, Error> {
     client("list sessions", connect(opts)?.sessions())
 }
 
 /// Waits up to 10 s for luod to list no session named `name`.
-fn wait_gone(opts: &Options, name: &str) -> Result<Duration, Error> {
+pub(crate) fn wait_gone(opts: &Options, name: &str) -> Result<Duration, Error> {
     let t0 = Instant::now();
     loop {
         if !sessions(opts)?.iter().any(|s| s.name == name) {
@@ -278,7 +278,7 @@ fn wait_gone(opts: &Options, name: &str) -> Result<Duration, Error> {
     }
 }
 
-fn find<'a>(list: &'a [SessionSummary], name: &str) -> Result<&'a SessionSummary, Error> {
+pub(crate) fn find<'a>(list: &'a [SessionSummary], name: &str) -> Result<&'a SessionSummary, Error> {
     list.iter()
         .find(|s| s.name == name)
         .ok_or_else(|| Error::Unexpected(format!("luod does not list session {name}: {list:?}")))

@@ -9,6 +9,7 @@
 //!   luo-client, as a workload would).
 //! - [`luod_kexec_corrupt`]: the `luod-kexec-corrupt` scenario, luod refusing a corrupt state
 //!   session.
+//! - [`systemd`]: the `systemd` scenario, luod under systemd as PID 1.
 //! - [`kexec_bench`]: the `luod-kexec-stress` and `kexec-bench` scenarios, 2,000 sessions (or
 //!   one large memfd) through luod and straight through `/dev/liveupdate`, timed.
 //!
@@ -25,6 +26,7 @@
 //! luo-vmtest luod-kexec-corrupt --stage 1 [--kexec PATH]
 //! luo-vmtest luod-kexec-corrupt --stage 2 [--luod PATH] [--socket PATH] [--kexec PATH]
 //! luo-vmtest luod-kexec-corrupt --stage 3 [--luod PATH] [--socket PATH]
+//! luo-vmtest systemd --stage prepare|check|retrieve|kernel [--socket PATH]
 //! luo-vmtest kexec-bench --stage luod-before|luod-after|direct-before|direct-after
 //!            --shape many|large [--size N] [--luod PATH] [--socket PATH] [--kexec PATH]
 //! ```
@@ -35,6 +37,7 @@ mod luod_kexec;
 mod luod_kexec_corrupt;
 mod memfd_kexec;
 mod pattern;
+mod systemd;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -53,7 +56,7 @@ pub enum Error {
     Unexpected(String),
     /// The command line is wrong.
     #[error(
-        "usage: luo-vmtest memfd-kexec|luod-kexec|luod-kexec-corrupt|kexec-bench --stage N \
+        "usage: luo-vmtest memfd-kexec|luod-kexec|luod-kexec-corrupt|systemd|kexec-bench --stage N \
          [--shape many|large] [--kexec PATH] \
          [--socket PATH] [--size BYTES] [--luoctl PATH] [--luod PATH] ({0})"
     )]
@@ -132,6 +135,10 @@ fn run(args: &[String], report: &mut Report) -> Result<(), Error> {
         ("luod-kexec-corrupt", Some("3")) => {
             luod_kexec_corrupt::stage3(report, &opts.luod, &socket)
         }
+        ("systemd", Some("prepare")) => systemd::prepare(report, &opts),
+        ("systemd", Some("check")) => systemd::check(report, &opts, "now"),
+        ("systemd", Some("retrieve")) => systemd::retrieve(report, &opts),
+        ("systemd", Some("kernel")) => systemd::kernel_empty(report),
         ("kexec-bench", Some(st)) => {
             let shape = shape.as_deref().unwrap_or("many");
             let shape = kexec_bench::Shape::parse(shape, opts.size)

@@ -53,3 +53,8 @@ fn vm_luod_kexec_corrupt() {
 fn vm_luod_kexec_stress() {
     run("luod-kexec-stress");
 }
+
+#[test]
+fn vm_systemd() {
+    run("systemd");
+}

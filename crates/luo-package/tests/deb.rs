@@ -127,7 +127,9 @@ fn package_has_every_file_where_its_units_and_docs_say() {
     );
     let postinst = p.control_file("postinst");
     assert!(
-        postinst.contains("deb-systemd-helper enable luod.socket") && !postinst.contains("restart"),
+        postinst.contains("deb-systemd-helper enable luod.socket")
+            && postinst.contains("deb-systemd-helper enable luod-kexec.service")
+            && !postinst.contains("restart"),
         "{postinst}"
     );
 
@@ -219,9 +221,22 @@ fn package_has_every_file_where_its_units_and_docs_say() {
     // The units: where they are, and every file they name is in the package.
     let service = p.read("/usr/lib/systemd/system/luod.service");
     let socket = p.read("/usr/lib/systemd/system/luod.socket");
+    let kexec = p.read("/usr/lib/systemd/system/luod-kexec.service");
+    let units: Vec<String> = std::fs::read_dir(p.path("/usr/lib/systemd/system"))
+        .expect("the units' directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut units = units;
+    units.sort();
+    assert_eq!(
+        units,
+        ["luod-kexec.service", "luod.service", "luod.socket"],
+        "the package's units"
+    );
     for (installed, source) in [
         (&service, "packaging/systemd/luod.service"),
         (&socket, "packaging/systemd/luod.socket"),
+        (&kexec, "packaging/systemd/kexec/luod-kexec.service"),
     ] {
         let want = std::fs::read_to_string(workspace.join(source)).expect(source);
         assert_eq!(installed, &want, "the package's unit is not {source}");
@@ -233,6 +248,12 @@ fn package_has_every_file_where_its_units_and_docs_say() {
         "ExecStart= of luod.service: {commands:?}"
     );
     commands.extend(unit_values(&service, "Service", "ExecReload"));
+    commands.extend(unit_values(&kexec, "Service", "ExecStart"));
+    assert_eq!(
+        unit_values(&kexec, "Install", "WantedBy"),
+        ["kexec.target"],
+        "luod-kexec.service runs on the way into a kexec"
+    );
     for command in &commands {
         // A prefix such as `-` or `@` is not part of the path.
         let program = command
@@ -324,7 +345,22 @@ fn installed_luod_serves_the_socket_its_unit_names() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let start = in_root(&unit_values(&service, "Service", "ExecStart")[0]);
+    // `@PATH ARGV0 ARGS...`: systemd runs PATH with argv[0] ARGV0 (bash's exec -a does too).
+    let exec_start = unit_values(&service, "Service", "ExecStart")[0].clone();
+    let start = match exec_start.strip_prefix('@') {
+        Some(rest) => {
+            let mut words = rest.split_whitespace();
+            let path = words.next().expect("ExecStart=@PATH");
+            let argv0 = words.next().expect("ExecStart=@PATH ARGV0");
+            let args: Vec<&str> = words.collect();
+            format!(
+                "bash -c 'exec -a {argv0} \"$0\" \"$@\"' {} {}",
+                in_root(path),
+                args.join(" ")
+            )
+        }
+        None => in_root(&exec_start),
+    };
     let reload = in_root(&unit_values(&service, "Service", "ExecReload")[0]);
     let luoctl = p.path("/usr/bin/luoctl");
     let config = p.path("/etc/luod/luod.toml");

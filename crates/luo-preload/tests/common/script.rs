@@ -119,9 +119,12 @@ impl Native {
                 }
                 a
             }
-            "memfd" => {
-                let fd =
-                    rustix::fs::memfd_create(w[1], rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+            "memfd" | "smemfd" => {
+                let mut flags = rustix::fs::MemfdFlags::CLOEXEC;
+                if w[0] == "smemfd" {
+                    flags |= rustix::fs::MemfdFlags::ALLOW_SEALING;
+                }
+                let fd = rustix::fs::memfd_create(w[1], flags).expect("memfd");
                 let (seed, size) = (num(w[2]), num(w[3]));
                 let bytes: Vec<u8> = (0..size).map(|i| pattern(seed, i)).collect();
                 std::fs::File::from(fd.try_clone().expect("dup"))
@@ -196,20 +199,6 @@ impl Native {
             }
             "close" => {
                 self.slots.remove(w[1]);
-                "0".into()
-            }
-            "smemfd" => {
-                let fd = rustix::fs::memfd_create(
-                    w[1],
-                    rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-                )
-                .expect("memfd");
-                let (seed, size) = (num(w[2]), num(w[3]));
-                let bytes: Vec<u8> = (0..size).map(|i| pattern(seed, i)).collect();
-                std::fs::File::from(fd.try_clone().expect("dup"))
-                    .write_all(&bytes)
-                    .expect("write");
-                self.slots.insert(w[1].into(), Slot::File(fd));
                 "0".into()
             }
             "pipe" => {

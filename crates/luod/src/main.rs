@@ -149,7 +149,10 @@ fn main() {
     // Before any thread: megabyte buffers come from the heap and freed ones stay there (a
     // recovery or a successor then reuses pages it already touched; `luo_sys::heap`).
     luo_sys::heap::keep_freed_memory();
-    let args = Args::parse();
+    let args = server_args(std::env::args_os().skip(1), |k| {
+        std::env::var_os(k).is_some()
+    })
+    .unwrap_or_else(Args::parse);
     // What systemd (or the keeper) put in the environment is read and cleared before any
     // thread exists.
     let role = if args.serve.is_some() {
@@ -180,6 +183,97 @@ fn main() {
         eprintln!("luod: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The arguments of the keeper's first server (`--serve FD` and the keeper's own arguments),
+/// read without clap, or `None` for anything else: clap then reads them as usual. A server
+/// starts on every boot, and in an emulated guest clap's parser took a good part of the time
+/// luod needs to serve after a kexec (`docs/PERFORMANCE.md`, "Kernel live update through
+/// luod"). Only the plain forms are read here (`--name VALUE`, `--name=VALUE`, `--fdstore`,
+/// each option at most once, numbers in decimal) and only when no option's environment
+/// variable is set; whatever else (a repeated option, a bad number, `--help`, ...) goes to clap,
+/// which then accepts or refuses it as it always did.
+fn server_args(
+    argv: impl Iterator<Item = std::ffi::OsString>,
+    env_set: impl Fn(&str) -> bool,
+) -> Option<Args> {
+    if ["LUOD_SOCKET", "LUOD_CONFIG", "LUOD_LIVEUPDATE", "LUOD_LOG"]
+        .iter()
+        .any(|k| env_set(k))
+    {
+        return None;
+    }
+    let argv: Vec<String> = argv.map(|a| a.into_string().ok()).collect::<Option<_>>()?;
+    let mut it = argv.iter();
+    let (Some("--serve"), Some(fd)) = (it.next().map(String::as_str), it.next()) else {
+        return None;
+    };
+    let mut args = Args {
+        socket: None,
+        config: None,
+        socket_mode: None,
+        max_sessions: None,
+        max_files: None,
+        max_bytes: None,
+        max_fds: None,
+        fd_reserve: None,
+        metrics: None,
+        fdstore: false,
+        liveupdate: None,
+        log: "info".into(),
+        takeover: None,
+        keeper_resume: None,
+        serve: Some(number(fd)?),
+        recover: None,
+    };
+    let mut seen = std::collections::HashSet::new();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (arg.as_str(), None),
+        };
+        if !seen.insert(name) {
+            return None;
+        }
+        if name == "--fdstore" {
+            if inline.is_some() {
+                return None;
+            }
+            args.fdstore = true;
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next()?.clone(),
+        };
+        // A value that looks like an option is clap's to judge.
+        if value.is_empty() || value.starts_with('-') {
+            return None;
+        }
+        match name {
+            "--socket" => args.socket = Some(value.into()),
+            "--config" => args.config = Some(value.into()),
+            "--socket-mode" => args.socket_mode = Some(value),
+            "--max-sessions" => args.max_sessions = Some(number(&value)?),
+            "--max-files" => args.max_files = Some(number(&value)?),
+            "--max-bytes" => args.max_bytes = Some(number(&value)?),
+            "--max-fds" => args.max_fds = Some(number(&value)?),
+            "--fd-reserve" => args.fd_reserve = Some(number(&value)?),
+            "--metrics" => args.metrics = Some(value),
+            "--liveupdate" => args.liveupdate = Some(value),
+            "--log" => args.log = value,
+            _ => return None,
+        }
+    }
+    Some(args)
+}
+
+/// A decimal number, digits only.
+fn number<T: std::str::FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
@@ -369,4 +463,60 @@ fn make_durable(server: &mut Server, next_seq: u64) -> anyhow::Result<()> {
     let state = server::state_memfd("luod-state")?;
     let journal = server::state_memfd("luod-journal")?;
     server.make_durable(state, journal, next_seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<std::ffi::OsString> {
+        line.split(' ').map(Into::into).collect()
+    }
+
+    /// What clap makes of `line` (with no environment variable set), as text.
+    fn clap(line: &str) -> String {
+        let mut full = vec![std::ffi::OsString::from("luod")];
+        full.extend(argv(line));
+        format!("{:?}", Args::try_parse_from(full).expect("clap accepts it"))
+    }
+
+    #[test]
+    fn the_first_servers_arguments_read_as_clap_reads_them() {
+        for line in [
+            "--serve 5",
+            "--serve 5 --socket /run/luod.sock",
+            "--serve 7 --socket=/run/x.sock --fdstore --log luod=debug",
+            "--serve 3 --max-sessions 10 --max-files=20 --max-bytes 30 --max-fds 40 --fd-reserve 50",
+            "--serve 3 --socket-mode 0666 --metrics 127.0.0.1:9464 --liveupdate none",
+            "--serve 3 --config /etc/luod.toml --liveupdate=/dev/liveupdate",
+        ] {
+            let fast = server_args(argv(line).into_iter(), |_| false)
+                .unwrap_or_else(|| panic!("{line}: not read"));
+            assert_eq!(format!("{fast:?}"), clap(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_left_to_clap() {
+        for line in [
+            "--socket /x",
+            "--serve x",
+            "--serve 5 --help",
+            "--serve 5 --socket /a --socket /b",
+            "--serve 5 --max-files +3",
+            "--serve 5 --max-files 0x10",
+            "--serve 5 --socket",
+            "--serve 5 --socket --fdstore",
+            "--serve 5 --fdstore=true",
+            "--serve 5 --takeover 3",
+            "--serve 5 -h",
+            "--serve 5 extra",
+        ] {
+            assert!(
+                server_args(argv(line).into_iter(), |_| false).is_none(),
+                "{line}"
+            );
+        }
+        assert!(server_args(argv("--serve 5").into_iter(), |k| k == "LUOD_LOG").is_none());
+    }
 }

@@ -33,8 +33,8 @@ use luo_client::{Control, KexecOptions};
 use rustix::io::Errno;
 
 use crate::luod_kexec::{
-    Options, check_contents, check_pattern, client, fnv1a64, kernel_session_name, memfd_with,
-    open_device, patterned_memfd, sys,
+    Options, check_contents, check_pattern, client, kernel_session_name,
+    legacy_kernel_session_name, memfd_with, open_device, patterned_memfd, sys,
 };
 use crate::{Error, Report};
 
@@ -414,13 +414,6 @@ pub fn luod_after(report: &mut Report, opts: &Options, shape: Shape) -> Result<(
     kernel_clean(report, shape)
 }
 
-/// luod's name for uid `uid`'s session `name` in the kernel: the hash first
-/// (`<FNV-1a 64 of the name, 16 hex>-<uid, 8 hex>-luod`; before, the name
-/// [`kernel_session_name`] makes).
-pub fn hash_first_session_name(uid: u32, name: &str) -> String {
-    format!("{:016x}-{uid:08x}-luod", fnv1a64(name.as_bytes()))
-}
-
 /// With luod stopped, the kernel holds none of the shape's kernel sessions (under either of the
 /// names luod has given them) and no `luod`.
 fn kernel_clean(report: &mut Report, shape: Shape) -> Result<(), Error> {
@@ -428,7 +421,7 @@ fn kernel_clean(report: &mut Report, shape: Shape) -> Result<(), Error> {
     let mut names: Vec<String> = shape
         .plan()
         .iter()
-        .flat_map(|(n, _)| [hash_first_session_name(0, n), kernel_session_name(0, n)])
+        .flat_map(|(n, _)| [kernel_session_name(0, n), legacy_kernel_session_name(0, n)])
         .collect();
     let sessions = names.len() / 2;
     names.push("luod".into());
@@ -528,12 +521,12 @@ mod tests {
     #[test]
     fn kernel_names_fit() {
         for (name, _) in Shape::Many.plan() {
-            assert!(kernel_session_name(0, &name).len() <= 63);
-            assert_eq!(hash_first_session_name(0, &name).len(), 30);
+            assert_eq!(kernel_session_name(0, &name).len(), 30);
+            assert!(legacy_kernel_session_name(0, &name).len() <= 63);
         }
         // luod's own (crates/luod/src/liveupdate.rs, `kernel_name`).
         assert_eq!(
-            hash_first_session_name(0, "a"),
+            kernel_session_name(0, "a"),
             "af63dc4c8601ec8c-00000000-luod"
         );
     }

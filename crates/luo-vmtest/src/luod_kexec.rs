@@ -89,10 +89,35 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The kernel session luod forwards session `name` of uid `uid` into:
-/// `luod-<uid, 8 hex digits>-<FNV-1a 64 of the name, 16 hex digits>`.
+/// The kernel session luod forwards session `name` of uid `uid` into, the hash first:
+/// `<FNV-1a 64 of the name, 16 hex digits>-<uid, 8 hex digits>-luod`.
 pub fn kernel_session_name(uid: u32, name: &str) -> String {
+    format!("{:016x}-{uid:08x}-luod", fnv1a64(name.as_bytes()))
+}
+
+/// The name an earlier luod gave that kernel session, which luod still restores from:
+/// `luod-<uid, 8 hex digits>-<FNV-1a 64 of the name, 16 hex digits>`.
+pub fn legacy_kernel_session_name(uid: u32, name: &str) -> String {
     format!("luod-{uid:08x}-{:016x}", fnv1a64(name.as_bytes()))
+}
+
+/// With luod stopped: the kernel holds no session of `names` (uid 0's luod sessions) under
+/// either of the names luod gives them, nor luod's state session.
+pub(crate) fn kernel_has_none(report: &mut Report, names: &[&str]) -> Result<(), Error> {
+    let dev = open_device(report)?;
+    let mut all: Vec<String> = names
+        .iter()
+        .flat_map(|n| [kernel_session_name(0, n), legacy_kernel_session_name(0, n)])
+        .collect();
+    all.push(STATE_SESSION.to_owned());
+    for name in &all {
+        match dev.retrieve_session(name) {
+            Err(Errno::NOENT) => report.ok(&format!("kernel session {name}: ENOENT")),
+            Err(e) => return unexpected(format!("kernel session {name}: {e}, expected ENOENT")),
+            Ok(_) => return unexpected(format!("kernel session {name} is still there")),
+        }
+    }
+    Ok(())
 }
 
 /// The state memfd's contents.
@@ -278,7 +303,10 @@ pub(crate) fn wait_gone(opts: &Options, name: &str) -> Result<Duration, Error> {
     }
 }
 
-pub(crate) fn find<'a>(list: &'a [SessionSummary], name: &str) -> Result<&'a SessionSummary, Error> {
+pub(crate) fn find<'a>(
+    list: &'a [SessionSummary],
+    name: &str,
+) -> Result<&'a SessionSummary, Error> {
     list.iter()
         .find(|s| s.name == name)
         .ok_or_else(|| Error::Unexpected(format!("luod does not list session {name}: {list:?}")))
@@ -735,17 +763,7 @@ pub(crate) fn open_device(report: &mut Report) -> Result<luo_sys::liveupdate::De
 
 /// Stage 2, after luod stopped: the kernel has neither the session nor luod's state session.
 pub fn stage2_kernel(report: &mut Report) -> Result<(), Error> {
-    let dev = open_device(report)?;
-    let kname = kernel_session_name(0, SESSION);
-    let kconv = kernel_session_name(0, CONVERTED);
-    for name in [kname.as_str(), kconv.as_str(), STATE_SESSION] {
-        match dev.retrieve_session(name) {
-            Err(Errno::NOENT) => report.ok(&format!("kernel session {name}: ENOENT")),
-            Err(e) => return unexpected(format!("kernel session {name}: {e}, expected ENOENT")),
-            Ok(_) => return unexpected(format!("kernel session {name} is still there")),
-        }
-    }
-    Ok(())
+    kernel_has_none(report, &[SESSION, CONVERTED])
 }
 
 /// Where luod's socket is when none is given.
@@ -766,10 +784,14 @@ mod tests {
     fn kernel_names() {
         assert_eq!(
             kernel_session_name(0, "a"),
-            "luod-00000000-af63dc4c8601ec8c"
+            "af63dc4c8601ec8c-00000000-luod"
         );
         assert_eq!(
             kernel_session_name(0x3e8, "foobar"),
+            "85944171f73967e8-000003e8-luod"
+        );
+        assert_eq!(
+            legacy_kernel_session_name(0x3e8, "foobar"),
             "luod-000003e8-85944171f73967e8"
         );
         assert_eq!(kernel_session_name(0, SESSION).len(), 30);

@@ -38,7 +38,7 @@ pub const GARBAGE_BYTE: u8 = 0xa5;
 /// How long luod may take to refuse.
 pub const LUOD_LIMIT: Duration = Duration::from_secs(30);
 
-/// `luod-00000000-<fnv1a64("w")>`.
+/// `<fnv1a64("w")>-00000000-luod`, luod's name for it in the kernel.
 pub fn workload_kernel_name() -> String {
     kernel_session_name(0, WORKLOAD)
 }

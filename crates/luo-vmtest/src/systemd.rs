@@ -9,9 +9,8 @@
 //! - `kernel`: with luod stopped, the kernel has nothing left of it.
 
 use crate::luod_kexec::{
-    Options, STATE_SESSION, STATE_SIZE, check_contents, check_pattern, client, find,
-    kernel_session_name, memfd_with, open_device, patterned_memfd, sessions, state_contents,
-    unexpected, wait_gone,
+    Options, STATE_SIZE, check_contents, check_pattern, client, find, kernel_has_none, memfd_with,
+    patterned_memfd, sessions, state_contents, unexpected, wait_gone,
 };
 use crate::{Error, Report};
 
@@ -46,8 +45,7 @@ pub fn prepare(report: &mut Report, opts: &Options) -> Result<(), Error> {
 pub fn check(report: &mut Report, opts: &Options, when: &str) -> Result<(), Error> {
     let list = sessions(opts)?;
     let s = find(&list, SESSION)?;
-    if !s.incoming || s.retrieved || s.finished || s.files != 2 || s.bytes < SIZE + STATE_SIZE
-    {
+    if !s.incoming || s.retrieved || s.finished || s.files != 2 || s.bytes < SIZE + STATE_SIZE {
         return unexpected(format!("{when}: luod lists {s:?}"));
     }
     report.ok(&format!(
@@ -66,7 +64,9 @@ pub fn retrieve(report: &mut Report, opts: &Options) -> Result<(), Error> {
     check_pattern(&memory, "the memory", SIZE, SEED)?;
     let state = client("retrieve state", session.retrieve(TOKEN_STATE))?;
     check_contents(&state, "the state", &state_contents())?;
-    report.ok(&format!("{SESSION}: {SIZE} bytes, every one as written, and the state"));
+    report.ok(&format!(
+        "{SESSION}: {SIZE} bytes, every one as written, and the state"
+    ));
     client("finish", session.finish())?;
     drop(session);
     wait_gone(opts, SESSION)?;
@@ -77,14 +77,5 @@ pub fn retrieve(report: &mut Report, opts: &Options) -> Result<(), Error> {
 /// After luod stopped: the kernel holds neither the session's kernel session nor luod's state
 /// session (luod finished both).
 pub fn kernel_empty(report: &mut Report) -> Result<(), Error> {
-    let dev = open_device(report)?;
-    let kname = kernel_session_name(0, SESSION);
-    for name in [kname.as_str(), STATE_SESSION] {
-        match dev.retrieve_session(name) {
-            Err(rustix::io::Errno::NOENT) => report.ok(&format!("kernel session {name}: ENOENT")),
-            Err(e) => return unexpected(format!("kernel session {name}: {e}, expected ENOENT")),
-            Ok(_) => return unexpected(format!("kernel session {name} is still there")),
-        }
-    }
-    Ok(())
+    kernel_has_none(report, &[SESSION])
 }

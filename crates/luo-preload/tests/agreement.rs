@@ -45,5 +45,9 @@ fn native_client_and_preload_library_agree() {
         mismatches, 0,
         "the two paths disagree (≠), or differ from the kernel's errno (!):\n{table}"
     );
-    assert!(rows.len() > 60, "the scenario ran {} operations", rows.len());
+    assert!(
+        rows.len() > 60,
+        "the scenario ran {} operations",
+        rows.len()
+    );
 }

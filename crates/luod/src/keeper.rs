@@ -506,13 +506,12 @@ impl Keeper {
             args.truncate(i);
         }
         info!(binary = %exe.display(), "the keeper re-executes itself");
-        let err = std::os::unix::process::CommandExt::exec(
-            std::process::Command::new(&exe)
-                .arg0(argv0())
-                .args(args.iter().skip(1))
-                .arg("--keeper-resume")
-                .arg(&spec),
-        );
+        let err = std::process::Command::new(&exe)
+            .arg0(argv0())
+            .args(args.iter().skip(1))
+            .arg("--keeper-resume")
+            .arg(&spec)
+            .exec();
         for fd in keep {
             let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
         }

@@ -108,15 +108,24 @@ pub fn recovery_start() {
 /// SERVING, when failpoints are allowed: so that a test can have the keeper see its
 /// predecessor's death first, and start a server from the dead one's holder meanwhile.
 pub fn after_go() {
+    delay("LUOD_FAILPOINT_GO_DELAY_MS");
+}
+
+/// Waits as long as the environment variable `var` says (milliseconds), when failpoints are
+/// allowed: so that a test can order two servers' steps as a race would. The keeper's join
+/// uses `LUOD_FAILPOINT_HELLO_DELAY_MS` (a successor waits before its HELLO) and
+/// `LUOD_FAILPOINT_HOLDER_DELAY_MS` (a server started after a crash waits between its HELLO and
+/// reading the keeper's answer).
+pub fn delay(var: &str) {
     if !Failpoints::from_env().enabled() {
         return;
     }
-    let ms = std::env::var("LUOD_FAILPOINT_GO_DELAY_MS")
+    let ms = std::env::var(var)
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0);
     if ms > 0 {
-        tracing::warn!(ms, "failpoint: the successor waits before it says SERVING");
+        tracing::warn!(ms, var, "failpoint: waiting");
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }

@@ -7,9 +7,9 @@
 //!  keeper                          server (child)                 holder (child, shares the
 //!  ------                          ------                         server's descriptor table)
 //!  start `luod --serve`   ----->   bind, serve; make the state
-//!                         <-----   HELLO <pid>
+//!                         <-----   HELLO <pid> + an answer socket of its own
 //!  a control pair and a reply pair; HOLDER <pid> <restarts> <recovery µs> <keeper pid>
-//!  + the server's reply end + the holder's end --->
+//!  + the server's reply end + the holder's end, on that answer socket --->
 //!                                  spawn the holder  ------------> waits for commands
 //!                         <-----   SERVING <pid> <holder pid>
 //!  GRANTED (on its reply pair) --> only now does it answer clients
@@ -23,7 +23,11 @@
 //! ```
 //!
 //! The server's end of the keeper's channel crosses every start (inherited, and recorded in
-//! every image), so whichever process serves reaches the keeper. A server that ends with exit
+//! every image), so whichever process serves reaches the keeper. That end is shared: two
+//! servers can be starting at once (a successor whose predecessor died, and the server the
+//! keeper started from the dead one's holder), and one reading it could take the other's
+//! answer. So the keeper answers each HELLO on the socket sent with it, and writes nothing on
+//! the shared end (except to a server older than this keeper, which sends none). A server that ends with exit
 //! status 0 shut down (SIGTERM): the keeper tells the holder to exit and exits. Status
 //! [`EXIT_HANDED_OVER`] means a successor (an upgrade or a reboot) serves now: it is this
 //! process's descendant, so the keeper, a child subreaper, adopts it, and it says HELLO.
@@ -343,9 +347,15 @@ impl Keeper {
                     self.last_recovery_us,
                     std::process::id()
                 );
+                // The answer goes on the socket the server sent with its HELLO, which only it
+                // reads. The shared end is read by every server that is starting (a successor
+                // and a server started from a holder can both be waiting), and a server that
+                // reads another's answer cannot give it back; it is used only for a server
+                // that sent no socket (one older than this keeper).
+                let answer_to = msg.fds.first().map_or(self.channel.as_fd(), AsFd::as_fd);
                 // The holder's end last: a server that knows no grants takes the last one.
                 if let Err(e) = transport::send(
-                    self.channel.as_fd(),
+                    answer_to,
                     hello.as_bytes(),
                     &[their_reply.as_fd(), end.as_fd()],
                 ) {
@@ -547,10 +557,21 @@ impl Keeper {
     }
 }
 
+/// How a server that joins its keeper came to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The keeper's first server.
+    First,
+    /// Started by the keeper from a dead server's holder (`--recover`).
+    Recovered,
+    /// An upgrade's or a reboot's successor, joining while its predecessor still serves.
+    Successor,
+}
+
 /// The server's side: says HELLO, gets its holder's channel, spawns the holder (set up to
 /// start `luod --recover` from this server's checkpoint and journal), and says SERVING.
-pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()> {
-    if let Some(joined) = prepare(server, log)? {
+pub fn join(server: &mut crate::server::Server, log: &str, role: Role) -> anyhow::Result<()> {
+    if let Some(joined) = prepare(server, log, role)? {
         serving(server, joined)?;
     }
     Ok(())
@@ -559,22 +580,49 @@ pub fn join(server: &mut crate::server::Server, log: &str) -> anyhow::Result<()>
 /// The first half of [`join`]: HELLO, the holder's channel, the holder spawned. A successor
 /// does this while its predecessor still serves; the keeper changes nothing until
 /// [`serving`]. `None` without a keeper.
-pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<Option<Joined>> {
+pub fn prepare(
+    server: &mut crate::server::Server,
+    log: &str,
+    role: Role,
+) -> anyhow::Result<Option<Joined>> {
     let Some(channel) = server.keeper_channel.as_ref() else {
         return Ok(None);
     };
     let me = std::process::id();
-    transport::send(channel.as_fd(), format!("HELLO {me}").as_bytes(), &[])?;
+    // The keeper answers on a socket of this server's own: the shared end is read by every
+    // server that is starting, and one would take (and drop) another's answer.
+    let (answer, answer_theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    if role == Role::Successor {
+        crate::failpoint::delay("LUOD_FAILPOINT_HELLO_DELAY_MS");
+    }
+    transport::send(
+        channel.as_fd(),
+        format!("HELLO {me}").as_bytes(),
+        &[answer_theirs.as_fd()],
+    )?;
+    drop(answer_theirs);
+    let mut answer = Some(answer);
+    if role == Role::Recovered {
+        crate::failpoint::delay("LUOD_FAILPOINT_HOLDER_DELAY_MS");
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     let (end, reply, restarts, recovery_us, keeper_pid) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("The keeper did not answer");
         }
-        let mut pfd = [rustix::event::PollFd::new(
-            channel,
-            rustix::event::PollFlags::IN,
-        )];
+        // A keeper older than this server answers on the shared end instead (and closes the
+        // socket it was sent: then only the shared end is watched).
+        let own = answer.as_ref().unwrap_or(channel);
+        let mut pfd = [
+            rustix::event::PollFd::new(own, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::new(channel, rustix::event::PollFlags::IN),
+        ];
         let t = rustix::event::Timespec {
             tv_sec: left.as_secs() as i64,
             tv_nsec: i64::from(left.subsec_nanos()),
@@ -583,9 +631,15 @@ pub fn prepare(server: &mut crate::server::Server, log: &str) -> anyhow::Result<
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        let m = match transport::recv(channel.as_fd(), false)? {
+        let shared = !pfd[1].revents().is_empty();
+        let from = if shared { channel.as_fd() } else { own.as_fd() };
+        let m = match transport::recv(from, false)? {
             Recv::Message(m) => m,
             Recv::WouldBlock => continue,
+            Recv::Closed if !shared && answer.is_some() => {
+                answer = None;
+                continue;
+            }
             Recv::Closed => bail!("The keeper is gone"),
         };
         let text = String::from_utf8_lossy(&m.bytes).into_owned();

@@ -284,7 +284,7 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
             // The store stays the predecessor's until this one serves.
             server.systemd.defer();
             make_durable(server, 1)?;
-            holder = keeper::prepare(server, &args.log)?;
+            holder = keeper::prepare(server, &args.log, keeper::Role::Successor)?;
             Ok(())
         })?;
         handover::wait_go(&inherited.channel)?;
@@ -319,7 +319,7 @@ fn run(args: Args, handed: systemd::Handed) -> anyhow::Result<()> {
         let rebuilt = t0.elapsed();
         make_durable(&mut server, recovery.next_seq)?;
         let durable = t0.elapsed();
-        keeper::join(&mut server, &args.log)?;
+        keeper::join(&mut server, &args.log, keeper::Role::Recovered)?;
         handover::send_again(&mut server, std::mem::take(&mut recovery.replies));
         info!(
             ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -455,7 +455,7 @@ fn serve(mut server: Server) -> anyhow::Result<()> {
 /// server serves), writes its first checkpoint, and joins the keeper.
 fn become_durable(server: &mut Server, next_seq: u64, log: &str) -> anyhow::Result<()> {
     make_durable(server, next_seq)?;
-    keeper::join(server, log)
+    keeper::join(server, log, keeper::Role::First)
 }
 
 /// Fresh checkpoint and journal memfds, and the first checkpoint in them.

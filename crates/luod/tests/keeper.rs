@@ -214,6 +214,58 @@ fn the_old_server_killed_right_after_ready_leaves_luod_serving_and_the_upgrade_d
     assert_eq!(read_all(&s.retrieve(9).unwrap()), pattern(9, 8192));
 }
 
+#[test]
+fn a_successor_and_a_server_started_after_a_crash_each_get_the_keepers_answer() {
+    // The old server dies with its successor started (`upgrade-staged`): the keeper starts a
+    // server from the dead one's holder, which says HELLO first and then waits before reading
+    // the keeper's answer; the orphaned successor says HELLO later and reads at once. Both
+    // are waiting for an answer at the same time. Each must get its own: a server that missed
+    // its answer would wait 10 s for it, fail, and leave clients waiting for the next one.
+    let luod = Luod::start_under(
+        "keeper-answers",
+        &[
+            "env",
+            "LUOD_FAILPOINTS=1",
+            "LUOD_FAILPOINT_HELLO_DELAY_MS=1000",
+            "LUOD_FAILPOINT_HOLDER_DELAY_MS=2500",
+        ],
+        &[],
+    );
+    let dev = luod.device();
+    let s = dev.create_session("answers").unwrap();
+    s.preserve(memfd_with("a", &pattern(7, 50_000)).as_fd(), 7)
+        .unwrap();
+    let before = luod.status();
+    let ctl = luod.control();
+    ctl.failpoint("upgrade-staged", 1).expect("arm");
+    let t0 = Instant::now();
+    ctl.upgrade(None).expect("the upgrade is answered");
+    let took = t0.elapsed();
+    let log = luod.log_text();
+    assert!(
+        log.contains("failpoint reached") && log.contains("LUOD_FAILPOINT_HOLDER_DELAY_MS"),
+        "the race was not set up:\n{log}"
+    );
+    assert!(
+        !log.contains("did not answer"),
+        "a server missed the keeper's answer:\n{log}"
+    );
+    // 2.5 s for the recovered server's wait, 1 s for its own successor's, and the upgrade.
+    assert!(
+        took < Duration::from_secs(8),
+        "the upgrade took {took:?}:\n{log}"
+    );
+    let after = luod.status();
+    assert_eq!(after.keeper_pid, before.keeper_pid);
+    assert_eq!(after.upgrades, before.upgrades + 1, "one upgrade applied");
+    assert_eq!(after.files, 1);
+    s.handoff().unwrap();
+    drop(s);
+    drop(dev);
+    let s = luod.device().retrieve_session("answers").unwrap();
+    assert_eq!(read_all(&s.retrieve(7).unwrap()), pattern(7, 50_000));
+}
+
 /// The live children of `parent` (the keeper's: servers and holders).
 fn live_children(parent: u32) -> Vec<i32> {
     let mut out = Vec::new();

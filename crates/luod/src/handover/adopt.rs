@@ -48,7 +48,9 @@ pub fn take_over(
     })();
     match result {
         Ok(server) => {
-            transport::send(channel.as_fd(), b"READY", &[])?;
+            transport::send(channel.as_fd(), b"READY", &[]).map_err(|e| {
+                anyhow!("The predecessor went away before READY ({e}); not serving")
+            })?;
             Ok(Inherited { server, channel })
         }
         Err(e) => {

@@ -14,7 +14,8 @@ use std::fs::File;
 use std::time::Duration;
 
 use common::{
-    HugePages, Setup, check_report, field, free_huge_pages, kvm_usable, skip, text, with_huge_pages,
+    HugePages, Setup, check_report, field, free_huge_pages, kvm_usable, skip, skip_kernel_lacks,
+    text, with_huge_pages,
 };
 use luo_sys::mmap::SharedMap;
 
@@ -380,7 +381,7 @@ fn migrate_of_a_guest_memfd_guest_is_refused() {
     let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
     let vm = kvm.create_vm().expect("vm");
     if !kvm.check_extension(kvm_ioctls::Cap::GuestMemfd) || vm.check_extension_raw(244) & 1 == 0 {
-        return skip(TEST, "KVM has no mappable guest_memfd");
+        return skip_kernel_lacks(TEST, "KVM has no mappable guest_memfd");
     }
     drop(vm);
     let mut setup = Setup::new("mig-gmem");

@@ -9,7 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Setup, check_report, field, kvm_usable, luo_size, skip, with_huge_pages};
+use common::{
+    Setup, check_report, field, kvm_usable, luo_size, skip_kernel_lacks, with_huge_pages,
+};
 
 fn upgrade_many(test: &str, mem: &str, pages: &str) {
     if !kvm_usable(test) {
@@ -81,11 +83,11 @@ fn guest_memfd_guest_runs_and_refuses_upgrade() {
     }
     let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
     if !kvm.check_extension(kvm_ioctls::Cap::GuestMemfd) {
-        return skip(TEST, "KVM has no KVM_CAP_GUEST_MEMFD");
+        return skip_kernel_lacks(TEST, "KVM has no KVM_CAP_GUEST_MEMFD");
     }
     let vm = kvm.create_vm().expect("vm");
     if vm.check_extension_raw(244) & 1 == 0 {
-        return skip(
+        return skip_kernel_lacks(
             TEST,
             "KVM's guest_memfd has no mmap flag (KVM_CAP_GUEST_MEMFD_FLAGS)",
         );

@@ -185,14 +185,15 @@ fn main() {
     }
 }
 
-/// The arguments of the keeper's first server (`--serve FD` and the keeper's own arguments),
-/// read without clap, or `None` for anything else: clap then reads them as usual. A server
-/// starts on every boot, and in an emulated guest clap's parser took a good part of the time
-/// luod needs to serve after a kexec (`docs/PERFORMANCE.md`, "Kernel live update through
-/// luod"). Only the plain forms are read here (`--name VALUE`, `--name=VALUE`, `--fdstore`,
-/// each option at most once, numbers in decimal) and only when no option's environment
-/// variable is set; whatever else (a repeated option, a bad number, `--help`, ...) goes to clap,
-/// which then accepts or refuses it as it always did.
+/// The arguments of the keeper (luod's own plain options) and of its first server (`--serve FD`
+/// first, then the keeper's options), read without clap, or `None` for anything else: clap then
+/// reads them as usual. A keeper and its server start on every boot, and in an emulated guest
+/// clap's parser took a good part of the time luod needs to serve after a kexec
+/// (`docs/PERFORMANCE.md`, "Kernel live update through luod"). Only the plain forms are read
+/// here (`--name VALUE`, `--name=VALUE`, `--fdstore`, each option at most once, numbers in
+/// decimal) and only when no option's environment variable is set; whatever else (a repeated
+/// option, a bad number, `--help`, a hidden option other than a leading `--serve`, ...) goes to
+/// clap, which then accepts or refuses it as it always did.
 fn server_args(
     argv: impl Iterator<Item = std::ffi::OsString>,
     env_set: impl Fn(&str) -> bool,
@@ -204,9 +205,12 @@ fn server_args(
         return None;
     }
     let argv: Vec<String> = argv.map(|a| a.into_string().ok()).collect::<Option<_>>()?;
-    let mut it = argv.iter();
-    let (Some("--serve"), Some(fd)) = (it.next().map(String::as_str), it.next()) else {
-        return None;
+    let mut it = argv.iter().peekable();
+    let serve = if it.peek().map(|a| a.as_str()) == Some("--serve") {
+        it.next();
+        Some(number(it.next()?)?)
+    } else {
+        None
     };
     let mut args = Args {
         socket: None,
@@ -223,7 +227,7 @@ fn server_args(
         log: "info".into(),
         takeover: None,
         keeper_resume: None,
-        serve: Some(number(fd)?),
+        serve,
         recover: None,
     };
     let mut seen = std::collections::HashSet::new();
@@ -470,7 +474,10 @@ mod tests {
     use super::*;
 
     fn argv(line: &str) -> Vec<std::ffi::OsString> {
-        line.split(' ').map(Into::into).collect()
+        line.split(' ')
+            .filter(|a| !a.is_empty())
+            .map(Into::into)
+            .collect()
     }
 
     /// What clap makes of `line` (with no environment variable set), as text.
@@ -481,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_servers_arguments_read_as_clap_reads_them() {
+    fn the_keepers_and_first_servers_arguments_read_as_clap_reads_them() {
         for line in [
             "--serve 5",
             "--serve 5 --socket /run/luod.sock",
@@ -489,6 +496,10 @@ mod tests {
             "--serve 3 --max-sessions 10 --max-files=20 --max-bytes 30 --max-fds 40 --fd-reserve 50",
             "--serve 3 --socket-mode 0666 --metrics 127.0.0.1:9464 --liveupdate none",
             "--serve 3 --config /etc/luod.toml --liveupdate=/dev/liveupdate",
+            "",
+            "--socket /x",
+            "--socket=/run/luod.sock --fdstore --log warn --max-sessions 7",
+            "--config /etc/luod.toml --liveupdate none --metrics 127.0.0.1:9464",
         ] {
             let fast = server_args(argv(line).into_iter(), |_| false)
                 .unwrap_or_else(|| panic!("{line}: not read"));
@@ -499,7 +510,13 @@ mod tests {
     #[test]
     fn anything_else_is_left_to_clap() {
         for line in [
-            "--socket /x",
+            "--socket /x --serve 5",
+            "--serve=5",
+            "--help",
+            "--socket /a --socket=/b",
+            "--takeover 3",
+            "--keeper-resume x",
+            "--recover 3",
             "--serve x",
             "--serve 5 --help",
             "--serve 5 --socket /a --socket /b",
@@ -518,5 +535,6 @@ mod tests {
             );
         }
         assert!(server_args(argv("--serve 5").into_iter(), |k| k == "LUOD_LOG").is_none());
+        assert!(server_args(argv("--fdstore").into_iter(), |k| k == "LUOD_SOCKET").is_none());
     }
 }
